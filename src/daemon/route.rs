@@ -1,0 +1,1612 @@
+//! Messages: listeners, client connections, routing rules, per-pool queues, per-instance
+//! in-flight FIFOs, replies, redelivery, timeouts and backpressure (SPEC section 5).
+//!
+//! Life of a message: a client line is matched against its listener's rules; the
+//! chosen pool either writes it to an instance at once (the instance's stdin buffer;
+//! `in flight`), parks it in an instance's `backlog` (hash and broadcast pin a message
+//! to one instance), or queues it. Each stdout line of an instance answers its oldest
+//! in-flight message. When an instance dies or times out, its unanswered messages are
+//! delivered again (front of the queue) until `retries` is used up.
+//!
+//! Invariants:
+//! - every message in `msgs` is in exactly one place: a pool queue, an instance
+//!   backlog, or an instance's in-flight FIFO;
+//! - `PoolQueue::waiting` = queue length + the backlogs of the pool's instances;
+//! - a client gets exactly one reply line per message (a broadcast: one per instance
+//!   it was sent to), in sending order when the route is `ordered`;
+//! - memory is bounded: a pool holds at most `queue` waiting messages, a client has at
+//!   most [`MAX_OUTSTANDING`] messages and [`MAX_CLIENT_OUT`] bytes of replies pending
+//!   before orchd stops reading from it.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+use slab::Slab;
+
+use super::supervise::MAX_LINE;
+use super::{Daemon, IoTarget, TimerKey};
+use crate::config::{Config, Route, Source, Strategy};
+use crate::framing::{Fill, Frame, LineBuf};
+use crate::router::reorder::Reorder;
+use crate::router::strategy::{self, Candidate};
+use crate::sys::{self, FdKind};
+
+/// A client with this many messages awaiting replies is not read from.
+pub const MAX_OUTSTANDING: u32 = 10_000;
+/// A client with this many reply bytes not yet written is not read from.
+pub const MAX_CLIENT_OUT: usize = 4 << 20;
+/// How long to wait before accepting again after EMFILE/ENFILE.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+#[derive(Default)]
+pub struct Router {
+    listeners: Slab<Listener>,
+    by_source: HashMap<Source, usize>,
+    clients: Slab<Client>,
+    msgs: Slab<Msg>,
+    gathers: Slab<Gather>,
+    /// The routes of the current config, with their pools resolved.
+    routes: Vec<RouteRt>,
+    next_client_id: u64,
+    /// Clients that may read again (a reply freed room, a pool drained).
+    to_pump: Vec<usize>,
+    /// The batch client (`from = "stdin"`), while it exists.
+    batch: Option<usize>,
+    /// Error replies written to the batch client.
+    batch_errors: u64,
+    /// Shutdown began: read nothing new.
+    stopped_reading: bool,
+}
+
+struct RouteRt {
+    cfg: Route,
+    pool: usize,
+}
+
+struct Listener {
+    source: Source,
+    kind: ListenerKind,
+    token: Option<Token>,
+    /// Indexes into `Router::routes`, in file order.
+    routes: Vec<usize>,
+}
+
+enum ListenerKind {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+    Stdin,
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    /// orchd's own stdin/stdout (batch mode).
+    Stdio {
+        input: FdKind,
+        output: FdKind,
+    },
+}
+
+struct Client {
+    id: u64,
+    listener: usize,
+    stream: Stream,
+    token: Option<Token>,
+    inbuf: LineBuf,
+    out: Vec<u8>,
+    out_pos: usize,
+    order: Reorder<Vec<u8>>,
+    /// Messages read and not yet answered.
+    outstanding: u32,
+    /// A message that found its pool's queue full; retried when the pool drains.
+    stalled: Option<Vec<u8>>,
+    /// No more input will come (EOF, or shutdown).
+    read_done: bool,
+    /// Reading stopped before WouldBlock: must be resumed actively.
+    read_paused: bool,
+    want_write: bool,
+    /// The peer is gone; close as soon as possible.
+    dead: bool,
+    /// Batch mode, stdout a pipe/socket: its token while WRITABLE interest is needed.
+    out_token: Option<Token>,
+    /// Batch mode, stdin a terminal: bytes are known to be readable without blocking.
+    tty_ready: bool,
+    /// Peer address, for logs.
+    label: String,
+}
+
+/// How a message is bound to instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pin {
+    /// Any instance, chosen by round-robin or least-busy.
+    Any(Strategy),
+    /// The instance rendezvous hashing picks for this key among live instances.
+    Hash(u64),
+    /// This instance index (a broadcast copy).
+    Slot(u32),
+}
+
+struct Msg {
+    client: usize,
+    client_id: u64,
+    /// Position in the client's reorder buffer (ordered routes).
+    seq: Option<u64>,
+    /// The message with its trailing `\n`.
+    payload: Vec<u8>,
+    pool: usize,
+    pin: Pin,
+    timeout: Option<Duration>,
+    retries: u32,
+    /// Deliveries so far.
+    attempts: u32,
+    /// Broadcast copy: (gather, position).
+    gather: Option<(usize, usize)>,
+    queued_at: Instant,
+    sent_at: Instant,
+}
+
+/// Collects the replies of a broadcast, released together in instance order.
+struct Gather {
+    client: usize,
+    client_id: u64,
+    seq: Option<u64>,
+    replies: Vec<Option<Vec<u8>>>,
+    remaining: usize,
+    errors: bool,
+}
+
+/// Routing state of a pool.
+#[derive(Default)]
+pub struct PoolQueue {
+    queue: VecDeque<usize>,
+    /// Round-robin / least-busy cursor (an instance index).
+    cursor: u32,
+    /// Messages waiting: queue + instance backlogs.
+    waiting: usize,
+    /// Clients stalled on this pool's full queue.
+    waiters: Vec<(usize, u64)>,
+    /// Since when the pool has had no live instance (queue expiry counts from here).
+    empty_since: Option<Instant>,
+    expire_at: Option<Instant>,
+    expire_gen: u64,
+}
+
+/// Routing state of an instance.
+#[derive(Default)]
+pub struct InstanceRt {
+    pub inflight: VecDeque<usize>,
+    backlog: VecDeque<usize>,
+    pub answered: u64,
+    deadline_at: Option<Instant>,
+    deadline_gen: u64,
+}
+
+/// Why a delivery attempt failed.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    Died,
+    TimedOut,
+}
+
+enum Placement {
+    Assign(usize),
+    Backlog(usize),
+    Wait,
+    Fail(&'static str),
+}
+
+impl Daemon {
+    // ----- set-up and reload --------------------------------------------------------
+
+    /// Open a listener for every distinct `from` of `config` not yet open.
+    pub(super) fn listeners_open(&mut self, config: &Config) -> io::Result<()> {
+        for route in &config.routes {
+            if self.router.by_source.contains_key(&route.from) {
+                continue;
+            }
+            let l = self.listener_open(&route.from, route.mode)?;
+            let key = self.router.listeners.insert(l);
+            self.router.by_source.insert(route.from.clone(), key);
+            self.listener_start(key)?;
+        }
+        Ok(())
+    }
+
+    fn listener_open(&mut self, source: &Source, mode: u32) -> io::Result<Listener> {
+        let kind = match source {
+            Source::Tcp(addr) => ListenerKind::Tcp(TcpListener::bind(*addr).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on tcp://{addr}: {e}"))
+            })?),
+            Source::Unix(path) => {
+                let l = bind_unix(path, mode)?;
+                ListenerKind::Unix(l, path.clone())
+            }
+            Source::Stdin => ListenerKind::Stdin,
+        };
+        log::info!("listening on {source}");
+        Ok(Listener {
+            source: source.clone(),
+            kind,
+            token: None,
+            routes: Vec::new(),
+        })
+    }
+
+    fn listener_start(&mut self, key: usize) -> io::Result<()> {
+        let l = &mut self.router.listeners[key];
+        let token = match &mut l.kind {
+            ListenerKind::Tcp(s) => Some(register(
+                &self.poll,
+                &mut self.io,
+                s,
+                IoTarget::Listener(key),
+            )?),
+            ListenerKind::Unix(s, _) => Some(register(
+                &self.poll,
+                &mut self.io,
+                s,
+                IoTarget::Listener(key),
+            )?),
+            ListenerKind::Stdin => None,
+        };
+        l.token = token;
+        if matches!(l.kind, ListenerKind::Stdin) {
+            self.batch_client_open(key)?;
+        }
+        Ok(())
+    }
+
+    /// Point every listener at the routes of `config` (atomically: messages read from
+    /// now on use the new rules).
+    pub(super) fn router_install(&mut self, config: &Config) {
+        self.router.routes.clear();
+        for (_, l) in self.router.listeners.iter_mut() {
+            l.routes.clear();
+        }
+        for route in &config.routes {
+            let Some(&pool) = self.pool_names.get(&route.to) else {
+                continue;
+            };
+            let idx = self.router.routes.len();
+            self.router.routes.push(RouteRt {
+                cfg: route.clone(),
+                pool,
+            });
+            if let Some(&l) = self.router.by_source.get(&route.from) {
+                self.router.listeners[l].routes.push(idx);
+            }
+        }
+    }
+
+    /// Close listeners whose address no route uses any more. Their connections stay
+    /// until their replies are written; new lines on them get `no route`.
+    pub(super) fn listeners_close_unused(&mut self, config: &Config) {
+        let unused: Vec<usize> = self
+            .router
+            .listeners
+            .iter()
+            .filter(|(_, l)| !config.routes.iter().any(|r| r.from == l.source))
+            .map(|(k, _)| k)
+            .collect();
+        for key in unused {
+            self.listener_close(key);
+        }
+    }
+
+    fn listener_close(&mut self, key: usize) {
+        let mut l = self.router.listeners.remove(key);
+        self.router.by_source.remove(&l.source);
+        if let Some(token) = l.token {
+            match &mut l.kind {
+                ListenerKind::Tcp(s) => self.deregister_io(s, token),
+                ListenerKind::Unix(s, _) => self.deregister_io(s, token),
+                ListenerKind::Stdin => {}
+            }
+        }
+        if let ListenerKind::Unix(_, path) = &l.kind {
+            let _ = std::fs::remove_file(path);
+        }
+        log::info!("stopped listening on {}", l.source);
+    }
+
+    // ----- listeners and clients ----------------------------------------------------
+
+    pub(super) fn on_listener(&mut self, key: usize) {
+        if self.router.stopped_reading {
+            return;
+        }
+        loop {
+            let Some(l) = self.router.listeners.get_mut(key) else {
+                return;
+            };
+            let accepted = match &l.kind {
+                ListenerKind::Tcp(s) => s.accept().map(|(c, peer)| {
+                    let _ = c.set_nodelay(true);
+                    (Stream::Tcp(c), peer.to_string())
+                }),
+                ListenerKind::Unix(s, path) => s
+                    .accept()
+                    .map(|(c, _)| (Stream::Unix(c), format!("unix:{}", path.display()))),
+                ListenerKind::Stdin => return,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    if let Err(e) = self.client_add(key, stream, peer) {
+                        log::warn!("cannot watch a new connection: {e}");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE/ENFILE: the pending connection stays in the backlog; try
+                    // again shortly rather than spin on a readiness we cannot serve.
+                    log::warn!("accept on {}: {e}; retrying in 100ms", l.source);
+                    let gen = self.gen();
+                    self.timers.arm(
+                        self.now + ACCEPT_RETRY,
+                        TimerKey::Accept { listener: key, gen },
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    fn client_add(&mut self, listener: usize, mut stream: Stream, peer: String) -> io::Result<()> {
+        let entry = self.router.clients.vacant_entry();
+        let key = entry.key();
+        let token = match &mut stream {
+            Stream::Tcp(s) => Some(register(
+                &self.poll,
+                &mut self.io,
+                s,
+                IoTarget::Client(key),
+            )?),
+            Stream::Unix(s) => Some(register(
+                &self.poll,
+                &mut self.io,
+                s,
+                IoTarget::Client(key),
+            )?),
+            Stream::Stdio { .. } => None,
+        };
+        self.router.next_client_id += 1;
+        log::debug!("client {peer} connected");
+        entry.insert(Client {
+            id: self.router.next_client_id,
+            listener,
+            stream,
+            token,
+            inbuf: LineBuf::new(MAX_LINE),
+            out: Vec::new(),
+            out_pos: 0,
+            order: Reorder::default(),
+            outstanding: 0,
+            stalled: None,
+            read_done: false,
+            read_paused: false,
+            want_write: false,
+            dead: false,
+            out_token: None,
+            tty_ready: false,
+            label: peer,
+        });
+        Ok(())
+    }
+
+    /// Batch mode: orchd's stdin and stdout form one client.
+    fn batch_client_open(&mut self, listener: usize) -> io::Result<()> {
+        let input = sys::fd_kind(0)?;
+        let output = sys::fd_kind(1)?;
+        if input == FdKind::Stream {
+            sys::set_fd_nonblocking(0, true)?;
+        }
+        if output == FdKind::Stream {
+            sys::set_fd_nonblocking(1, true)?;
+        }
+        let key = self.router.clients.vacant_entry().key();
+        self.client_add(listener, Stream::Stdio { input, output }, "stdin".into())?;
+        if input != FdKind::File {
+            // Pipes, sockets and terminals can be polled; regular files cannot (EPERM)
+            // and are read whenever there is room instead.
+            let token = register(
+                &self.poll,
+                &mut self.io,
+                &mut SourceFd(&0),
+                IoTarget::Client(key),
+            )?;
+            self.router.clients[key].token = Some(token);
+        }
+        self.router.batch = Some(key);
+        self.router.to_pump.push(key);
+        Ok(())
+    }
+
+    pub(super) fn on_client(&mut self, key: usize, event: &Event) {
+        if event.is_readable() {
+            if let Some(c) = self.router.clients.get_mut(key) {
+                c.tty_ready = true;
+            }
+        }
+        if event.is_writable() {
+            self.flush_client(key);
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.client_pump(key);
+        }
+    }
+
+    fn client_can_read(&self, c: &Client) -> bool {
+        !c.dead
+            && !c.read_done
+            && c.stalled.is_none()
+            && !self.router.stopped_reading
+            && c.outstanding < MAX_OUTSTANDING
+            && c.out.len() - c.out_pos < MAX_CLIENT_OUT
+    }
+
+    /// Read and route as much as the client and its pools allow.
+    fn client_pump(&mut self, key: usize) {
+        let Some(c) = self.router.clients.get_mut(key) else {
+            return;
+        };
+        if let Some(line) = c.stalled.take() {
+            if !self.submit(key, line) {
+                return;
+            }
+        }
+        let Some(c) = self.router.clients.get_mut(key) else {
+            return;
+        };
+        let mut inbuf = std::mem::replace(&mut c.inbuf, LineBuf::new(0));
+        'outer: loop {
+            let Some(c) = self.router.clients.get(key) else {
+                return;
+            };
+            if !self.client_can_read(c) {
+                if let Some(c) = self.router.clients.get_mut(key) {
+                    c.read_paused = !c.read_done;
+                }
+                break;
+            }
+            while let Some(frame) = inbuf.next_frame() {
+                match frame {
+                    Frame::Line(line) => {
+                        let line = line.strip_suffix(b"\r").unwrap_or(line).to_vec();
+                        if !self.submit(key, line) {
+                            break 'outer;
+                        }
+                    }
+                    Frame::TooLong => self.reply_now(key, "message too long"),
+                }
+                let Some(c) = self.router.clients.get(key) else {
+                    return;
+                };
+                if !self.client_can_read(c) {
+                    continue 'outer;
+                }
+            }
+            let c = &mut self.router.clients[key];
+            match client_read(c, &mut inbuf) {
+                Ok(Fill::Data(_)) => continue,
+                Ok(Fill::Eof) => {
+                    c.read_done = true;
+                    c.read_paused = false;
+                    // An unterminated last line is still a message.
+                    if let Some(rest) = inbuf.take_partial() {
+                        let rest = rest.strip_suffix(b"\r").unwrap_or(&rest).to_vec();
+                        if rest.len() > MAX_LINE {
+                            self.reply_now(key, "message too long");
+                        } else {
+                            // Cannot stall: EOF means the line is already read, so a
+                            // full pool is waited for via `stalled` like any other.
+                            self.submit(key, rest);
+                        }
+                    }
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.read_paused = false;
+                    break;
+                }
+                Err(e) => {
+                    log::debug!("client {}: read: {e}", c.label);
+                    c.dead = true;
+                    c.read_done = true;
+                    break;
+                }
+            }
+        }
+        if let Some(c) = self.router.clients.get_mut(key) {
+            inbuf.shrink();
+            c.inbuf = inbuf;
+        }
+        self.client_maybe_close(key);
+    }
+
+    /// Route one message from client `key`. Returns false when it stalled on a full
+    /// pool (the client stops reading until that pool drains).
+    fn submit(&mut self, key: usize, mut line: Vec<u8>) -> bool {
+        let c = &self.router.clients[key];
+        let listener = c.listener;
+        let rule = self.router.listeners.get(listener).and_then(|l| {
+            l.routes.iter().copied().find(|&r| {
+                let cfg = &self.router.routes[r].cfg;
+                cfg.matcher.as_ref().is_none_or(|m| m.0.is_match(&line))
+            })
+        });
+        let Some(r) = rule else {
+            self.reply_now(key, "no route");
+            return true;
+        };
+        let RouteRt { cfg, pool } = &self.router.routes[r];
+        let pool = *pool;
+        let Some(p) = self.pools.get(pool) else {
+            self.reply_now(key, "no route");
+            return true;
+        };
+        if p.slots.is_empty() {
+            self.reply_now(key, "pool has no instances");
+            return true;
+        }
+        if p.q.waiting >= p.cfg.queue as usize {
+            let id = self.router.clients[key].id;
+            self.router.clients[key].stalled = Some(line);
+            self.router.clients[key].read_paused = true;
+            let q = &mut self.pools[pool].q;
+            if !q.waiters.contains(&(key, id)) {
+                q.waiters.push((key, id));
+            }
+            return false;
+        }
+        let (strategy, ordered, timeout, retries) =
+            (cfg.strategy, cfg.ordered, cfg.timeout, cfg.retries);
+        let pin = match strategy {
+            Strategy::Hash => {
+                let k = match &cfg.key {
+                    Some(re) => match re.0.captures(&line) {
+                        Some(caps) => caps.get(1).or_else(|| caps.get(0)).map(|m| m.as_bytes()),
+                        None => None,
+                    },
+                    None => Some(&line[..]),
+                };
+                // No key in the message: hash the whole message.
+                Pin::Hash(strategy::key_hash(k.unwrap_or(&line)))
+            }
+            s => Pin::Any(s),
+        };
+        let c = &mut self.router.clients[key];
+        let client_id = c.id;
+        let seq = ordered.then(|| c.order.reserve());
+        c.outstanding += 1;
+        line.push(b'\n');
+        if strategy == Strategy::Broadcast {
+            self.submit_broadcast(key, client_id, seq, line, pool, timeout, retries);
+            return true;
+        }
+        let m = self.router.msgs.insert(Msg {
+            client: key,
+            client_id,
+            seq,
+            payload: line,
+            pool,
+            pin,
+            timeout,
+            retries,
+            attempts: 0,
+            gather: None,
+            queued_at: self.now,
+            sent_at: self.now,
+        });
+        self.pools[pool].q.waiting += 1;
+        self.place(m, false);
+        true
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn submit_broadcast(
+        &mut self,
+        client: usize,
+        client_id: u64,
+        seq: Option<u64>,
+        payload: Vec<u8>,
+        pool: usize,
+        timeout: Option<Duration>,
+        retries: u32,
+    ) {
+        let targets: Vec<u32> = self.pools[pool]
+            .slots
+            .iter()
+            .filter(|&&k| self.instances[k].is_live())
+            .map(|&k| self.instances[k].index)
+            .collect();
+        let g = self.router.gathers.insert(Gather {
+            client,
+            client_id,
+            seq,
+            replies: vec![None; targets.len()],
+            remaining: targets.len(),
+            errors: false,
+        });
+        if targets.is_empty() {
+            self.router.gathers.remove(g);
+            self.emit(
+                client,
+                client_id,
+                seq,
+                None,
+                Some("pool has no running instances"),
+            );
+            return;
+        }
+        for (pos, index) in targets.into_iter().enumerate() {
+            let m = self.router.msgs.insert(Msg {
+                client,
+                client_id,
+                seq: None,
+                payload: payload.clone(),
+                pool,
+                pin: Pin::Slot(index),
+                timeout,
+                retries,
+                attempts: 0,
+                gather: Some((g, pos)),
+                queued_at: self.now,
+                sent_at: self.now,
+            });
+            self.pools[pool].q.waiting += 1;
+            self.place(m, false);
+        }
+    }
+
+    // ----- placing messages ---------------------------------------------------------
+
+    /// Live instances of a pool as strategy candidates, in index order.
+    fn candidates(&self, pool: usize) -> Vec<(usize, Candidate)> {
+        let p = &self.pools[pool];
+        let max = p.cfg.max_inflight;
+        p.slots
+            .iter()
+            .filter(|&&k| self.instances[k].is_live())
+            .map(|&k| {
+                let i = &self.instances[k];
+                let inflight = i.rt.inflight.len() as u32;
+                (
+                    k,
+                    Candidate {
+                        index: i.index,
+                        inflight,
+                        has_room: inflight < max,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn placement(&mut self, m: usize) -> Placement {
+        let msg = &self.router.msgs[m];
+        let pool = msg.pool;
+        let pin = msg.pin;
+        let max = self.pools[pool].cfg.max_inflight as usize;
+        match pin {
+            Pin::Any(s) => {
+                let cands = self.candidates(pool);
+                let just: Vec<Candidate> = cands.iter().map(|(_, c)| *c).collect();
+                let cursor = &mut self.pools[pool].q.cursor;
+                let pick = match s {
+                    Strategy::LeastBusy => strategy::least_busy(&just, cursor),
+                    _ => strategy::round_robin(&just, cursor),
+                };
+                match pick {
+                    Some(i) => Placement::Assign(cands[i].0),
+                    None => Placement::Wait,
+                }
+            }
+            Pin::Hash(h) => {
+                let cands = self.candidates(pool);
+                match strategy::rendezvous(h, cands.iter().map(|(_, c)| c.index)) {
+                    Some(i) if cands[i].1.has_room => Placement::Assign(cands[i].0),
+                    Some(i) => Placement::Backlog(cands[i].0),
+                    None => Placement::Wait,
+                }
+            }
+            Pin::Slot(index) => {
+                let slot = self.pools[pool]
+                    .slots
+                    .iter()
+                    .copied()
+                    .find(|&k| self.instances[k].index == index);
+                match slot {
+                    None => Placement::Fail("instance removed"),
+                    Some(k) => {
+                        let i = &self.instances[k];
+                        if i.is_live() && i.rt.inflight.len() < max && i.rt.backlog.is_empty() {
+                            Placement::Assign(k)
+                        } else {
+                            Placement::Backlog(k)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Put a message where it belongs now. `front`: it is being redelivered and goes
+    /// ahead of the queue.
+    fn place(&mut self, m: usize, front: bool) {
+        let pool = self.router.msgs[m].pool;
+        if !front && !self.pools[pool].q.queue.is_empty() {
+            // FIFO: never overtake messages already waiting for any instance.
+            if matches!(self.router.msgs[m].pin, Pin::Any(_)) {
+                self.pools[pool].q.queue.push_back(m);
+                self.pool_changed_arm_expiry(pool, m);
+                return;
+            }
+        }
+        match self.placement(m) {
+            Placement::Assign(k) => {
+                self.pools[pool].q.waiting -= 1;
+                self.assign(m, k);
+            }
+            Placement::Backlog(k) => {
+                let b = &mut self.instances[k].rt.backlog;
+                if front {
+                    b.push_front(m);
+                } else {
+                    b.push_back(m);
+                }
+                if !self.instances[k].is_live() {
+                    self.pool_changed_arm_expiry(pool, m);
+                }
+            }
+            Placement::Wait => {
+                let q = &mut self.pools[pool].q.queue;
+                if front {
+                    q.push_front(m);
+                } else {
+                    q.push_back(m);
+                }
+                self.pool_changed_arm_expiry(pool, m);
+            }
+            Placement::Fail(why) => {
+                self.pools[pool].q.waiting -= 1;
+                self.fail_msg(m, why);
+            }
+        }
+    }
+
+    /// Write a message to an instance.
+    fn assign(&mut self, m: usize, k: usize) {
+        let now = self.now;
+        let msg = &mut self.router.msgs[m];
+        msg.attempts += 1;
+        msg.sent_at = now;
+        let deadline = msg.timeout.map(|t| now + t);
+        let inst = &mut self.instances[k];
+        let Some(stdin) = inst.stdin.as_mut() else {
+            // Not live after all: keep it for this instance.
+            inst.rt.backlog.push_front(m);
+            self.pools[self.router.msgs[m].pool].q.waiting += 1;
+            return;
+        };
+        if stdin.buf.is_empty() {
+            self.dirty_stdin.push_back(k);
+        }
+        stdin.buf.extend_from_slice(&msg.payload);
+        inst.rt.inflight.push_back(m);
+        if let Some(at) = deadline {
+            if inst.rt.deadline_at.is_none_or(|cur| at < cur) {
+                self.next_gen += 1;
+                let gen = self.next_gen;
+                let inst = &mut self.instances[k];
+                inst.rt.deadline_at = Some(at);
+                inst.rt.deadline_gen = gen;
+                self.timers.arm(at, TimerKey::Inflight { key: k, gen });
+            }
+        }
+    }
+
+    /// Fill instance `k` from its backlog, then let the pool hand out queued work.
+    fn instance_pull(&mut self, k: usize) {
+        let Some(inst) = self.instances.get(k) else {
+            return;
+        };
+        let pool = inst.pool;
+        let max = self.pools[pool].cfg.max_inflight as usize;
+        loop {
+            let inst = &mut self.instances[k];
+            if !inst.is_live() || inst.rt.inflight.len() >= max {
+                break;
+            }
+            let Some(m) = inst.rt.backlog.pop_front() else {
+                break;
+            };
+            self.pools[pool].q.waiting -= 1;
+            self.assign(m, k);
+        }
+        self.pool_pump(pool);
+    }
+
+    /// Hand queued messages to instances while any can take them.
+    fn pool_pump(&mut self, pool: usize) {
+        while let Some(&m) = self.pools.get(pool).and_then(|p| p.q.queue.front()) {
+            match self.placement(m) {
+                Placement::Assign(k) => {
+                    let q = &mut self.pools[pool].q;
+                    q.queue.pop_front();
+                    q.waiting -= 1;
+                    self.assign(m, k);
+                }
+                Placement::Backlog(k) => {
+                    self.pools[pool].q.queue.pop_front();
+                    self.instances[k].rt.backlog.push_back(m);
+                }
+                Placement::Wait => break,
+                Placement::Fail(why) => {
+                    let q = &mut self.pools[pool].q;
+                    q.queue.pop_front();
+                    q.waiting -= 1;
+                    self.fail_msg(m, why);
+                }
+            }
+        }
+        self.pool_wake_waiters(pool);
+    }
+
+    /// Clients stalled on a full queue may go on once there is room.
+    fn pool_wake_waiters(&mut self, pool: usize) {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        if p.q.waiters.is_empty() || p.q.waiting >= p.cfg.queue as usize {
+            return;
+        }
+        for (c, id) in std::mem::take(&mut p.q.waiters) {
+            if self.router.clients.get(c).is_some_and(|cl| cl.id == id) {
+                self.router.to_pump.push(c);
+            }
+        }
+    }
+
+    // ----- instances coming and going ----------------------------------------------
+
+    pub(super) fn route_instance_up(&mut self, k: usize) {
+        if let Some(pool) = self.instances.get(k).map(|i| i.pool) {
+            self.route_pool_changed(pool);
+            self.instance_pull(k);
+        }
+    }
+
+    /// The instance's process died or is being stopped: what it had in flight is
+    /// delivered again (answered replies were read first), its backlog goes elsewhere.
+    pub(super) fn route_instance_down(&mut self, k: usize) {
+        let failure = match self.instances.get(k) {
+            Some(i) if i.timed_out => Failure::TimedOut,
+            Some(_) => Failure::Died,
+            None => return,
+        };
+        let inst = &mut self.instances[k];
+        let inflight = std::mem::take(&mut inst.rt.inflight);
+        inst.rt.deadline_at = None;
+        let pool = inst.pool;
+        if let Some(p) = inst.stdin.as_mut() {
+            p.buf.clear();
+            p.pos = 0;
+        }
+        // Redelivered in their original order, ahead of everything waiting.
+        let mut again = Vec::new();
+        for m in inflight {
+            let msg = &self.router.msgs[m];
+            if msg.attempts > msg.retries {
+                let why = match failure {
+                    Failure::TimedOut => "retries exhausted (timed out)",
+                    Failure::Died => "retries exhausted (worker died)",
+                };
+                self.fail_msg(m, why);
+            } else {
+                again.push(m);
+            }
+        }
+        if !again.is_empty() {
+            log::info!(
+                "{}: delivering {} unanswered message(s) again",
+                self.instances[k].label,
+                again.len()
+            );
+        }
+        self.pools[pool].q.waiting += again.len();
+        self.rehome_backlog(k);
+        for m in again.into_iter().rev() {
+            self.place(m, true);
+        }
+        self.route_pool_changed(pool);
+        self.pool_pump(pool);
+    }
+
+    /// Backlog messages that are not pinned to this very slot go elsewhere; slot-pinned
+    /// ones stay while the slot may come back.
+    fn rehome_backlog(&mut self, k: usize) {
+        let inst = &mut self.instances[k];
+        let coming_back = !inst.retiring
+            && matches!(
+                inst.life.state,
+                crate::supervisor::lifecycle::State::Backoff { .. }
+                    | crate::supervisor::lifecycle::State::Running { .. }
+            );
+        let backlog = std::mem::take(&mut inst.rt.backlog);
+        let mut keep = VecDeque::new();
+        let mut moved = Vec::new();
+        for m in backlog {
+            match self.router.msgs[m].pin {
+                Pin::Slot(_) if coming_back => keep.push_back(m),
+                Pin::Slot(_) => {
+                    self.pools[self.router.msgs[m].pool].q.waiting -= 1;
+                    self.fail_msg(m, "instance stopped");
+                }
+                _ => moved.push(m),
+            }
+        }
+        self.instances[k].rt.backlog = keep;
+        for m in moved.into_iter().rev() {
+            self.place(m, true);
+        }
+    }
+
+    /// The instance stopped for good (or gave up): nothing may wait for it.
+    pub(super) fn route_instance_gone(&mut self, k: usize) {
+        if self.instances.get(k).is_none() {
+            return;
+        }
+        if !self.instances[k].rt.inflight.is_empty() {
+            self.route_instance_down(k);
+        }
+        self.rehome_backlog(k);
+        let pool = self.instances[k].pool;
+        self.route_pool_changed(pool);
+    }
+
+    /// Recompute whether the pool has live instances, for queue expiry.
+    pub(super) fn route_pool_changed(&mut self, pool: usize) {
+        let Some(p) = self.pools.get(pool) else {
+            return;
+        };
+        let live = p.slots.iter().any(|&k| self.instances[k].is_live());
+        let now = self.now;
+        let q = &mut self.pools[pool].q;
+        if live {
+            q.empty_since = None;
+            q.expire_at = None;
+        } else if q.empty_since.is_none() {
+            q.empty_since = Some(now);
+            self.pool_arm_expiry(pool);
+        }
+    }
+
+    fn pool_changed_arm_expiry(&mut self, pool: usize, m: usize) {
+        let q = &self.pools[pool].q;
+        let Some(since) = q.empty_since else {
+            return;
+        };
+        let msg = &self.router.msgs[m];
+        let Some(t) = msg.timeout else {
+            return;
+        };
+        let at = since.max(msg.queued_at) + t;
+        if q.expire_at.is_none_or(|cur| at < cur) {
+            let gen = self.gen();
+            let q = &mut self.pools[pool].q;
+            q.expire_at = Some(at);
+            q.expire_gen = gen;
+            self.timers.arm(at, TimerKey::PoolQueue { pool, gen });
+        }
+    }
+
+    /// Messages of this pool that wait for an instance, wherever they wait.
+    fn pool_waiting_msgs(&self, pool: usize) -> Vec<usize> {
+        let p = &self.pools[pool];
+        let mut v: Vec<usize> = p.q.queue.iter().copied().collect();
+        for &k in p.slots.iter().chain(&p.retiring) {
+            let i = &self.instances[k];
+            if !i.is_live() {
+                v.extend(i.rt.backlog.iter().copied());
+            }
+        }
+        v
+    }
+
+    fn pool_arm_expiry(&mut self, pool: usize) {
+        let Some(since) = self.pools[pool].q.empty_since else {
+            return;
+        };
+        let next = self
+            .pool_waiting_msgs(pool)
+            .into_iter()
+            .filter_map(|m| {
+                let msg = &self.router.msgs[m];
+                msg.timeout.map(|t| since.max(msg.queued_at) + t)
+            })
+            .min();
+        let gen = self.gen();
+        let q = &mut self.pools[pool].q;
+        q.expire_at = next;
+        q.expire_gen = gen;
+        if let Some(at) = next {
+            self.timers.arm(at, TimerKey::PoolQueue { pool, gen });
+        }
+    }
+
+    pub(super) fn on_pool_queue_timer(&mut self, pool: usize, gen: u64) {
+        let Some(p) = self.pools.get(pool) else {
+            return;
+        };
+        if p.q.expire_gen != gen {
+            return;
+        }
+        let Some(since) = p.q.empty_since else {
+            return;
+        };
+        let now = self.now;
+        let expired: Vec<usize> = self
+            .pool_waiting_msgs(pool)
+            .into_iter()
+            .filter(|&m| {
+                let msg = &self.router.msgs[m];
+                msg.timeout
+                    .is_some_and(|t| since.max(msg.queued_at) + t <= now)
+            })
+            .collect();
+        if !expired.is_empty() {
+            log::warn!(
+                "pool {}: {} message(s) found no running instance in time",
+                self.pools[pool].cfg.name,
+                expired.len()
+            );
+        }
+        for m in expired {
+            self.unlink_waiting(pool, m);
+            self.fail_msg(m, "timed out waiting for an instance");
+        }
+        self.pool_arm_expiry(pool);
+        self.pool_wake_waiters(pool);
+    }
+
+    /// Remove a waiting message from the queue or backlog that holds it.
+    fn unlink_waiting(&mut self, pool: usize, m: usize) {
+        let p = &mut self.pools[pool];
+        p.q.waiting -= 1;
+        if let Some(i) = p.q.queue.iter().position(|&x| x == m) {
+            p.q.queue.remove(i);
+            return;
+        }
+        for &k in p.slots.iter().chain(&p.retiring) {
+            let b = &mut self.instances[k].rt.backlog;
+            if let Some(i) = b.iter().position(|&x| x == m) {
+                b.remove(i);
+                return;
+            }
+        }
+    }
+
+    pub(super) fn on_inflight_timer(&mut self, k: usize, gen: u64) {
+        let Some(inst) = self.instances.get_mut(k) else {
+            return;
+        };
+        if inst.rt.deadline_gen != gen {
+            return;
+        }
+        inst.rt.deadline_at = None;
+        let now = self.now;
+        let msgs = &self.router.msgs;
+        let earliest = inst
+            .rt
+            .inflight
+            .iter()
+            .filter_map(|&m| msgs[m].timeout.map(|t| msgs[m].sent_at + t))
+            .min();
+        match earliest {
+            Some(at) if at <= now => {
+                let t = at.duration_since(self.router.msgs[inst.rt.inflight[0]].sent_at);
+                log::warn!(
+                    "{} did not answer within {}; restarting it",
+                    inst.label,
+                    super::supervise::fmt_duration(t)
+                );
+                inst.timed_out = true;
+                self.restart_instance(k);
+            }
+            Some(at) => {
+                let gen = self.gen();
+                let inst = &mut self.instances[k];
+                inst.rt.deadline_at = Some(at);
+                inst.rt.deadline_gen = gen;
+                self.timers.arm(at, TimerKey::Inflight { key: k, gen });
+            }
+            None => {}
+        }
+    }
+
+    // ----- replies ------------------------------------------------------------------
+
+    /// One stdout line of a routed instance: the reply to its oldest message.
+    pub(super) fn on_worker_reply(&mut self, k: usize, reply: Result<&[u8], &str>) {
+        let inst = &mut self.instances[k];
+        let Some(m) = inst.rt.inflight.pop_front() else {
+            match reply {
+                Ok(line) => log::warn!(
+                    "{}: protocol error: reply with no message in flight: {}",
+                    inst.label,
+                    String::from_utf8_lossy(&line[..line.len().min(200)])
+                ),
+                Err(why) => log::warn!(
+                    "{}: protocol error: {why} with no message in flight",
+                    inst.label
+                ),
+            }
+            return;
+        };
+        inst.rt.answered += 1;
+        if inst.rt.inflight.is_empty() {
+            inst.rt.deadline_at = None;
+        }
+        match reply {
+            Ok(line) => self.answer(m, Some(line), None),
+            Err(why) => self.answer(m, None, Some(why)),
+        }
+        self.instance_pull(k);
+        self.instance_maybe_drained(k);
+    }
+
+    fn fail_msg(&mut self, m: usize, why: &str) {
+        self.answer(m, None, Some(why));
+    }
+
+    /// Complete a message with a reply line or an error, and forget it.
+    fn answer(&mut self, m: usize, line: Option<&[u8]>, error: Option<&str>) {
+        let msg = self.router.msgs.remove(m);
+        match msg.gather {
+            None => self.emit(msg.client, msg.client_id, msg.seq, line, error),
+            Some((g, pos)) => {
+                let prefix = &self.config.settings.error_prefix;
+                let gather = &mut self.router.gathers[g];
+                let bytes = match (line, error) {
+                    (Some(l), _) => l.to_vec(),
+                    (None, e) => {
+                        gather.errors = true;
+                        format!("{prefix}{}", e.unwrap_or("error")).into_bytes()
+                    }
+                };
+                if gather.replies[pos].is_none() {
+                    gather.replies[pos] = Some(bytes);
+                    gather.remaining -= 1;
+                }
+                if gather.remaining == 0 {
+                    let gather = self.router.gathers.remove(g);
+                    let mut all = Vec::new();
+                    for r in gather.replies.into_iter().flatten() {
+                        all.extend_from_slice(&r);
+                        all.push(b'\n');
+                    }
+                    self.emit_raw(
+                        gather.client,
+                        gather.client_id,
+                        gather.seq,
+                        all,
+                        gather.errors,
+                    );
+                }
+            }
+        }
+    }
+
+    /// An immediate error reply to a line just read (no route, too long...).
+    fn reply_now(&mut self, key: usize, why: &str) {
+        let c = &mut self.router.clients[key];
+        let seq = Some(c.order.reserve());
+        c.outstanding += 1;
+        let id = c.id;
+        self.emit(key, id, seq, None, Some(why));
+    }
+
+    fn emit(
+        &mut self,
+        c: usize,
+        id: u64,
+        seq: Option<u64>,
+        line: Option<&[u8]>,
+        error: Option<&str>,
+    ) {
+        let mut bytes = match (line, error) {
+            (Some(l), _) => {
+                let mut b = Vec::with_capacity(l.len() + 1);
+                b.extend_from_slice(l);
+                b
+            }
+            (None, e) => format!(
+                "{}{}",
+                self.config.settings.error_prefix,
+                e.unwrap_or("error")
+            )
+            .into_bytes(),
+        };
+        bytes.push(b'\n');
+        self.emit_raw(c, id, seq, bytes, line.is_none());
+    }
+
+    /// Queue reply bytes for a client, in order when `seq` is set.
+    fn emit_raw(&mut self, c: usize, id: u64, seq: Option<u64>, bytes: Vec<u8>, is_error: bool) {
+        let batch = self.router.batch == Some(c);
+        let Some(client) = self.router.clients.get_mut(c).filter(|cl| cl.id == id) else {
+            return; // the client left; its replies go nowhere
+        };
+        if is_error && batch {
+            self.router.batch_errors += 1;
+        }
+        client.outstanding = client.outstanding.saturating_sub(1);
+        let was_empty = client.out.len() == client.out_pos;
+        match seq {
+            Some(seq) => {
+                client.order.fill(seq, bytes);
+                while let Some(b) = client.order.pop_ready() {
+                    client.out.extend_from_slice(&b);
+                }
+            }
+            None => client.out.extend_from_slice(&bytes),
+        }
+        if was_empty && client.out.len() > client.out_pos {
+            self.dirty_clients.push_back(c);
+        }
+        if client.read_paused && client.stalled.is_none() {
+            self.router.to_pump.push(c);
+        }
+    }
+
+    /// Write a client's pending replies; WRITABLE interest only while some are left.
+    pub(super) fn flush_client(&mut self, key: usize) {
+        let Some(c) = self.router.clients.get_mut(key) else {
+            return;
+        };
+        let mut failed = false;
+        while c.out_pos < c.out.len() {
+            match client_write(&mut c.stream, &c.out[c.out_pos..]) {
+                Ok(0) => break,
+                Ok(n) => c.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    log::debug!("client {}: write: {e}", c.label);
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if c.out_pos == c.out.len() {
+            c.out.clear();
+            c.out_pos = 0;
+            if c.out.capacity() > MAX_CLIENT_OUT {
+                c.out = Vec::new();
+            }
+        } else if c.out_pos > (1 << 16) && c.out_pos * 2 > c.out.len() {
+            c.out.drain(..c.out_pos);
+            c.out_pos = 0;
+        }
+        if failed {
+            c.dead = true;
+            c.out.clear();
+            c.out_pos = 0;
+        }
+        let want = c.out_pos < c.out.len();
+        if want != c.want_write {
+            c.want_write = want;
+            if let Err(e) = self.client_write_interest(key, want) {
+                log::warn!(
+                    "client {}: cannot change interest: {e}",
+                    self.router.clients[key].label
+                );
+            }
+        }
+        if let Some(c) = self.router.clients.get(key) {
+            if c.read_paused && c.stalled.is_none() && self.client_can_read(c) {
+                self.router.to_pump.push(key);
+            }
+        }
+        self.client_maybe_close(key);
+    }
+
+    fn client_write_interest(&mut self, key: usize, want: bool) -> io::Result<()> {
+        let interest = if want {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let c = &mut self.router.clients[key];
+        match (&mut c.stream, c.token) {
+            (Stream::Tcp(s), Some(t)) => self.poll.registry().reregister(s, t, interest),
+            (Stream::Unix(s), Some(t)) => self.poll.registry().reregister(s, t, interest),
+            (Stream::Stdio { output, .. }, _) if *output == FdKind::Stream => {
+                // stdout is its own fd: registered only while output is pending.
+                if want && c.out_token.is_none() {
+                    let t = register(
+                        &self.poll,
+                        &mut self.io,
+                        &mut SourceFd(&1),
+                        IoTarget::Client(key),
+                    )?;
+                    self.poll
+                        .registry()
+                        .reregister(&mut SourceFd(&1), t, Interest::WRITABLE)?;
+                    self.router.clients[key].out_token = Some(t);
+                } else if !want {
+                    if let Some(t) = c.out_token.take() {
+                        self.deregister_io(&mut SourceFd(&1), t);
+                    }
+                }
+                Ok(())
+            }
+            // Terminals and files: written with blocking writes, never polled.
+            _ => Ok(()),
+        }
+    }
+
+    /// Close a client that is finished: peer gone, or input done and every reply out.
+    fn client_maybe_close(&mut self, key: usize) {
+        let Some(c) = self.router.clients.get(key) else {
+            return;
+        };
+        let done =
+            c.read_done && c.outstanding == 0 && c.out_pos == c.out.len() && c.stalled.is_none();
+        if !(c.dead || done) {
+            return;
+        }
+        let mut c = self.router.clients.remove(key);
+        if let Some(t) = c.out_token.take() {
+            self.deregister_io(&mut SourceFd(&1), t);
+        }
+        if let Some(token) = c.token {
+            match &mut c.stream {
+                Stream::Tcp(s) => self.deregister_io(s, token),
+                Stream::Unix(s) => self.deregister_io(s, token),
+                Stream::Stdio { .. } => self.deregister_io(&mut SourceFd(&0), token),
+            }
+        }
+        log::debug!("client {} closed", c.label);
+        if self.router.batch == Some(key) {
+            self.router.batch = None;
+            if c.dead && c.outstanding > 0 {
+                log::error!(
+                    "batch output closed with {} replies unwritten",
+                    c.outstanding
+                );
+                self.router.batch_errors += 1;
+            }
+            let errors = self.router.batch_errors;
+            if errors > 0 {
+                log::warn!("batch done: {errors} message(s) got an error reply");
+                self.exit_code = 1;
+            } else {
+                log::info!("batch done: every message answered");
+            }
+            self.shutdown_requested();
+        }
+    }
+
+    /// Resume clients that may read again. Called from the loop before flushing.
+    pub(super) fn router_pump(&mut self) -> bool {
+        if self.router.to_pump.is_empty() {
+            return false;
+        }
+        let list = std::mem::take(&mut self.router.to_pump);
+        for c in list {
+            self.client_pump(c);
+        }
+        true
+    }
+
+    // ----- shutdown -----------------------------------------------------------------
+
+    /// Shutdown: accept and read nothing new.
+    pub(super) fn router_stop_reading(&mut self) {
+        self.router.stopped_reading = true;
+        let keys: Vec<usize> = self
+            .router
+            .listeners
+            .iter()
+            .filter(|(_, l)| !matches!(l.kind, ListenerKind::Stdin))
+            .map(|(k, _)| k)
+            .collect();
+        for k in keys {
+            self.listener_close(k);
+        }
+        let clients: Vec<usize> = self.router.clients.iter().map(|(k, _)| k).collect();
+        for c in clients {
+            if let Some(cl) = self.router.clients.get_mut(c) {
+                cl.read_done = true;
+                if let Some(line) = cl.stalled.take() {
+                    // Read but never routed: it is answered, not lost.
+                    drop(line);
+                    cl.outstanding += 1;
+                    let seq = Some(cl.order.reserve());
+                    let id = cl.id;
+                    self.emit(c, id, seq, None, Some("shutting down"));
+                }
+            }
+            self.client_maybe_close(c);
+        }
+    }
+
+    /// Nothing in flight or waiting.
+    pub(super) fn router_idle(&self) -> bool {
+        self.router.msgs.is_empty()
+    }
+
+    /// Answer every message still waiting or in flight with an error.
+    pub(super) fn router_fail_all(&mut self, why: &str) {
+        let all: Vec<usize> = self.router.msgs.iter().map(|(k, _)| k).collect();
+        for (_, p) in self.pools.iter_mut() {
+            p.q.queue.clear();
+            p.q.waiting = 0;
+        }
+        for (_, i) in self.instances.iter_mut() {
+            i.rt.inflight.clear();
+            i.rt.backlog.clear();
+            i.rt.deadline_at = None;
+        }
+        if !all.is_empty() {
+            log::warn!(
+                "answering {} unfinished message(s) with an error",
+                all.len()
+            );
+        }
+        for m in all {
+            self.fail_msg(m, why);
+        }
+        self.flush_dirty();
+    }
+
+    pub(super) fn router_flushed(&self) -> bool {
+        true
+    }
+
+    /// Last flush of the batch output (blocking), restore stdin/stdout flags, remove
+    /// unix socket files.
+    pub(super) fn router_close(&mut self) {
+        let keys: Vec<usize> = self.router.clients.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            let c = &mut self.router.clients[k];
+            if let Stream::Stdio { input, output } = c.stream {
+                if output == FdKind::Stream {
+                    let _ = sys::set_fd_nonblocking(1, false);
+                }
+                let rest = &c.out[c.out_pos..];
+                if !rest.is_empty() {
+                    let _ = write_all_fd(1, rest);
+                }
+                if input == FdKind::Stream {
+                    let _ = sys::set_fd_nonblocking(0, false);
+                }
+            }
+        }
+        let listeners: Vec<usize> = self.router.listeners.iter().map(|(k, _)| k).collect();
+        for k in listeners {
+            self.listener_close(k);
+        }
+    }
+
+    /// After a reply: a retiring instance with nothing left is stopped.
+    pub(super) fn instance_maybe_drained(&mut self, k: usize) {
+        let Some(i) = self.instances.get(k) else {
+            return;
+        };
+        if i.retiring && i.rt.inflight.is_empty() && i.rt.backlog.is_empty() {
+            self.stop_instance(k);
+        }
+    }
+
+    /// Counters for status: (in flight, answered) of an instance.
+    pub(super) fn instance_counts(&self, k: usize) -> (usize, u64) {
+        self.instances
+            .get(k)
+            .map(|i| (i.rt.inflight.len(), i.rt.answered))
+            .unwrap_or((0, 0))
+    }
+
+    pub(super) fn on_accept_timer(&mut self, listener: usize) {
+        self.on_listener(listener);
+    }
+}
+
+fn register<S: mio::event::Source + ?Sized>(
+    poll: &mio::Poll,
+    io: &mut Slab<IoTarget>,
+    source: &mut S,
+    target: IoTarget,
+) -> io::Result<Token> {
+    let entry = io.vacant_entry();
+    let token = Token(entry.key() + super::FIRST_IO);
+    poll.registry()
+        .register(source, token, Interest::READABLE)?;
+    entry.insert(target);
+    Ok(token)
+}
+
+fn client_read(c: &mut Client, inbuf: &mut LineBuf) -> io::Result<Fill> {
+    match &mut c.stream {
+        Stream::Tcp(s) => inbuf.fill(s),
+        Stream::Unix(s) => inbuf.fill(s),
+        Stream::Stdio { input, .. } => {
+            if *input == FdKind::Tty {
+                // A terminal is never made non-blocking (it shares its file description
+                // with stderr): read only when bytes are known to be there.
+                if !c.tty_ready {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                let r = inbuf.fill(&mut StdinReader);
+                c.tty_ready = matches!(sys::readable_bytes(0), Ok(n) if n > 0);
+                return r;
+            }
+            inbuf.fill(&mut StdinReader)
+        }
+    }
+}
+
+struct StdinReader;
+
+impl Read for StdinReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        sys::read_fd(0, buf)
+    }
+}
+
+fn client_write(stream: &mut Stream, buf: &[u8]) -> io::Result<usize> {
+    match stream {
+        Stream::Tcp(s) => s.write(buf),
+        Stream::Unix(s) => s.write(buf),
+        Stream::Stdio { .. } => sys::write_fd(1, buf),
+    }
+}
+
+fn write_all_fd(fd: i32, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match sys::write_fd(fd, buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Bind a unix listener: a stale socket file is replaced, a live one (something
+/// accepts on it) is an error; the file gets `mode`.
+fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running process", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on unix:{}: {e}", path.display()),
+        )
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(l)
+}

@@ -1,0 +1,796 @@
+//! Processes: starting instances, reaping them, restarting with backoff, stopping
+//! their process groups, and logging their output.
+//!
+//! Decisions come from [`crate::supervisor::lifecycle`]; this module performs them.
+//! Invariants: an instance with a live leader is in `pids`; a group whose leader is
+//! gone but whose members may live is either in `lingering` (instance restarting) or in
+//! `awaiting_group` (instance stopping), and gets SIGKILL at its deadline.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use mio::unix::pipe::{Receiver, Sender};
+use mio::{Interest, Token};
+
+use super::route::InstanceRt;
+use super::{Daemon, IoTarget, Phase, TimerKey};
+use crate::config::Pool;
+use crate::framing::{log_pieces, Fill, Frame, LineBuf};
+use crate::supervisor::lifecycle::{AfterExit, Lifecycle, State};
+use crate::supervisor::spawn::{self, Credentials};
+use crate::sys::{self, Exit};
+
+/// Worker log lines longer than this are split into several records.
+const LOG_LINE_MAX: usize = 16 * 1024;
+/// Replies longer than this are refused (like messages, SPEC 5).
+pub const MAX_LINE: usize = 1024 * 1024;
+
+/// A pool at run time.
+pub struct PoolRt {
+    pub cfg: Pool,
+    /// Some route targets this pool: instances get a stdin pipe and their stdout lines
+    /// are replies.
+    pub routed: bool,
+    /// Instance keys by index (`ORCHD_INSTANCE`).
+    pub slots: Vec<usize>,
+    /// Instances on their way out (scale-down, replacement, removal): they take no new
+    /// messages, finish what they have, then stop and are forgotten.
+    pub retiring: Vec<usize>,
+    /// Removed from the config: forgotten once its last instance has stopped.
+    pub removed: bool,
+    pub q: super::route::PoolQueue,
+}
+
+pub(super) struct PipeIn {
+    pub rx: Receiver,
+    pub token: Token,
+    pub buf: LineBuf,
+}
+
+pub(super) struct PipeOut {
+    pub tx: Sender,
+    pub token: Token,
+    /// Bytes not yet written, from `pos`.
+    pub buf: Vec<u8>,
+    pub pos: usize,
+    /// WRITABLE interest is registered (only while output is pending).
+    pub want_write: bool,
+}
+
+/// One instance slot of a pool. It outlives the processes it runs: restarts keep the
+/// slot, its counters and its backlog.
+pub struct Instance {
+    pub pool: usize,
+    pub index: u32,
+    /// `pool[index]`: log target and name in messages.
+    pub label: String,
+    pub life: Lifecycle,
+    pub started_at: Instant,
+    pgid: u32,
+    /// Generation of the lifecycle timer; bumped on every state change.
+    gen: u64,
+    /// Leaving: finish in-flight work, stop, then the slot is forgotten.
+    pub retiring: bool,
+    /// SIGKILL was sent to the group.
+    killed: bool,
+    /// Stopped because a message timed out: start again once stopped, and what was in
+    /// flight failed by timeout.
+    pub timed_out: bool,
+    /// Never started yet (for READY=1).
+    first_start_pending: bool,
+    /// Runs `command` as of this config (a replacement carries the new one).
+    pub stdin_pipe: bool,
+    pub(super) stdout: Option<PipeIn>,
+    pub(super) stderr: Option<PipeIn>,
+    pub(super) stdin: Option<PipeOut>,
+    pub(super) rt: InstanceRt,
+}
+
+impl Instance {
+    /// The process group to signal, while there may be one.
+    pub fn group(&self) -> Option<u32> {
+        match self.life.state {
+            State::Running { .. } | State::Stopping { .. } if self.pgid > 1 => Some(self.pgid),
+            _ => None,
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        matches!(self.life.state, State::Stopped)
+    }
+
+    pub fn is_pending_first_start(&self) -> bool {
+        self.first_start_pending
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.life.state.pid()
+    }
+
+    /// Running and able to take messages.
+    pub fn is_live(&self) -> bool {
+        matches!(self.life.state, State::Running { .. }) && !self.retiring && self.stdin.is_some()
+    }
+}
+
+impl Daemon {
+    /// Create a pool and start its instances.
+    pub(super) fn pool_add(&mut self, cfg: Pool, routed: bool) -> usize {
+        let count = cfg.count;
+        let name = cfg.name.clone();
+        let key = self.pools.insert(PoolRt {
+            cfg,
+            routed,
+            slots: Vec::new(),
+            retiring: Vec::new(),
+            removed: false,
+            q: Default::default(),
+        });
+        self.pool_names.insert(name, key);
+        for _ in 0..count {
+            self.instance_add(key);
+        }
+        key
+    }
+
+    /// Add the next instance slot to a pool and start it.
+    pub(super) fn instance_add(&mut self, pool: usize) -> usize {
+        let index = self.pools[pool].slots.len() as u32;
+        let key = self.instance_new(pool, index);
+        self.pools[pool].slots.push(key);
+        self.start_instance(key);
+        key
+    }
+
+    /// A new, not yet started instance for slot `index` of `pool`.
+    pub(super) fn instance_new(&mut self, pool: usize, index: u32) -> usize {
+        let p = &self.pools[pool];
+        let label = format!("{}[{}]", p.cfg.name, index);
+        let stdin_pipe = p.routed;
+        self.instances.insert(Instance {
+            pool,
+            index,
+            label,
+            life: Lifecycle::default(),
+            started_at: self.now,
+            pgid: 0,
+            gen: 0,
+            retiring: false,
+            killed: false,
+            timed_out: false,
+            first_start_pending: true,
+            stdin_pipe,
+            stdout: None,
+            stderr: None,
+            stdin: None,
+            rt: InstanceRt::default(),
+        })
+    }
+
+    pub(super) fn start_instance(&mut self, key: usize) {
+        let gen = self.gen();
+        let Some(inst) = self.instances.get_mut(key) else {
+            return;
+        };
+        inst.gen = gen;
+        inst.killed = false;
+        inst.timed_out = false;
+        let pool = &self.pools[inst.pool];
+        let result = Credentials::resolve(&pool.cfg)
+            .and_then(|creds| spawn::spawn(&pool.cfg, inst.index, inst.stdin_pipe, creds));
+        let label = inst.label.clone();
+        match result {
+            Ok(sp) => {
+                let pid = sp.pid;
+                if let Err(e) = self.attach_pipes(key, sp) {
+                    log::error!("{label}: cannot watch the pipes of pid {pid}: {e}; killing it");
+                    let _ = sys::kill_group(pid, libc::SIGKILL);
+                }
+                let now = self.now;
+                let inst = &mut self.instances[key];
+                inst.pgid = pid;
+                inst.started_at = now;
+                inst.first_start_pending = false;
+                inst.life.spawned(pid, now);
+                self.pids.insert(pid, key);
+                log::info!("{label} started (pid {pid})");
+                self.route_instance_up(key);
+            }
+            Err(e) => {
+                let command = pool.cfg.command.to_string();
+                self.instances[key].first_start_pending = false;
+                log::error!(
+                    "{label} failed to start {command} in {}: {e}",
+                    pool.cfg.cwd.display()
+                );
+                self.after_exit(key, None, Duration::ZERO);
+            }
+        }
+        self.notify_ready_if_started();
+    }
+
+    fn attach_pipes(&mut self, key: usize, sp: spawn::Spawned) -> io::Result<()> {
+        let mut stdout = sp.stdout;
+        let mut stderr = sp.stderr;
+        let t_out = self.register_io(&mut stdout, IoTarget::Stdout(key), Interest::READABLE)?;
+        let t_err = self.register_io(&mut stderr, IoTarget::Stderr(key), Interest::READABLE)?;
+        let inst = &mut self.instances[key];
+        inst.stdout = Some(PipeIn {
+            rx: stdout,
+            token: t_out,
+            buf: LineBuf::new(if inst.stdin_pipe {
+                MAX_LINE
+            } else {
+                usize::MAX
+            }),
+        });
+        inst.stderr = Some(PipeIn {
+            rx: stderr,
+            token: t_err,
+            buf: LineBuf::new(usize::MAX),
+        });
+        if let Some(mut tx) = sp.stdin {
+            // Registered now, with WRITABLE interest only while output is pending.
+            let token = self.register_io(&mut tx, IoTarget::Stdin(key), Interest::WRITABLE)?;
+            self.reregister_io(&mut tx, token, Interest::READABLE);
+            self.instances[key].stdin = Some(PipeOut {
+                tx,
+                token,
+                buf: Vec::new(),
+                pos: 0,
+                want_write: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reap every exited child (SIGCHLDs merge: loop until nothing is left).
+    pub(super) fn reap(&mut self) {
+        loop {
+            match sys::reap_one() {
+                Ok(Some((pid, exit))) => self.on_reaped(pid, exit),
+                Ok(None) => break,
+                Err(e) => {
+                    log::error!("waitpid: {e}");
+                    break;
+                }
+            }
+        }
+        self.check_groups();
+    }
+
+    fn on_reaped(&mut self, pid: u32, exit: Exit) {
+        let Some(key) = self.pids.remove(&pid) else {
+            log::debug!("reaped orphaned process {pid} ({exit})");
+            return;
+        };
+        self.now = Instant::now();
+        // Replies written before death are delivered before anything is redelivered.
+        self.drain_worker_output(key);
+        self.close_worker_stdin(key);
+        let now = self.now;
+        let inst = &mut self.instances[key];
+        let ran_for = now.duration_since(inst.started_at);
+        let pgid = inst.pgid;
+        match inst.life.state {
+            State::Running { .. } => {
+                let stop_timeout = self.pools[inst.pool].cfg.stop_timeout;
+                let stop_signal = self.pools[inst.pool].cfg.stop_signal;
+                if sys::group_alive(pgid) {
+                    log::warn!(
+                        "{}: leader exited but processes remain in its group {pgid}; sending {}",
+                        inst.label,
+                        stop_signal.name
+                    );
+                    let _ = sys::kill_group(pgid, stop_signal.number);
+                    let gen = self.gen();
+                    self.lingering.insert(pgid, gen);
+                    self.timers
+                        .arm(now + stop_timeout, TimerKey::Group { pgid, gen });
+                }
+                self.route_instance_down(key);
+                self.after_exit(key, Some(exit), ran_for);
+            }
+            State::Stopping { .. } => {
+                inst.life.last_exit = Some(exit);
+                log::info!(
+                    "{} stopped ({exit}) after {}",
+                    inst.label,
+                    fmt_duration(ran_for)
+                );
+                let killed = inst.killed;
+                if let State::Stopping { pid, .. } = &mut inst.life.state {
+                    *pid = None;
+                }
+                self.route_instance_down(key);
+                if !killed && sys::group_alive(pgid) {
+                    self.awaiting_group.push(key);
+                } else {
+                    self.mark_stopped(key);
+                }
+            }
+            _ => log::debug!("{}: reaped pid {pid} in unexpected state", inst.label),
+        }
+    }
+
+    /// Decide and perform what follows an exit (`exit` None: the spawn failed).
+    fn after_exit(&mut self, key: usize, exit: Option<Exit>, ran_for: Duration) {
+        let rand = self.rand01();
+        let now = self.now;
+        let phase = self.phase;
+        let inst = &mut self.instances[key];
+        let what = match exit {
+            Some(e) => format!("exited with {e} after {}", fmt_duration(ran_for)),
+            None => "failed to start".to_string(),
+        };
+        if phase != Phase::Running || inst.retiring {
+            inst.life.last_exit = exit;
+            log::info!("{} {what}", inst.label);
+            self.mark_stopped(key);
+            return;
+        }
+        let pool = &self.pools[inst.pool].cfg;
+        match inst.life.exited(exit, ran_for, now, pool, rand) {
+            AfterExit::Restart { delay, attempt } => {
+                log::warn!(
+                    "{} {what}; restarting in {} (attempt {attempt})",
+                    inst.label,
+                    fmt_duration(delay)
+                );
+                let gen = self.gen();
+                let inst = &mut self.instances[key];
+                inst.gen = gen;
+                if delay.is_zero() {
+                    self.start_instance(key);
+                } else {
+                    self.timers
+                        .arm(now + delay, TimerKey::Instance { key, gen });
+                }
+            }
+            AfterExit::Stay => {
+                let level = if exit.is_some_and(Exit::success) {
+                    log::Level::Info
+                } else {
+                    log::Level::Warn
+                };
+                log::log!(
+                    level,
+                    "{} {what}; not restarting (restart = {})",
+                    inst.label,
+                    pool.restart.as_str()
+                );
+                self.mark_stopped(key);
+            }
+            AfterExit::GiveUp { cooldown } => {
+                let g = pool.give_up.unwrap_or(crate::config::GiveUp {
+                    restarts: 0,
+                    within: Duration::ZERO,
+                    cooldown: None,
+                });
+                let until = match cooldown {
+                    Some(c) => format!("retrying in {}", fmt_duration(c)),
+                    None => "until the next reload".to_string(),
+                };
+                log::error!(
+                    "{} {what}; giving up: more than {} restarts within {}; failed, {until}",
+                    inst.label,
+                    g.restarts,
+                    fmt_duration(g.within)
+                );
+                let gen = self.gen();
+                self.instances[key].gen = gen;
+                if let Some(c) = cooldown {
+                    self.timers.arm(now + c, TimerKey::Instance { key, gen });
+                }
+                self.route_instance_gone(key);
+            }
+        }
+        self.route_pool_changed(self.instances[key].pool);
+    }
+
+    pub(super) fn on_instance_timer(&mut self, key: usize, gen: u64) {
+        let Some(inst) = self.instances.get_mut(key) else {
+            return;
+        };
+        if inst.gen != gen {
+            return;
+        }
+        match inst.life.state {
+            State::Backoff { .. } => {
+                if self.phase == Phase::Running {
+                    self.start_instance(key);
+                }
+            }
+            State::Failed { .. } => {
+                if self.phase == Phase::Running {
+                    log::info!("{}: cooldown over, starting afresh", inst.label);
+                    inst.life.reset();
+                    self.start_instance(key);
+                }
+            }
+            State::Stopping { pid, pgid, .. } => {
+                if sys::group_alive(pgid) {
+                    let t = self.pools[inst.pool].cfg.stop_timeout;
+                    log::warn!(
+                        "{} did not stop within {}; sending KILL to its group",
+                        inst.label,
+                        fmt_duration(t)
+                    );
+                    let _ = sys::kill_group(pgid, libc::SIGKILL);
+                }
+                inst.killed = true;
+                if pid.is_none() {
+                    self.awaiting_group.retain(|&k| k != key);
+                    self.mark_stopped(key);
+                }
+            }
+            State::Running { .. } | State::Stopped => {}
+        }
+    }
+
+    pub(super) fn on_group_timer(&mut self, pgid: u32, gen: u64) {
+        if self.lingering.get(&pgid) != Some(&gen) {
+            return;
+        }
+        self.lingering.remove(&pgid);
+        if sys::group_alive(pgid) {
+            log::warn!("processes left in group {pgid} did not stop; sending KILL");
+            let _ = sys::kill_group(pgid, libc::SIGKILL);
+        }
+    }
+
+    /// After reaping: forget groups that have emptied.
+    fn check_groups(&mut self) {
+        self.lingering.retain(|&pgid, _| sys::group_alive(pgid));
+        let waiting = std::mem::take(&mut self.awaiting_group);
+        for key in waiting {
+            let gone = match self.instances.get(key) {
+                Some(i) => match i.life.state {
+                    State::Stopping { pgid, .. } => !sys::group_alive(pgid),
+                    _ => continue,
+                },
+                None => continue,
+            };
+            if gone {
+                self.mark_stopped(key);
+            } else {
+                self.awaiting_group.push(key);
+            }
+        }
+    }
+
+    /// Ask an instance to stop: stop_signal to its group now, SIGKILL at stop_timeout.
+    pub(super) fn stop_instance(&mut self, key: usize) {
+        let now = self.now;
+        let gen = self.gen();
+        let Some(inst) = self.instances.get_mut(key) else {
+            return;
+        };
+        match inst.life.state {
+            State::Running { pid, .. } => {
+                let pool = &self.pools[inst.pool].cfg;
+                let (sig, timeout) = (pool.stop_signal, pool.stop_timeout);
+                inst.gen = gen;
+                inst.life.state = State::Stopping {
+                    pid: Some(pid),
+                    pgid: inst.pgid,
+                    since: now,
+                    kill_at: now + timeout,
+                };
+                log::info!("stopping {} (pid {pid}) with {}", inst.label, sig.name);
+                if let Err(e) = sys::kill_group(inst.pgid, sig.number) {
+                    if e.raw_os_error() != Some(libc::ESRCH) {
+                        log::warn!("{}: cannot signal group {}: {e}", inst.label, inst.pgid);
+                    }
+                }
+                self.timers
+                    .arm(now + timeout, TimerKey::Instance { key, gen });
+                self.close_worker_stdin(key);
+                self.route_instance_down(key);
+            }
+            State::Stopping { .. } | State::Stopped => {}
+            State::Backoff { .. } | State::Failed { .. } => {
+                inst.gen = gen;
+                self.mark_stopped(key);
+            }
+        }
+    }
+
+    /// Stop an instance and start it again once it has stopped (a hung worker).
+    pub(super) fn restart_instance(&mut self, key: usize) {
+        self.stop_instance(key);
+    }
+
+    /// After SIGKILL went to every group: stopping instances whose leader is gone are
+    /// done; the others finish when their leader is reaped.
+    pub(super) fn instances_killed(&mut self) {
+        let keys: Vec<usize> = self.instances.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let inst = &mut self.instances[key];
+            match inst.life.state {
+                State::Stopping { pid: None, .. } => {
+                    inst.killed = true;
+                    self.mark_stopped(key);
+                }
+                State::Stopping { .. } => inst.killed = true,
+                State::Backoff { .. } | State::Failed { .. } => self.mark_stopped(key),
+                _ => {}
+            }
+        }
+        self.awaiting_group.clear();
+        self.lingering.clear();
+    }
+
+    /// The instance has fully stopped. A retiring one is forgotten (and its pool with
+    /// it, if the pool was removed and this was its last instance).
+    fn mark_stopped(&mut self, key: usize) {
+        let gen = self.gen();
+        let Some(inst) = self.instances.get_mut(key) else {
+            return;
+        };
+        inst.gen = gen;
+        inst.life.state = State::Stopped;
+        if inst.timed_out && !inst.retiring && self.phase == Phase::Running {
+            // A hung worker was stopped: it comes back at once.
+            inst.life.restarts += 1;
+            let label = inst.label.clone();
+            log::info!("{label} restarting after its timeout");
+            self.start_instance(key);
+            return;
+        }
+        self.route_instance_gone(key);
+        if self.instances[key].retiring {
+            self.instance_forget(key);
+        }
+    }
+
+    fn instance_forget(&mut self, key: usize) {
+        let inst = self.instances.remove(key);
+        let pool_key = inst.pool;
+        self.close_worker_pipes_of(inst);
+        let Some(pool) = self.pools.get_mut(pool_key) else {
+            return;
+        };
+        pool.retiring.retain(|&k| k != key);
+        pool.slots.retain(|&k| k != key);
+        if pool.removed && pool.slots.is_empty() && pool.retiring.is_empty() {
+            let name = pool.cfg.name.clone();
+            self.pools.remove(pool_key);
+            if self.pool_names.get(&name) == Some(&pool_key) {
+                self.pool_names.remove(&name);
+            }
+            log::info!("pool {name} removed");
+        }
+    }
+
+    fn close_worker_pipes_of(&mut self, mut inst: Instance) {
+        for p in [inst.stdout.take(), inst.stderr.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut p = p;
+            self.deregister_io(&mut p.rx, p.token);
+        }
+        if let Some(mut p) = inst.stdin.take() {
+            self.deregister_io(&mut p.tx, p.token);
+        }
+    }
+
+    pub(super) fn close_worker_stdin(&mut self, key: usize) {
+        if let Some(mut p) = self.instances.get_mut(key).and_then(|i| i.stdin.take()) {
+            self.deregister_io(&mut p.tx, p.token);
+        }
+    }
+
+    /// After death: read what is left in stdout and stderr, then close them. A
+    /// grandchild may hold a pipe open; what it writes later is not waited for.
+    fn drain_worker_output(&mut self, key: usize) {
+        self.on_worker_stdout(key);
+        self.on_worker_stderr(key);
+        let Some(inst) = self.instances.get_mut(key) else {
+            return;
+        };
+        let label = inst.label.clone();
+        let routed = inst.stdin_pipe;
+        let out = inst.stdout.take();
+        let err = inst.stderr.take();
+        if let Some(mut p) = out {
+            if let Some(rest) = p.buf.take_partial() {
+                if routed {
+                    log::warn!(
+                        "{label}: discarding a half-written reply of {} bytes",
+                        rest.len()
+                    );
+                } else {
+                    log_output(&label, &rest);
+                }
+            }
+            self.deregister_io(&mut p.rx, p.token);
+        }
+        if let Some(mut p) = err {
+            if let Some(rest) = p.buf.take_partial() {
+                log_output(&label, &rest);
+            }
+            self.deregister_io(&mut p.rx, p.token);
+        }
+    }
+
+    pub(super) fn on_worker_stderr(&mut self, key: usize) {
+        let Some(mut pipe) = self.instances.get_mut(key).and_then(|i| i.stderr.take()) else {
+            return;
+        };
+        let label = self.instances[key].label.clone();
+        let open = read_lines(&mut pipe, &label, |line| log_output(&label, line));
+        self.put_back_pipe(key, pipe, open, false);
+    }
+
+    pub(super) fn on_worker_stdout(&mut self, key: usize) {
+        let Some(mut pipe) = self.instances.get_mut(key).and_then(|i| i.stdout.take()) else {
+            return;
+        };
+        let inst = &self.instances[key];
+        let label = inst.label.clone();
+        let open = if inst.stdin_pipe {
+            loop {
+                match pipe.buf.fill(&mut pipe.rx) {
+                    Ok(Fill::Data(_)) => {
+                        while let Some(frame) = pipe.buf.next_frame() {
+                            let reply = match frame {
+                                Frame::Line(l) => Ok(l),
+                                Frame::TooLong => Err("reply too long"),
+                            };
+                            self.on_worker_reply(key, reply);
+                        }
+                    }
+                    Ok(Fill::Eof) => break false,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
+                    Err(e) => {
+                        log::warn!("{label}: reading stdout: {e}");
+                        break false;
+                    }
+                }
+            }
+        } else {
+            read_lines(&mut pipe, &label, |line| log_output(&label, line))
+        };
+        self.put_back_pipe(key, pipe, open, true);
+    }
+
+    fn put_back_pipe(&mut self, key: usize, mut pipe: PipeIn, open: bool, stdout: bool) {
+        match self.instances.get_mut(key) {
+            Some(inst) if open => {
+                pipe.buf.shrink();
+                if stdout {
+                    inst.stdout = Some(pipe);
+                } else {
+                    inst.stderr = Some(pipe);
+                }
+            }
+            _ => {
+                // EOF is not death: the process may live on; waitpid decides that.
+                if let Some(rest) = pipe.buf.take_partial() {
+                    if let Some(inst) = self.instances.get(key) {
+                        if stdout && inst.stdin_pipe {
+                            log::warn!(
+                                "{}: discarding a half-written reply of {} bytes",
+                                inst.label,
+                                rest.len()
+                            );
+                        } else {
+                            log_output(&inst.label, &rest);
+                        }
+                    }
+                }
+                self.deregister_io(&mut pipe.rx, pipe.token);
+            }
+        }
+    }
+
+    /// Write queued messages to an instance's stdin; WRITABLE interest only while
+    /// something is left.
+    pub(super) fn flush_worker_stdin(&mut self, key: usize) {
+        let Some(inst) = self.instances.get_mut(key) else {
+            return;
+        };
+        let Some(p) = inst.stdin.as_mut() else {
+            return;
+        };
+        let mut failed = None;
+        while p.pos < p.buf.len() {
+            match io::Write::write(&mut p.tx, &p.buf[p.pos..]) {
+                Ok(0) => break,
+                Ok(n) => p.pos += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if p.pos == p.buf.len() {
+            p.buf.clear();
+            p.pos = 0;
+            if p.buf.capacity() > 1 << 20 {
+                p.buf = Vec::new();
+            }
+        } else if p.pos > (1 << 16) && p.pos * 2 > p.buf.len() {
+            p.buf.drain(..p.pos);
+            p.pos = 0;
+        }
+        let want = p.pos < p.buf.len() && failed.is_none();
+        let (token, changed) = (p.token, want != p.want_write);
+        p.want_write = want;
+        if let Some(e) = failed {
+            // EPIPE: the worker closed stdin or died; waitpid will tell which, and the
+            // in-flight messages are redelivered then.
+            if e.kind() != io::ErrorKind::BrokenPipe {
+                log::warn!("{}: writing to stdin: {e}", inst.label);
+            } else {
+                log::debug!("{}: stdin closed by the worker", inst.label);
+            }
+            self.close_worker_stdin(key);
+            return;
+        }
+        if changed {
+            let interest = if want {
+                Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if let Some(p) = self.instances.get_mut(key).and_then(|i| i.stdin.as_mut()) {
+                if let Err(e) = self.poll.registry().reregister(&mut p.tx, token, interest) {
+                    log::warn!("cannot change interest of {token:?}: {e}");
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_worker_stdin_writable(&mut self, key: usize) {
+        self.flush_worker_stdin(key);
+    }
+}
+
+/// Read a log pipe until it would block; returns whether it is still open.
+fn read_lines(pipe: &mut PipeIn, label: &str, mut each: impl FnMut(&[u8])) -> bool {
+    loop {
+        match pipe.buf.fill(&mut pipe.rx) {
+            Ok(Fill::Data(_)) => {
+                while let Some(frame) = pipe.buf.next_frame() {
+                    if let Frame::Line(l) = frame {
+                        each(l);
+                    }
+                }
+                if pipe.buf.partial_len() >= LOG_LINE_MAX {
+                    if let Some(piece) = pipe.buf.take_partial() {
+                        each(&piece);
+                    }
+                }
+            }
+            Ok(Fill::Eof) => return false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) => {
+                log::warn!("{label}: reading output: {e}");
+                return false;
+            }
+        }
+    }
+}
+
+/// Log one line of worker output with the instance as target.
+fn log_output(label: &str, line: &[u8]) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    for piece in log_pieces(line, LOG_LINE_MAX) {
+        log::info!(target: label, "{piece}");
+    }
+}
+
+pub fn fmt_duration(d: Duration) -> String {
+    // Millisecond precision reads well in logs ("3.2s", "400ms").
+    let ms = d.as_millis();
+    if ms >= 1000 && d < Duration::from_secs(60) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        humantime::format_duration(Duration::from_millis(ms as u64)).to_string()
+    }
+}

@@ -1,0 +1,242 @@
+//! Newline framing over non-blocking byte streams. Pure apart from `fill`, which takes
+//! any `Read`.
+//!
+//! A [`LineBuf`] reads big chunks and hands out complete lines; a line longer than its
+//! limit is reported once as [`Frame::TooLong`] and the stream resynchronises at the
+//! next newline, so one bad line never costs the lines after it. Memory per buffer is
+//! bounded by the limit plus one read chunk.
+
+use std::io::{self, Read};
+
+/// How much one `read` asks for.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// A line without its `\n`.
+    Line(&'a [u8]),
+    /// A line over the limit was skipped (up to and including its `\n`).
+    TooLong,
+}
+
+/// Result of one `fill`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fill {
+    Data(usize),
+    Eof,
+}
+
+#[derive(Debug)]
+pub struct LineBuf {
+    buf: Vec<u8>,
+    /// Start of unconsumed bytes.
+    pos: usize,
+    /// Bytes before this offset (from `pos`) are known to contain no `\n`.
+    scanned: usize,
+    max: usize,
+    /// Skipping the rest of an over-long line.
+    discarding: bool,
+}
+
+impl LineBuf {
+    /// Lines longer than `max` bytes (without the `\n`) are refused.
+    pub fn new(max: usize) -> Self {
+        LineBuf {
+            buf: Vec::new(),
+            pos: 0,
+            scanned: 0,
+            max,
+            discarding: false,
+        }
+    }
+
+    /// Read once from `r` into the buffer. `WouldBlock` and other errors are returned
+    /// as errors; `Interrupted` is retried.
+    pub fn fill(&mut self, r: &mut impl Read) -> io::Result<Fill> {
+        self.compact();
+        let old = self.buf.len();
+        self.buf.resize(old + READ_CHUNK, 0);
+        loop {
+            match r.read(&mut self.buf[old..]) {
+                Ok(n) => {
+                    self.buf.truncate(old + n);
+                    return Ok(if n == 0 { Fill::Eof } else { Fill::Data(n) });
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.buf.truncate(old);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Append bytes directly (tests, and callers that already hold data).
+    pub fn extend(&mut self, data: &[u8]) {
+        self.compact();
+        self.buf.extend_from_slice(data);
+    }
+
+    fn compact(&mut self) {
+        if self.pos > 0 && (self.pos == self.buf.len() || self.pos >= self.buf.len() / 2) {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+
+    /// The next complete frame, if any.
+    pub fn next_frame(&mut self) -> Option<Frame<'_>> {
+        loop {
+            let pending = &self.buf[self.pos..];
+            match memchr::memchr(b'\n', &pending[self.scanned..]) {
+                Some(i) => {
+                    let end = self.scanned + i;
+                    let start = self.pos;
+                    self.pos += end + 1;
+                    self.scanned = 0;
+                    if self.discarding {
+                        self.discarding = false;
+                        continue;
+                    }
+                    if end > self.max {
+                        return Some(Frame::TooLong);
+                    }
+                    return Some(Frame::Line(&self.buf[start..start + end]));
+                }
+                None => {
+                    self.scanned = pending.len();
+                    if self.discarding {
+                        // Drop what we have of the over-long line.
+                        self.pos = self.buf.len();
+                        self.scanned = 0;
+                        return None;
+                    }
+                    if pending.len() > self.max {
+                        self.discarding = true;
+                        self.pos = self.buf.len();
+                        self.scanned = 0;
+                        return Some(Frame::TooLong);
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Bytes of an unterminated last line (for logging at EOF); empties the buffer.
+    pub fn take_partial(&mut self) -> Option<Vec<u8>> {
+        let rest = self.buf.split_off(self.pos);
+        self.buf.clear();
+        self.pos = 0;
+        self.scanned = 0;
+        let was_discarding = std::mem::replace(&mut self.discarding, false);
+        if rest.is_empty() || was_discarding {
+            None
+        } else {
+            Some(rest)
+        }
+    }
+
+    /// Whether a partial line is buffered.
+    pub fn has_partial(&self) -> bool {
+        self.pos < self.buf.len()
+    }
+
+    /// Length of the buffered partial line.
+    pub fn partial_len(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Drop everything buffered.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.pos = 0;
+        self.scanned = 0;
+        self.discarding = false;
+    }
+
+    /// Release memory held by a large, now empty buffer.
+    pub fn shrink(&mut self) {
+        if self.pos == self.buf.len() && self.buf.capacity() > 4 * READ_CHUNK {
+            self.buf = Vec::new();
+            self.pos = 0;
+        }
+    }
+}
+
+/// Split a line for logging: at most `max` bytes per piece, lossy UTF-8.
+pub fn log_pieces(line: &[u8], max: usize) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+    line.chunks(max.max(1)).map(String::from_utf8_lossy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(lb: &mut LineBuf) -> Vec<Result<Vec<u8>, ()>> {
+        let mut out = vec![];
+        while let Some(f) = lb.next_frame() {
+            out.push(match f {
+                Frame::Line(l) => Ok(l.to_vec()),
+                Frame::TooLong => Err(()),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn splits_lines_and_keeps_partial() {
+        let mut lb = LineBuf::new(100);
+        lb.extend(b"a\n\nbc\nde");
+        assert_eq!(
+            frames(&mut lb),
+            vec![Ok(b"a".to_vec()), Ok(vec![]), Ok(b"bc".to_vec())]
+        );
+        assert!(lb.has_partial());
+        lb.extend(b"f\n");
+        assert_eq!(frames(&mut lb), vec![Ok(b"def".to_vec())]);
+        assert!(!lb.has_partial());
+    }
+
+    #[test]
+    fn over_long_line_is_reported_once_and_stream_resyncs() {
+        let mut lb = LineBuf::new(4);
+        lb.extend(b"ok\n0123456789");
+        assert_eq!(frames(&mut lb), vec![Ok(b"ok".to_vec()), Err(())]);
+        lb.extend(b"abcdef");
+        assert_eq!(frames(&mut lb), vec![]);
+        lb.extend(b"xyz\nnext\n");
+        assert_eq!(frames(&mut lb), vec![Ok(b"next".to_vec())]);
+    }
+
+    #[test]
+    fn over_long_complete_line_in_one_chunk() {
+        let mut lb = LineBuf::new(3);
+        lb.extend(b"abcd\nabc\n");
+        assert_eq!(frames(&mut lb), vec![Err(()), Ok(b"abc".to_vec())]);
+    }
+
+    #[test]
+    fn fill_reads_and_reports_eof() {
+        let mut lb = LineBuf::new(10);
+        let mut src: &[u8] = b"x\ny";
+        assert_eq!(lb.fill(&mut src).unwrap(), Fill::Data(3));
+        assert_eq!(frames(&mut lb), vec![Ok(b"x".to_vec())]);
+        assert_eq!(lb.fill(&mut src).unwrap(), Fill::Eof);
+        assert_eq!(lb.take_partial(), Some(b"y".to_vec()));
+        assert_eq!(lb.take_partial(), None);
+    }
+
+    #[test]
+    fn binary_bytes_pass_through() {
+        let mut lb = LineBuf::new(10);
+        lb.extend(&[0, 255, 13, 10]);
+        assert_eq!(frames(&mut lb), vec![Ok(vec![0, 255, 13])]);
+    }
+
+    #[test]
+    fn log_pieces_split_long_lines() {
+        let v: Vec<_> = log_pieces(b"abcdefg", 3).collect();
+        assert_eq!(v, ["abc", "def", "g"]);
+    }
+}

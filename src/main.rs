@@ -1,0 +1,73 @@
+//! `orchd`: command-line entry. Parses arguments, loads the config, and runs the
+//! daemon, a check, or a control-socket query. Exit codes (SPEC 2): 0 clean, 1 runtime
+//! failure (or a failed batch message), 2 usage error or invalid config at start-up.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use orchd::cli::{self, Mode};
+use orchd::{config, daemon, logging};
+
+fn main() -> ExitCode {
+    let args = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("orchd: {e}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    let code = match args.mode {
+        Mode::Help => print(cli::USAGE),
+        Mode::Version => print(&format!("orchd {}\n", env!("CARGO_PKG_VERSION"))),
+        Mode::Check => check(&args),
+        Mode::Run => run(&args),
+        Mode::Status { json } => daemon::client::status(config_path(&args), json),
+        Mode::Plan => daemon::client::plan(config_path(&args)),
+    };
+    ExitCode::from(code)
+}
+
+fn config_path(args: &cli::Args) -> &std::path::Path {
+    args.config
+        .as_deref()
+        .unwrap_or(std::path::Path::new("pool.toml"))
+}
+
+/// Write to stdout without panicking on a closed pipe.
+fn print(s: &str) -> u8 {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+fn check(args: &cli::Args) -> u8 {
+    match config::load(config_path(args)) {
+        Ok(c) => print(&config::describe(&c)),
+        Err(errors) => {
+            eprintln!("{errors}");
+            1
+        }
+    }
+}
+
+fn run(args: &cli::Args) -> u8 {
+    let config = match config::load(config_path(args)) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("orchd: invalid config; not starting");
+            return 2;
+        }
+    };
+    logging::init(
+        args.log_level.as_deref(),
+        &config.settings.log_level,
+        args.log_format,
+    );
+    let opts = daemon::Options {
+        no_watch: args.no_watch,
+    };
+    daemon::run(config, opts).clamp(0, 255) as u8
+}

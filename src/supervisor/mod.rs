@@ -1,0 +1,4 @@
+//! Pure supervision logic (lifecycle, backoff) and spawning.
+
+pub mod lifecycle;
+pub mod spawn;

@@ -1,0 +1,122 @@
+//! Starting one instance: its own process group, `ORCHD_POOL`/`ORCHD_INSTANCE`, the
+//! pool's cwd and env, pipes for stdout/stderr (and stdin when a route targets the
+//! pool), the parent-death signal, and the pool's user/group when orchd is root.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use mio::unix::pipe::{Receiver, Sender};
+
+use crate::config::Pool;
+use crate::sys;
+
+/// A freshly spawned instance: its pid (= its process group id) and its pipes, all
+/// non-blocking. The `std::process::Child` is dropped on purpose: orchd reaps with
+/// `waitpid(-1)`, after which `Child` could only fail with ECHILD.
+pub struct Spawned {
+    pub pid: u32,
+    pub stdin: Option<Sender>,
+    pub stdout: Receiver,
+    pub stderr: Receiver,
+}
+
+/// Resolved credentials for a pool with `user`/`group` (only honoured as root).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl Credentials {
+    pub fn resolve(pool: &Pool) -> io::Result<Credentials> {
+        if !sys::is_root() || (pool.user.is_none() && pool.group.is_none()) {
+            return Ok(Credentials::default());
+        }
+        let mut c = Credentials::default();
+        if let Some(user) = &pool.user {
+            let (uid, gid) = sys::lookup_user(user)?;
+            c.uid = Some(uid);
+            c.gid = Some(gid);
+        }
+        if let Some(group) = &pool.group {
+            c.gid = Some(sys::lookup_group(group)?);
+        }
+        Ok(c)
+    }
+}
+
+pub fn spawn(pool: &Pool, index: u32, with_stdin: bool, creds: Credentials) -> io::Result<Spawned> {
+    let argv = pool.command.argv();
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+    // A relative program path with a slash ("./worker.sh") means: relative to the
+    // instance's cwd, as it would in a shell started there.
+    let program = if program.contains('/') && Path::new(program).is_relative() {
+        pool.cwd.join(program).into_os_string()
+    } else {
+        program.into()
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .current_dir(&pool.cwd)
+        .envs(&pool.env)
+        .env("ORCHD_POOL", &pool.name)
+        .env("ORCHD_INSTANCE", index.to_string())
+        .stdin(if with_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let parent = std::process::id();
+    // SAFETY: the closure only makes async-signal-safe syscalls (prctl, getppid,
+    // setgroups, setgid, setuid) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            sys::child_set_parent_death_signal(parent)?;
+            sys::child_set_ids(creds.uid, creds.gid)
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    match take_pipes(&mut child) {
+        Ok((stdin, stdout, stderr)) => Ok(Spawned {
+            pid,
+            stdin,
+            stdout,
+            stderr,
+        }),
+        Err(e) => {
+            // Never leave a running process we cannot talk to.
+            let _ = sys::kill_group(pid, libc::SIGKILL);
+            Err(e)
+        }
+    }
+}
+
+type Pipes = (Option<Sender>, Receiver, Receiver);
+
+fn take_pipes(child: &mut std::process::Child) -> io::Result<Pipes> {
+    let (stdout, stderr) = match (child.stdout.take(), child.stderr.take()) {
+        (Some(o), Some(e)) => (o, e),
+        _ => return Err(io::Error::other("child pipes missing")),
+    };
+    let stdout = Receiver::from(stdout);
+    let stderr = Receiver::from(stderr);
+    stdout.set_nonblocking(true)?;
+    stderr.set_nonblocking(true)?;
+    let stdin = match child.stdin.take() {
+        Some(i) => {
+            let s = Sender::from(i);
+            s.set_nonblocking(true)?;
+            Some(s)
+        }
+        None => None,
+    };
+    Ok((stdin, stdout, stderr))
+}

@@ -1,0 +1,429 @@
+//! The only `unsafe` in orchd: thin wrappers over libc calls that std does not offer.
+//!
+//! Each wrapper turns the C return convention into `io::Result` (or a plain value where
+//! failure is impossible or meaningless) and documents why the call is sound.
+
+use std::ffi::CString;
+use std::io;
+
+/// How a process ended, as `waitpid` reported it. Signals are kept as signals, never
+/// folded into negative codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal { signal: i32, core_dumped: bool },
+}
+
+impl Exit {
+    pub fn success(self) -> bool {
+        self == Exit::Code(0)
+    }
+
+    fn from_raw(status: libc::c_int) -> Option<Exit> {
+        if libc::WIFEXITED(status) {
+            Some(Exit::Code(libc::WEXITSTATUS(status)))
+        } else if libc::WIFSIGNALED(status) {
+            Some(Exit::Signal {
+                signal: libc::WTERMSIG(status),
+                core_dumped: libc::WCOREDUMP(status),
+            })
+        } else {
+            None // stopped/continued: not an exit
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Exit::Code(c) => write!(f, "status {c}"),
+            Exit::Signal {
+                signal,
+                core_dumped,
+            } => {
+                write!(f, "signal {}", signal_name(signal))?;
+                if core_dumped {
+                    f.write_str(" (core dumped)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Canonical name of a signal number ("TERM"), or the number itself.
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGHUP => "HUP",
+        libc::SIGINT => "INT",
+        libc::SIGQUIT => "QUIT",
+        libc::SIGILL => "ILL",
+        libc::SIGABRT => "ABRT",
+        libc::SIGBUS => "BUS",
+        libc::SIGFPE => "FPE",
+        libc::SIGKILL => "KILL",
+        libc::SIGUSR1 => "USR1",
+        libc::SIGSEGV => "SEGV",
+        libc::SIGUSR2 => "USR2",
+        libc::SIGPIPE => "PIPE",
+        libc::SIGALRM => "ALRM",
+        libc::SIGTERM => "TERM",
+        libc::SIGCHLD => "CHLD",
+        libc::SIGCONT => "CONT",
+        libc::SIGSTOP => "STOP",
+        libc::SIGTSTP => "TSTP",
+        libc::SIGWINCH => "WINCH",
+        _ => return signal.to_string(),
+    };
+    name.to_string()
+}
+
+/// Reap one exited child of ours, if any: `waitpid(-1, WNOHANG)`.
+/// `Ok(None)` means nothing (more) to reap right now, including ECHILD.
+pub fn reap_one() -> io::Result<Option<(u32, Exit)>> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid only writes to the status integer we pass.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid > 0 {
+            match Exit::from_raw(status) {
+                Some(exit) => return Ok(Some((pid as u32, exit))),
+                None => continue,
+            }
+        }
+        if pid == 0 {
+            return Ok(None);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ECHILD) => return Ok(None),
+            Some(libc::EINTR) => continue,
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Send `signal` to every process in group `pgid`.
+pub fn kill_group(pgid: u32, signal: i32) -> io::Result<()> {
+    if pgid <= 1 {
+        // Never signal our own group (0) or init's "every process" (-1) by accident.
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: kill has no memory effects; a negative pid addresses the process group.
+    let rc = unsafe { libc::kill(-(pgid as libc::pid_t), signal) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether any process (a zombie included) is still in group `pgid`.
+pub fn group_alive(pgid: u32) -> bool {
+    match kill_group(pgid, 0) {
+        Ok(()) => true,
+        Err(e) => e.raw_os_error() != Some(libc::ESRCH),
+    }
+}
+
+/// Make orchd a child subreaper, so orphaned grandchildren are reparented to it and
+/// reaped instead of escaping to init. Linux only; elsewhere a no-op.
+pub fn become_subreaper() -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes a plain integer argument.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Mark every fd >= 3 close-on-exec, so that fds inherited from orchd's own parent
+/// never leak into workers. (fds orchd opens itself are already CLOEXEC.)
+pub fn cloexec_inherited_fds() {
+    #[cfg(target_os = "linux")]
+    {
+        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+        // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes fd flags.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+    // Fallback (old kernels, other Unixes): walk a reasonable range.
+    // SAFETY: sysconf has no memory effects.
+    let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
+    let max = if max <= 0 {
+        1024
+    } else {
+        max.min(65536) as libc::c_int
+    };
+    for fd in 3..max {
+        // SAFETY: fcntl on an arbitrary fd number fails with EBADF if it is not open.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+/// Raise the soft open-file limit to the hard limit: every worker costs three fds.
+/// Returns the new soft limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur as u64)
+}
+
+/// In the child between fork and exec: ask the kernel to SIGKILL us if orchd dies, so
+/// a SIGKILLed orchd does not leave its workers behind. Async-signal-safe.
+pub fn child_set_parent_death_signal(parent: u32) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl/getppid are async-signal-safe syscalls without memory effects.
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // orchd may have died between fork and prctl.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+        }
+    }
+    let _ = parent;
+    Ok(())
+}
+
+/// In the child between fork and exec: drop to `uid`/`gid` (supplementary groups
+/// reset to `gid` only). Async-signal-safe.
+pub fn child_set_ids(uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    // SAFETY: setgroups/setgid/setuid read only the one gid we pass by pointer.
+    unsafe {
+        if let Some(gid) = gid {
+            let g = gid as libc::gid_t;
+            if libc::setgroups(1, &g) != 0 || libc::setgid(g) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if let Some(uid) = uid {
+            if libc::setuid(uid as libc::uid_t) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Look up a user by name (or numeric id): (uid, primary gid).
+pub fn lookup_user(name: &str) -> io::Result<(u32, u32)> {
+    let cname = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let mut buf = vec![0 as libc::c_char; 16384];
+    // SAFETY: all-zero is a valid `passwd` (pointers null, ids 0).
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwnam_r writes into pwd/buf (sized as passed) and result.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc == 0 && !result.is_null() {
+        return Ok((pwd.pw_uid as u32, pwd.pw_gid as u32));
+    }
+    if let Ok(uid) = name.parse::<u32>() {
+        return Ok((uid, uid));
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no such user {name:?}"),
+    ))
+}
+
+/// Look up a group by name (or numeric id).
+pub fn lookup_group(name: &str) -> io::Result<u32> {
+    let cname = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let mut buf = vec![0 as libc::c_char; 16384];
+    // SAFETY: all-zero is a valid `group`.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrnam_r writes into grp/buf (sized as passed) and result.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc == 0 && !result.is_null() {
+        return Ok(grp.gr_gid as u32);
+    }
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no such group {name:?}"),
+    ))
+}
+
+/// Set or clear O_NONBLOCK on a raw fd we do not own (stdin in batch mode).
+pub fn set_fd_nonblocking(fd: i32, on: bool) -> io::Result<bool> {
+    // SAFETY: fcntl on an fd number; fails with EBADF if not open.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let was = flags & libc::O_NONBLOCK != 0;
+    let new = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    // SAFETY: as above.
+    if new != flags && unsafe { libc::fcntl(fd, libc::F_SETFL, new) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(was)
+}
+
+/// Pids of live processes whose parent is orchd (Linux: from /proc). Used at the very
+/// end of shutdown to find workers' descendants that left their process group
+/// (`setsid`) and were reparented to orchd as subreaper.
+pub fn children_of_self() -> Vec<u32> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may contain spaces and parens.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(me) && state != Some("Z") {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Send `signal` to one process.
+pub fn kill_pid(pid: u32, signal: i32) -> io::Result<()> {
+    if pid <= 1 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: kill has no memory effects.
+    if unsafe { libc::kill(pid as libc::pid_t, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// What kind of file an fd refers to, for choosing how to do batch I/O on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdKind {
+    /// Pipe or socket: can be made non-blocking and polled.
+    Stream,
+    /// A terminal: shares its file description with stderr, so never make it
+    /// non-blocking.
+    Tty,
+    /// Regular file, /dev/null, ...: always ready, epoll refuses it.
+    File,
+}
+
+pub fn fd_kind(fd: i32) -> io::Result<FdKind> {
+    // SAFETY: all-zero is a valid `stat`; fstat writes into it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on an fd number writes only into `st`.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fmt = st.st_mode & libc::S_IFMT;
+    // SAFETY: isatty has no memory effects.
+    if unsafe { libc::isatty(fd) } == 1 {
+        Ok(FdKind::Tty)
+    } else if fmt == libc::S_IFIFO || fmt == libc::S_IFSOCK {
+        Ok(FdKind::Stream)
+    } else {
+        Ok(FdKind::File)
+    }
+}
+
+/// Bytes readable on `fd` right now without blocking (FIONREAD).
+pub fn readable_bytes(fd: i32) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD as _, &mut n) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as usize)
+}
+
+/// `read(2)` on an fd orchd does not own (its stdin in batch mode).
+pub fn read_fd(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: read writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `write(2)` on an fd orchd does not own (its stdout in batch mode).
+pub fn write_fd(fd: i32, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: write reads at most buf.len() bytes from buf.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}

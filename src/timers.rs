@@ -1,0 +1,114 @@
+//! A timer heap: deadlines in, due keys out. Pure; the event loop turns the earliest
+//! deadline into its poll timeout (no timer due → poll blocks forever, zero wake-ups).
+//!
+//! Cancellation is lazy: owners keep a generation number and ignore a fired key whose
+//! generation is stale. That keeps arming O(log n) and cancelling free.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Instant;
+
+#[derive(Debug)]
+pub struct Timers<K> {
+    heap: BinaryHeap<Reverse<Entry<K>>>,
+    seq: u64,
+}
+
+#[derive(Debug)]
+struct Entry<K> {
+    at: Instant,
+    seq: u64,
+    key: K,
+}
+
+impl<K> PartialEq for Entry<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at && self.seq == other.seq
+    }
+}
+impl<K> Eq for Entry<K> {}
+impl<K> PartialOrd for Entry<K> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<K> Ord for Entry<K> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+impl<K> Default for Timers<K> {
+    fn default() -> Self {
+        Timers {
+            heap: BinaryHeap::new(),
+            seq: 0,
+        }
+    }
+}
+
+impl<K> Timers<K> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fire `key` at `at`. Keys armed for the same instant fire in arming order.
+    pub fn arm(&mut self, at: Instant, key: K) {
+        self.seq += 1;
+        self.heap.push(Reverse(Entry {
+            at,
+            seq: self.seq,
+            key,
+        }));
+    }
+
+    /// The earliest deadline, if any timer is armed.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse(e)| e.at)
+    }
+
+    /// Pop one timer due at or before `now`.
+    pub fn pop_due(&mut self, now: Instant) -> Option<K> {
+        match self.heap.peek() {
+            Some(Reverse(e)) if e.at <= now => self.heap.pop().map(|Reverse(e)| e.key),
+            _ => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn fires_in_deadline_order_then_arming_order() {
+        let t0 = Instant::now();
+        let mut t = Timers::new();
+        t.arm(t0 + Duration::from_millis(30), "c");
+        t.arm(t0 + Duration::from_millis(10), "a");
+        t.arm(t0 + Duration::from_millis(10), "b");
+        assert_eq!(t.next_deadline(), Some(t0 + Duration::from_millis(10)));
+        assert_eq!(t.pop_due(t0), None);
+        let now = t0 + Duration::from_millis(20);
+        assert_eq!(t.pop_due(now), Some("a"));
+        assert_eq!(t.pop_due(now), Some("b"));
+        assert_eq!(t.pop_due(now), None);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn empty_heap_has_no_deadline() {
+        let t: Timers<u8> = Timers::new();
+        assert!(t.next_deadline().is_none());
+        assert!(t.is_empty());
+    }
+}
