@@ -180,7 +180,7 @@ pub fn cloexec_inherited_fds() {
 
 /// Raise the soft open-file limit to the hard limit: every worker costs three fds.
 /// Returns the new soft limit.
-pub fn raise_nofile_limit() -> io::Result<u64> {
+pub fn raise_nofile_limit() -> io::Result<libc::rlim_t> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -196,7 +196,7 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
             return Err(io::Error::last_os_error());
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// In the child between fork and exec: ask the kernel to SIGKILL us if orchd dies, so

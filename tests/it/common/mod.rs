@@ -1,0 +1,347 @@
+//! Test harness: temp configs, the real `orchd` binary, deadlines instead of sleeps.
+//!
+//! Every test gets its own temp directory (config, sockets, worker scripts) and an
+//! [`Orchd`] that is killed (with its whole process tree) if the test fails midway.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_orchd");
+
+/// Generous default deadline: tests must not flake on a loaded 2-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A fresh temp directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "orchd-it-{}-{}-{}",
+            name,
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+
+    /// Write a file (executable if it starts with `#!`).
+    pub fn write(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, content).expect("write file");
+        if content.starts_with("#!") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Poll `f` until it returns Some, or panic with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A running orchd with its stderr captured into a shared buffer.
+pub struct Orchd {
+    pub child: Child,
+    pub log: Arc<Mutex<String>>,
+    pub config: PathBuf,
+}
+
+impl Orchd {
+    /// Start `orchd CONFIG` (with `--no-watch` unless the args say otherwise).
+    pub fn start(config: &Path) -> Orchd {
+        Orchd::start_with(config, &["--no-watch"], Stdio::null())
+    }
+
+    pub fn start_with(config: &Path, args: &[&str], stdin: Stdio) -> Orchd {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .arg(config)
+            .env("RUST_LOG", "debug")
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn orchd");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stderr);
+            let mut line = String::new();
+            while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                if std::env::var_os("ORCHD_TEST_LOG").is_some() {
+                    eprint!("{line}");
+                }
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        Orchd {
+            child,
+            log,
+            config: config.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Lines of the log containing `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Wait until the log contains `needle` at least `n` times.
+    pub fn wait_log(&self, needle: &str, n: usize) {
+        wait_for(&format!("{n}× {needle:?} in the log"), DEADLINE, || {
+            (self.log_count(needle) >= n).then_some(())
+        });
+    }
+
+    pub fn wait_ready(&self) {
+        self.wait_log("ready:", 1);
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our child.
+        unsafe {
+            libc::kill(self.pid() as i32, sig);
+        }
+    }
+
+    /// Wait for exit; returns the exit code (panics if killed by a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status
+                    .code()
+                    .unwrap_or_else(|| panic!("orchd died by signal: {status:?}\n{}", self.log()));
+            }
+            if start.elapsed() > timeout {
+                panic!("orchd did not exit within {timeout:?}\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> i32 {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(DEADLINE)
+    }
+
+    /// Pids of live processes whose parent is orchd.
+    pub fn children(&self) -> Vec<u32> {
+        children_of(self.pid())
+    }
+}
+
+impl Drop for Orchd {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // Kill the whole tree: orchd first would leave orphans to init.
+            for pid in descendants(self.pid()) {
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// (pid, ppid, pgid, state) for every process.
+pub fn processes() -> Vec<(u32, u32, u32, char)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(i) = stat.rfind(')') else { continue };
+        let f: Vec<&str> = stat[i + 1..].split_whitespace().collect();
+        if f.len() < 4 {
+            continue;
+        }
+        let state = f[0].chars().next().unwrap_or('?');
+        v.push((
+            pid,
+            f[1].parse().unwrap_or(0),
+            f[3].parse().unwrap_or(0),
+            state,
+        ));
+    }
+    v
+}
+
+pub fn children_of(pid: u32) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|p| p.1 == pid && p.3 != 'Z')
+        .map(|p| p.0)
+        .collect()
+}
+
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let all = processes();
+    let mut out = vec![];
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for q in all.iter().filter(|q| q.1 == p) {
+            out.push(q.0);
+            frontier.push(q.0);
+        }
+    }
+    out
+}
+
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Environment of a process.
+pub fn environ(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn env_of(pid: u32, key: &str) -> Option<String> {
+    environ(pid)
+        .into_iter()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
+}
+
+/// Run `orchd ARGS` to completion: (exit code, stdout, stderr).
+pub fn run_orchd(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().expect("run orchd");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A line client over a unix socket.
+pub struct Client {
+    pub reader: BufReader<UnixStream>,
+    pub writer: UnixStream,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Client {
+        let s = wait_for("the unix listener", DEADLINE, || {
+            UnixStream::connect(path).ok()
+        });
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        Client {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.writer.write_all(line.as_bytes()).unwrap();
+        self.writer.write_all(b"\n").unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    pub fn recv(&mut self) -> String {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("read reply");
+        assert!(n > 0, "connection closed before a reply");
+        line.trim_end_matches('\n').to_string()
+    }
+
+    pub fn request(&mut self, line: &str) -> String {
+        self.send(line);
+        self.recv()
+    }
+
+    /// Half-close and read everything that is left.
+    pub fn finish(mut self) -> String {
+        self.writer.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut s = String::new();
+        self.reader.read_to_string(&mut s).unwrap();
+        s
+    }
+}
+
+/// A free TCP port on loopback (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Voluntary + involuntary context switches of a process.
+pub fn ctx_switches(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .filter(|l| {
+            l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches")
+        })
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}

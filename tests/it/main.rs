@@ -1,0 +1,9 @@
+//! Integration tests: the real `orchd` binary, real worker processes, real signals.
+//! One test binary with modules (builds faster than one binary per file).
+
+mod common;
+
+mod check;
+mod routing;
+mod smoke;
+mod supervisor;
