@@ -1,12 +1,173 @@
-//! The client side of the control socket: `orchd --status` and `orchd --plan`.
-use std::path::Path;
+//! The client side of the control socket: `orchd --status` and `orchd --plan`. They
+//! read CONFIG only to find its `control` socket, send one command, and print the answer.
 
-pub fn status(_config: &Path, _json: bool) -> u8 {
-    eprintln!("orchd: --status is not available yet");
-    1
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config;
+
+/// The control socket of CONFIG. A config being edited may be invalid while orchd
+/// still runs the previous one: then only `[orchd] control` is read.
+fn control_path(config: &Path) -> Result<PathBuf, String> {
+    let control = match config::load(config) {
+        Ok(c) => c.settings.control,
+        Err(e) => Some(lenient_control(config).ok_or_else(|| format!("{e}"))?),
+    };
+    control.ok_or_else(|| {
+        format!(
+            "{} has no control socket: set `control = \"orchd.sock\"` in [orchd]",
+            config.display()
+        )
+    })
 }
 
-pub fn plan(_config: &Path) -> u8 {
-    eprintln!("orchd: --plan is not available yet");
-    1
+fn lenient_control(config: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    let control = table.get("orchd")?.get("control")?.as_str()?;
+    let dir = config
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Some(dir.join(control))
+}
+
+/// Send one command and read the one-line JSON answer.
+fn ask(config: &Path, command: &str) -> Result<Value, String> {
+    let path = control_path(config)?;
+    let mut s = UnixStream::connect(&path).map_err(|e| {
+        format!(
+            "no orchd is answering for {} (control socket {}: {e})",
+            config.display(),
+            path.display()
+        )
+    })?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    s.write_all(format!("{command}\n").as_bytes())
+        .map_err(|e| format!("control socket: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(&s)
+        .read_line(&mut line)
+        .map_err(|e| format!("control socket: {e}"))?;
+    let v: Value =
+        serde_json::from_str(&line).map_err(|e| format!("control socket: bad answer: {e}"))?;
+    if v["ok"] == Value::Bool(false) {
+        return Err(v["error"].as_str().unwrap_or("failed").to_string());
+    }
+    Ok(v)
+}
+
+fn out(s: &str) -> u8 {
+    let mut o = std::io::stdout().lock();
+    match o.write_all(s.as_bytes()).and_then(|()| o.flush()) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+pub fn status(config: &Path, json: bool) -> u8 {
+    match ask(config, "status") {
+        Ok(v) if json => out(&format!("{v}\n")),
+        Ok(v) => out(&status_table(&v)),
+        Err(e) => {
+            eprintln!("orchd: {e}");
+            1
+        }
+    }
+}
+
+pub fn plan(config: &Path) -> u8 {
+    let abs = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    match ask(config, &format!("plan {}", abs.display())) {
+        Ok(v) => out(v["plan"].as_str().unwrap_or("")),
+        Err(e) => {
+            eprintln!("orchd: {e}");
+            1
+        }
+    }
+}
+
+fn fmt_ms(ms: Option<u64>) -> String {
+    match ms {
+        Some(ms) => humantime::format_duration(Duration::from_secs(ms / 1000)).to_string(),
+        None => "-".into(),
+    }
+}
+
+/// The `--status` table: pool, instance, pid, state, uptime, restarts, in flight,
+/// answered, last exit.
+pub fn status_table(v: &Value) -> String {
+    let mut rows = vec![[
+        "POOL",
+        "INSTANCE",
+        "PID",
+        "STATE",
+        "UPTIME",
+        "RESTARTS",
+        "IN FLIGHT",
+        "ANSWERED",
+        "LAST EXIT",
+    ]
+    .map(String::from)];
+    for p in v["pools"].as_array().into_iter().flatten() {
+        let name = p["name"].as_str().unwrap_or("?");
+        let insts = p["instances"].as_array().cloned().unwrap_or_default();
+        if insts.is_empty() {
+            rows.push([name, "-", "-", "-", "-", "-", "-", "-", "-"].map(String::from));
+        }
+        for i in insts {
+            let mut state = i["state"].as_str().unwrap_or("?").to_string();
+            if i["retiring"] == Value::Bool(true) {
+                state.push_str(" (retiring)");
+            }
+            rows.push([
+                name.to_string(),
+                i["index"].to_string(),
+                i["pid"]
+                    .as_u64()
+                    .map(|p| p.to_string())
+                    .unwrap_or("-".into()),
+                state,
+                fmt_ms(i["uptime_ms"].as_u64()),
+                i["restarts"].to_string(),
+                i["inflight"].to_string(),
+                i["answered"].to_string(),
+                i["last_exit"].as_str().unwrap_or("-").to_string(),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..9)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut s = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        s.push_str(line.join("  ").trim_end());
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_every_column() {
+        let v = serde_json::json!({"pools": [{"name": "up", "instances": [
+            {"index": 0, "pid": 42, "state": "running", "retiring": false, "uptime_ms": 61000,
+             "restarts": 2, "inflight": 1, "answered": 9, "last_exit": "status 1"}]}]});
+        let t = status_table(&v);
+        assert!(t.starts_with("POOL  INSTANCE  PID  STATE"), "{t}");
+        assert!(t.contains("up    0         42   running  1m 1s"), "{t}");
+        assert!(t.contains("status 1"), "{t}");
+    }
 }

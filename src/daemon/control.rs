@@ -1,15 +1,231 @@
-//! Control socket (stub).
-use super::Daemon;
-use std::io;
+//! The control socket (SPEC 7): line commands `status`, `reload` and `plan PATH`, each
+//! answered with one JSON object on one line. The socket file is created with mode
+//! 0600; a stale one is replaced, a live one (another orchd answering) is an error.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use mio::event::Event;
+use mio::net::{UnixListener, UnixStream};
+use mio::{Interest, Token};
+use serde_json::{json, Value};
+use slab::Slab;
+
+use super::route::bind_unix;
+use super::{Daemon, IoTarget, CONTROL};
+use crate::framing::{Fill, Frame, LineBuf};
+
+/// Control commands are short; anything longer is refused.
+const MAX_COMMAND: usize = 64 * 1024;
 
 #[derive(Default)]
-pub struct Control {}
+pub struct Control {
+    listener: Option<(UnixListener, PathBuf)>,
+    conns: Slab<Conn>,
+    started: Option<Instant>,
+}
+
+struct Conn {
+    stream: UnixStream,
+    token: Token,
+    inbuf: LineBuf,
+    out: Vec<u8>,
+    eof: bool,
+}
 
 impl Daemon {
     pub(super) fn control_open(&mut self) -> io::Result<()> {
+        self.control.started.get_or_insert(self.now);
+        let Some(path) = self.config.settings.control.clone() else {
+            return Ok(());
+        };
+        let mut l = bind_unix(&path, 0o600)
+            .map_err(|e| io::Error::new(e.kind(), format!("control socket: {e}")))?;
+        self.poll
+            .registry()
+            .register(&mut l, CONTROL, Interest::READABLE)?;
+        log::info!("control socket {}", path.display());
+        self.control.listener = Some((l, path));
         Ok(())
     }
-    pub(super) fn control_accept(&mut self) {}
-    pub(super) fn on_control_conn(&mut self, _c: usize, _e: &mio::event::Event) {}
-    pub(super) fn control_close(&mut self) {}
+
+    pub(super) fn control_close(&mut self) {
+        if let Some((mut l, path)) = self.control.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
+    pub(super) fn control_accept(&mut self) {
+        loop {
+            let Some((l, _)) = self.control.listener.as_ref() else {
+                return;
+            };
+            match l.accept() {
+                Ok((mut stream, _)) => {
+                    let entry = self.control.conns.vacant_entry();
+                    let key = entry.key();
+                    let token = match self.register_io(
+                        &mut stream,
+                        IoTarget::ControlConn(key),
+                        Interest::READABLE,
+                    ) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            log::warn!("control: cannot watch a connection: {e}");
+                            continue;
+                        }
+                    };
+                    self.control.conns.insert(Conn {
+                        stream,
+                        token,
+                        inbuf: LineBuf::new(MAX_COMMAND),
+                        out: Vec::new(),
+                        eof: false,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::warn!("control: accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_control_conn(&mut self, key: usize, _event: &Event) {
+        let Some(c) = self.control.conns.get_mut(key) else {
+            return;
+        };
+        let mut inbuf = std::mem::replace(&mut c.inbuf, LineBuf::new(0));
+        let mut commands = Vec::new();
+        loop {
+            match inbuf.fill(&mut c.stream) {
+                Ok(Fill::Data(_)) => {
+                    while let Some(f) = inbuf.next_frame() {
+                        commands.push(match f {
+                            Frame::Line(l) => Some(String::from_utf8_lossy(l).trim().to_string()),
+                            Frame::TooLong => None,
+                        });
+                    }
+                }
+                Ok(Fill::Eof) => {
+                    c.eof = true;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    c.eof = true;
+                    break;
+                }
+            }
+        }
+        c.inbuf = inbuf;
+        for cmd in commands {
+            let reply = match cmd {
+                Some(cmd) => self.control_command(&cmd),
+                None => json!({"ok": false, "error": "command too long"}),
+            };
+            if let Some(c) = self.control.conns.get_mut(key) {
+                c.out.extend_from_slice(reply.to_string().as_bytes());
+                c.out.push(b'\n');
+            }
+        }
+        self.control_flush(key);
+    }
+
+    /// Control replies are small: write what the socket takes; a client that does not
+    /// read its replies is dropped rather than buffered for.
+    fn control_flush(&mut self, key: usize) {
+        let Some(c) = self.control.conns.get_mut(key) else {
+            return;
+        };
+        let mut close = c.eof;
+        while !c.out.is_empty() {
+            match c.stream.write(&c.out) {
+                Ok(n) => {
+                    c.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    close = true;
+                    break;
+                }
+            }
+        }
+        if close {
+            let mut c = self.control.conns.remove(key);
+            self.deregister_io(&mut c.stream, c.token);
+        }
+    }
+
+    fn control_command(&mut self, cmd: &str) -> Value {
+        let (verb, arg) = cmd
+            .split_once(' ')
+            .map(|(v, a)| (v, a.trim()))
+            .unwrap_or((cmd, ""));
+        match verb {
+            "status" => self.status_json(),
+            "reload" => match self.reload_from_disk("control socket") {
+                Ok(summary) => json!({"ok": true, "summary": summary}),
+                Err(e) => json!({"ok": false, "error": e}),
+            },
+            "plan" if !arg.is_empty() => match self.plan_for(Path::new(arg)) {
+                Ok(plan) => {
+                    json!({"ok": true, "summary": plan.summary(), "plan": plan.to_string()})
+                }
+                Err(e) => json!({"ok": false, "error": e}),
+            },
+            "plan" => json!({"ok": false, "error": "usage: plan PATH"}),
+            _ => {
+                json!({"ok": false, "error": format!("unknown command {verb:?}; expected status, reload or plan PATH")})
+            }
+        }
+    }
+
+    /// Everything `--status` shows, as one JSON object.
+    pub(super) fn status_json(&self) -> Value {
+        let now = Instant::now();
+        let mut pools = Vec::new();
+        for (pk, p) in self.pools.iter() {
+            let mut instances = Vec::new();
+            for &k in p.slots.iter().chain(&p.retiring) {
+                let i = &self.instances[k];
+                let (inflight, answered) = self.instance_counts(k);
+                let uptime = match i.life.state {
+                    crate::supervisor::lifecycle::State::Running { since, .. } => {
+                        Some(now.duration_since(since).as_millis() as u64)
+                    }
+                    _ => None,
+                };
+                instances.push(json!({
+                    "index": i.index,
+                    "pid": i.pid(),
+                    "state": i.life.state.name(now).as_str(),
+                    "retiring": i.retiring,
+                    "uptime_ms": uptime,
+                    "restarts": i.life.restarts,
+                    "inflight": inflight,
+                    "answered": answered,
+                    "last_exit": i.life.last_exit.map(|e| e.to_string()),
+                }));
+            }
+            pools.push(json!({
+                "name": p.cfg.name,
+                "count": p.cfg.count,
+                "removed": p.removed,
+                "queued": self.pool_queued(pk),
+                "instances": instances,
+            }));
+        }
+        json!({
+            "ok": true,
+            "pid": std::process::id(),
+            "config": self.config.path.display().to_string(),
+            "uptime_ms": self.control.started.map(|s| now.duration_since(s).as_millis() as u64),
+            "pools": pools,
+        })
+    }
 }

@@ -270,7 +270,7 @@ impl Daemon {
         }
         if got[2] {
             log::info!("SIGHUP: reloading {}", self.config.path.display());
-            self.reload_from_disk("SIGHUP");
+            let _ = self.reload_from_disk("SIGHUP");
         }
         if got[1] {
             self.shutdown_requested();

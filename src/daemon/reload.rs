@@ -1,12 +1,489 @@
-//! Reload (stub).
-use super::Daemon;
+//! Reload: triggers (SIGHUP, file watch, control socket) and executing a
+//! [`crate::reload::Plan`] without losing a message or touching unchanged workers.
+//!
+//! The file watcher is notify's own thread; it only forwards events through a channel
+//! and wakes the loop with the shared `mio::Waker`. All work happens on the loop
+//! thread: events reset a 100 ms debounce timer; when it fires, the file is read and
+//! reloaded only if its content hash changed (editors and ConfigMap swaps produce
+//! bursts of events, some for unrelated files in the directory).
+//!
+//! Retiring an instance (scale-down, replacement, pool removal): it takes no new
+//! messages, finishes its in-flight and backlog, then is stopped and forgotten.
+//! Replacement rolls one index at a time: the new instance starts; once it runs it takes
+//! the slot and the old one retires; when the old one is gone the next index follows.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use notify::{EventKind, RecursiveMode, Watcher as _};
+
+use super::{notify_systemd, Daemon, TimerKey};
+use crate::config::{self, Config};
+use crate::reload::{diff, Plan, PoolChange};
+use crate::supervisor::lifecycle::State;
+
+/// Quiet time after the last file event before the file is read.
+const DEBOUNCE: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
-pub struct Watcher {}
+pub struct Watcher {
+    watcher: Option<notify::RecommendedWatcher>,
+    rx: Option<mpsc::Receiver<notify::Result<notify::Event>>>,
+    watched: Vec<PathBuf>,
+    debounce_gen: u64,
+    /// Hash of the config content last loaded (or tried).
+    last_hash: Option<u64>,
+}
+
+/// Roll state of a pool whose instances are being replaced.
+#[derive(Debug, Default)]
+pub struct Roll {
+    /// Next index to replace.
+    pub next: u32,
+    /// A replacement started for `index`, waiting to run: (index, instance key).
+    pub incoming: Option<(u32, usize)>,
+    /// The old instance of the last promoted index, until it is gone.
+    pub outgoing: Option<usize>,
+}
+
+fn hash_of(text: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// The directories to watch for `path`: its own directory, and the directory of what it
+/// resolves to when it is (or goes through) a symlink.
+fn watch_dirs(path: &Path) -> Vec<PathBuf> {
+    let parent = |p: &Path| match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut dirs = vec![parent(path)];
+    if let Ok(real) = std::fs::canonicalize(path) {
+        let d = parent(&real);
+        if !dirs
+            .iter()
+            .any(|x| std::fs::canonicalize(x).ok().as_ref() == Some(&d))
+        {
+            dirs.push(d);
+        }
+    }
+    dirs
+}
 
 impl Daemon {
-    pub(super) fn watch_start(&mut self) {}
-    pub(super) fn on_wake(&mut self) {}
-    pub(super) fn on_debounce(&mut self, _g: u64) {}
-    pub(super) fn reload_from_disk(&mut self, _why: &str) {}
+    pub(super) fn watch_start(&mut self) {
+        if let Ok(text) = std::fs::read_to_string(&self.config.path) {
+            self.watcher.last_hash = Some(hash_of(&text));
+        }
+        if self.opts.no_watch || !self.config.settings.watch {
+            return;
+        }
+        let (tx, rx) = mpsc::channel();
+        let waker = self.waker.clone();
+        let handler = move |res: notify::Result<notify::Event>| {
+            if tx.send(res).is_ok() {
+                let _ = waker.wake();
+            }
+        };
+        match notify::recommended_watcher(handler) {
+            Ok(w) => {
+                self.watcher.watcher = Some(w);
+                self.watcher.rx = Some(rx);
+                self.watch_refresh();
+            }
+            Err(e) => log::warn!(
+                "cannot watch {}: {e}; reload with SIGHUP",
+                self.config.path.display()
+            ),
+        }
+    }
+
+    fn watch_stop(&mut self) {
+        self.watcher.watcher = None;
+        self.watcher.rx = None;
+        self.watcher.watched.clear();
+    }
+
+    /// Watch the directories the config path currently involves (a ConfigMap swap
+    /// changes where its symlink resolves).
+    fn watch_refresh(&mut self) {
+        let Some(w) = self.watcher.watcher.as_mut() else {
+            return;
+        };
+        let want = watch_dirs(&self.config.path);
+        for old in std::mem::take(&mut self.watcher.watched) {
+            if !want.contains(&old) {
+                let _ = w.unwatch(&old);
+            } else {
+                self.watcher.watched.push(old);
+            }
+        }
+        for dir in want {
+            if self.watcher.watched.contains(&dir) {
+                continue;
+            }
+            match w.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    log::debug!("watching {}", dir.display());
+                    self.watcher.watched.push(dir);
+                }
+                Err(e) => log::warn!("cannot watch {}: {e}", dir.display()),
+            }
+        }
+    }
+
+    /// The waker fired: drain the watcher's channel.
+    pub(super) fn on_wake(&mut self) {
+        let Some(rx) = self.watcher.rx.as_ref() else {
+            return;
+        };
+        let mut relevant = false;
+        while let Ok(res) = rx.try_recv() {
+            match res {
+                // Our own reads of the config show up as access events: ignore them, or
+                // orchd would wake itself in a loop.
+                Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => {}
+                Ok(_) => relevant = true,
+                Err(e) => log::warn!("file watcher: {e}"),
+            }
+        }
+        if relevant && self.phase == super::Phase::Running {
+            let gen = self.gen();
+            self.watcher.debounce_gen = gen;
+            self.timers
+                .arm(self.now + DEBOUNCE, TimerKey::Debounce { gen });
+        }
+    }
+
+    pub(super) fn on_debounce(&mut self, gen: u64) {
+        if gen != self.watcher.debounce_gen || self.phase != super::Phase::Running {
+            return;
+        }
+        let text = match std::fs::read_to_string(&self.config.path) {
+            Ok(t) => t,
+            Err(e) => {
+                // Mid-swap: the next event brings it back.
+                log::debug!("config changed but cannot be read yet: {e}");
+                return;
+            }
+        };
+        let h = hash_of(&text);
+        if self.watcher.last_hash == Some(h) {
+            log::debug!("config directory changed; config content did not");
+            self.watch_refresh();
+            return;
+        }
+        self.watcher.last_hash = Some(h);
+        log::info!("{} changed on disk: reloading", self.config.path.display());
+        match config::parse_str(&self.config.path, &text) {
+            Ok(new) => {
+                if let Err(e) = self.apply_config(new) {
+                    log::error!("reload failed: {e}; keeping the running config");
+                }
+            }
+            Err(errors) => log::error!(
+                "reload: {} is invalid; keeping the running config:\n{errors}",
+                self.config.path.display()
+            ),
+        }
+        self.watch_refresh();
+    }
+
+    /// SIGHUP or `reload` on the control socket. Returns the summary or the error.
+    pub(super) fn reload_from_disk(&mut self, why: &str) -> Result<String, String> {
+        if self.phase != super::Phase::Running {
+            return Err("shutting down".into());
+        }
+        let path = self.config.path.clone();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .inspect_err(|e| log::error!("reload ({why}): {e}; keeping the running config"))?;
+        self.watcher.last_hash = Some(hash_of(&text));
+        let new = config::parse_str(&path, &text).map_err(|errors| {
+            log::error!(
+                "reload ({why}): {} is invalid; keeping the running config:\n{errors}",
+                path.display()
+            );
+            errors.to_string()
+        })?;
+        let summary = self.apply_config(new).inspect_err(|e| {
+            log::error!("reload ({why}) failed: {e}; keeping the running config")
+        })?;
+        self.watch_refresh();
+        Ok(summary)
+    }
+
+    /// What reloading `path` would change now.
+    pub(super) fn plan_for(&self, path: &Path) -> Result<Plan, String> {
+        let new = config::load(path).map_err(|e| e.to_string())?;
+        Ok(diff(&self.config, &new))
+    }
+
+    /// Apply a valid config as a diff. Listeners are opened first: if one cannot be,
+    /// nothing changes.
+    fn apply_config(&mut self, new: Config) -> Result<String, String> {
+        let plan = diff(&self.config, &new);
+        notify_systemd("RELOADING=1");
+        let result = self.apply_plan(&plan, new);
+        notify_systemd("READY=1");
+        let summary = plan.summary();
+        result.map(|()| {
+            log::info!("reload: {summary}");
+            summary
+        })
+    }
+
+    fn apply_plan(&mut self, plan: &Plan, new: Config) -> Result<(), String> {
+        self.listeners_open(&new).map_err(|e| {
+            // Undo: close what this attempt opened.
+            self.listeners_close_unused(&self.config.clone());
+            e.to_string()
+        })?;
+        for change in &plan.pools {
+            match change {
+                PoolChange::Unchanged { .. } => {}
+                PoolChange::Added { name, .. } => {
+                    if let Some(p) = new.pool(name) {
+                        self.pool_add(p.clone(), new.is_routed(name));
+                    }
+                }
+                PoolChange::Removed { name, .. } => self.pool_remove(name),
+                PoolChange::Changed {
+                    name,
+                    resize,
+                    replace,
+                    ..
+                } => {
+                    if let Some(p) = new.pool(name) {
+                        self.pool_change(p.clone(), new.is_routed(name), *resize, *replace);
+                    }
+                }
+            }
+        }
+        self.router_install(&new);
+        self.listeners_close_unused(&new);
+        let old_settings = std::mem::replace(&mut self.config, new).settings;
+        self.settings_changed(&old_settings);
+        self.restart_failed();
+        Ok(())
+    }
+
+    fn settings_changed(&mut self, old: &config::Settings) {
+        let new = self.config.settings.clone();
+        if old.control != new.control {
+            self.control_close();
+            if let Err(e) = self.control_open() {
+                log::error!("control socket: {e}");
+            }
+        }
+        if old.watch != new.watch && !self.opts.no_watch {
+            if new.watch {
+                self.watch_start();
+            } else {
+                self.watch_stop();
+            }
+        }
+        if old.log_level != new.log_level {
+            crate::logging::config_level_changed(&new.log_level);
+        }
+    }
+
+    /// `failed` instances get a fresh start on every reload.
+    fn restart_failed(&mut self) {
+        let failed: Vec<usize> = self
+            .instances
+            .iter()
+            .filter(|(_, i)| matches!(i.life.state, State::Failed { .. }) && !i.retiring)
+            .map(|(k, _)| k)
+            .collect();
+        for k in failed {
+            log::info!(
+                "{}: reload gives a failed instance a fresh start",
+                self.instances[k].label
+            );
+            self.instances[k].life.reset();
+            self.start_instance(k);
+        }
+    }
+
+    fn pool_remove(&mut self, name: &str) {
+        let Some(key) = self.pool_names.remove(name) else {
+            return;
+        };
+        let p = &mut self.pools[key];
+        p.removed = true;
+        let mut keys: Vec<usize> = std::mem::take(&mut p.slots);
+        if let Some(roll) = p.roll.take() {
+            keys.extend(roll.incoming.map(|(_, k)| k));
+        }
+        if keys.is_empty() {
+            self.pools.remove(key);
+            log::info!("pool {name} removed");
+            return;
+        }
+        for k in keys.into_iter().rev() {
+            self.retire(k);
+        }
+    }
+
+    fn pool_change(
+        &mut self,
+        cfg: crate::config::Pool,
+        routed: bool,
+        resize: Option<(u32, u32)>,
+        replace: bool,
+    ) {
+        let Some(&key) = self.pool_names.get(&cfg.name) else {
+            return;
+        };
+        let new_count = cfg.count;
+        {
+            let p = &mut self.pools[key];
+            p.cfg = cfg;
+            p.routed = routed;
+        }
+        if replace {
+            // A roll in progress started instances of the previous spec: start over.
+            if let Some(roll) = self.pools[key].roll.take() {
+                if let Some((_, k)) = roll.incoming {
+                    self.retire(k);
+                }
+            }
+        }
+        if let Some((_, to)) = resize {
+            while self.pools[key].slots.len() as u32 > to {
+                if let Some(k) = self.pools[key].slots.pop() {
+                    self.retire(k);
+                }
+            }
+            // An incoming replacement for an index that no longer exists goes too.
+            if let Some(roll) = self.pools[key].roll.as_mut() {
+                if let Some((i, k)) = roll.incoming {
+                    if i >= to {
+                        roll.incoming = None;
+                        self.retire(k);
+                    }
+                }
+            }
+            while (self.pools[key].slots.len() as u32) < new_count {
+                self.instance_add(key);
+            }
+        }
+        if replace {
+            let old = self.pools[key].slots.len();
+            if old > 0 {
+                log::info!(
+                    "pool {}: replacing {old} instance(s) one at a time",
+                    self.pools[key].cfg.name
+                );
+                self.pools[key].roll = Some(Roll::default());
+                self.roll_step(key);
+            }
+        }
+        // More room (max_inflight, queue) may let waiting work go.
+        self.pool_refresh(key);
+    }
+
+    /// Stop giving an instance work; stop it once it has finished what it has.
+    pub(super) fn retire(&mut self, k: usize) {
+        let Some(inst) = self.instances.get_mut(k) else {
+            return;
+        };
+        inst.retiring = true;
+        let pool = inst.pool;
+        if !self.pools[pool].retiring.contains(&k) {
+            self.pools[pool].retiring.push(k);
+        }
+        match inst.life.state {
+            State::Running { .. } => {
+                log::info!(
+                    "{} retiring: draining {} message(s)",
+                    inst.label,
+                    inst.rt.inflight.len()
+                );
+                self.route_retiring(k);
+                self.instance_maybe_drained(k);
+            }
+            State::Stopping { .. } => {}
+            State::Backoff { .. } | State::Failed { .. } => self.stop_instance(k),
+            State::Stopped => self.mark_stopped(k),
+        }
+    }
+
+    /// Advance a pool's rolling replacement as far as it can go now.
+    pub(super) fn roll_step(&mut self, pool: usize) {
+        loop {
+            let Some(p) = self.pools.get_mut(pool) else {
+                return;
+            };
+            let Some(roll) = p.roll.as_mut() else {
+                return;
+            };
+            if roll.incoming.is_some() || roll.outgoing.is_some() {
+                return;
+            }
+            let index = roll.next;
+            if index as usize >= p.slots.len() {
+                p.roll = None;
+                log::info!("pool {}: replacement done", p.cfg.name);
+                return;
+            }
+            let new = self.instance_new(pool, index);
+            if let Some(roll) = self.pools[pool].roll.as_mut() {
+                roll.incoming = Some((index, new));
+            }
+            self.start_instance(new);
+            // start_instance promoted it if it runs; otherwise it waits in backoff and
+            // the old instance keeps serving.
+            let waiting = self.pools[pool]
+                .roll
+                .as_ref()
+                .is_some_and(|r| r.incoming.is_some() || r.outgoing.is_some());
+            if waiting {
+                return;
+            }
+        }
+    }
+
+    /// An instance started: if it is a pool's incoming replacement, it takes its slot
+    /// and the old instance retires.
+    pub(super) fn roll_started(&mut self, k: usize) {
+        let pool = self.instances[k].pool;
+        let Some(roll) = self.pools[pool].roll.as_mut() else {
+            return;
+        };
+        let Some((index, new)) = roll.incoming else {
+            return;
+        };
+        if new != k {
+            return;
+        }
+        roll.incoming = None;
+        roll.next = index + 1;
+        let p = &mut self.pools[pool];
+        let Some(slot) = p.slots.get_mut(index as usize) else {
+            return;
+        };
+        let old = std::mem::replace(slot, new);
+        if let Some(roll) = p.roll.as_mut() {
+            roll.outgoing = Some(old);
+        }
+        self.retire(old);
+    }
+
+    /// An instance was forgotten: if it was a roll's outgoing one, the roll goes on.
+    pub(super) fn roll_forgotten(&mut self, pool: usize, k: usize) {
+        let Some(roll) = self.pools.get_mut(pool).and_then(|p| p.roll.as_mut()) else {
+            return;
+        };
+        if roll.outgoing == Some(k) {
+            roll.outgoing = None;
+            self.roll_step(pool);
+        }
+    }
 }

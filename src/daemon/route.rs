@@ -313,6 +313,20 @@ impl Daemon {
         if let ListenerKind::Unix(_, path) = &l.kind {
             let _ = std::fs::remove_file(path);
         }
+        // Its connections read nothing more and close once their replies are out.
+        let clients: Vec<usize> = self
+            .router
+            .clients
+            .iter()
+            .filter(|(_, c)| c.listener == key)
+            .map(|(k, _)| k)
+            .collect();
+        for c in clients {
+            let cl = &mut self.router.clients[c];
+            cl.listener = usize::MAX;
+            cl.read_done = true;
+            self.client_maybe_close(c);
+        }
         log::info!("stopped listening on {}", l.source);
     }
 
@@ -672,9 +686,13 @@ impl Daemon {
     fn candidates(&self, pool: usize) -> Vec<(usize, Candidate)> {
         let p = &self.pools[pool];
         let max = p.cfg.max_inflight;
-        p.slots
-            .iter()
-            .filter(|&&k| self.instances[k].is_live())
+        // A removed pool's draining instances still work off its queue.
+        let keys: &[usize] = if p.removed { &p.retiring } else { &p.slots };
+        keys.iter()
+            .filter(|&&k| {
+                let i = &self.instances[k];
+                i.is_live() || (p.removed && i.can_work())
+            })
             .map(|&k| {
                 let i = &self.instances[k];
                 let inflight = i.rt.inflight.len() as u32;
@@ -822,7 +840,7 @@ impl Daemon {
         let max = self.pools[pool].cfg.max_inflight as usize;
         loop {
             let inst = &mut self.instances[k];
-            if !inst.is_live() || inst.rt.inflight.len() >= max {
+            if !inst.can_work() || inst.rt.inflight.len() >= max {
                 break;
             }
             let Some(m) = inst.rt.backlog.pop_front() else {
@@ -1503,7 +1521,18 @@ impl Daemon {
         let Some(i) = self.instances.get(k) else {
             return;
         };
-        if i.retiring && i.rt.inflight.is_empty() && i.rt.backlog.is_empty() {
+        let pool = &self.pools[i.pool];
+        let queue_done = !pool.removed || pool.q.queue.is_empty();
+        let running = matches!(
+            i.life.state,
+            crate::supervisor::lifecycle::State::Running { .. }
+        );
+        if i.retiring
+            && running
+            && i.rt.inflight.is_empty()
+            && i.rt.backlog.is_empty()
+            && queue_done
+        {
             self.stop_instance(k);
         }
     }
@@ -1514,6 +1543,27 @@ impl Daemon {
             .get(k)
             .map(|i| (i.rt.inflight.len(), i.rt.answered))
             .unwrap_or((0, 0))
+    }
+
+    /// An instance started retiring: it counts as gone for new work.
+    pub(super) fn route_retiring(&mut self, k: usize) {
+        let pool = self.instances[k].pool;
+        self.route_pool_changed(pool);
+        self.instance_pull(k);
+    }
+
+    /// Pool settings changed in place: more room may let waiting work go.
+    pub(super) fn pool_refresh(&mut self, pool: usize) {
+        let keys = self.pools[pool].slots.clone();
+        for k in keys {
+            self.instance_pull(k);
+        }
+        self.pool_pump(pool);
+    }
+
+    /// Messages waiting in a pool (queue and backlogs), for status.
+    pub(super) fn pool_queued(&self, pool: usize) -> usize {
+        self.pools.get(pool).map(|p| p.q.waiting).unwrap_or(0)
     }
 
     pub(super) fn on_accept_timer(&mut self, listener: usize) {
@@ -1585,7 +1635,7 @@ fn write_all_fd(fd: i32, mut buf: &[u8]) -> io::Result<()> {
 
 /// Bind a unix listener: a stale socket file is replaced, a live one (something
 /// accepts on it) is an error; the file gets `mode`.
-fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
+pub(super) fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(io::Error::new(

@@ -39,6 +39,8 @@ pub struct PoolRt {
     /// Removed from the config: forgotten once its last instance has stopped.
     pub removed: bool,
     pub q: super::route::PoolQueue,
+    /// A rolling replacement in progress (reload changed what the process is).
+    pub roll: Option<super::reload::Roll>,
 }
 
 pub(super) struct PipeIn {
@@ -107,9 +109,15 @@ impl Instance {
         self.life.state.pid()
     }
 
-    /// Running and able to take messages.
+    /// Running and able to take new messages.
     pub fn is_live(&self) -> bool {
-        matches!(self.life.state, State::Running { .. }) && !self.retiring && self.stdin.is_some()
+        self.can_work() && !self.retiring
+    }
+
+    /// Running with a stdin: can be written to (a retiring instance still works off
+    /// its backlog).
+    pub fn can_work(&self) -> bool {
+        matches!(self.life.state, State::Running { .. }) && self.stdin.is_some()
     }
 }
 
@@ -125,6 +133,7 @@ impl Daemon {
             retiring: Vec::new(),
             removed: false,
             q: Default::default(),
+            roll: None,
         });
         self.pool_names.insert(name, key);
         for _ in 0..count {
@@ -194,6 +203,7 @@ impl Daemon {
                 inst.life.spawned(pid, now);
                 self.pids.insert(pid, key);
                 log::info!("{label} started (pid {pid})");
+                self.roll_started(key);
                 self.route_instance_up(key);
             }
             Err(e) => {
@@ -523,7 +533,7 @@ impl Daemon {
 
     /// The instance has fully stopped. A retiring one is forgotten (and its pool with
     /// it, if the pool was removed and this was its last instance).
-    fn mark_stopped(&mut self, key: usize) {
+    pub(super) fn mark_stopped(&mut self, key: usize) {
         let gen = self.gen();
         let Some(inst) = self.instances.get_mut(key) else {
             return;
@@ -553,6 +563,10 @@ impl Daemon {
         };
         pool.retiring.retain(|&k| k != key);
         pool.slots.retain(|&k| k != key);
+        self.roll_forgotten(pool_key, key);
+        let Some(pool) = self.pools.get_mut(pool_key) else {
+            return;
+        };
         if pool.removed && pool.slots.is_empty() && pool.retiring.is_empty() {
             let name = pool.cfg.name.clone();
             self.pools.remove(pool_key);
