@@ -42,6 +42,17 @@ impl log::Log for Reloadable {
     }
 }
 
+/// orchd's own records show as `orchd` (filters still see the module path); worker
+/// output keeps its `pool[i]` target.
+fn shown_target<'a>(r: &'a log::Record<'_>) -> &'a str {
+    let t = r.target();
+    if t.starts_with("orchd::") {
+        "orchd"
+    } else {
+        t
+    }
+}
+
 fn build(filter: &str, format: LogFormat) -> env_logger::Logger {
     let mut b = env_logger::Builder::new();
     b.parse_filters(filter).target(env_logger::Target::Stderr);
@@ -53,7 +64,7 @@ fn build(filter: &str, format: LogFormat) -> env_logger::Logger {
                     "{} {:<5} {}: {}",
                     buf.timestamp_millis(),
                     r.level(),
-                    r.target(),
+                    shown_target(r),
                     r.args()
                 )
             });
@@ -63,7 +74,7 @@ fn build(filter: &str, format: LogFormat) -> env_logger::Logger {
                 let obj = serde_json::json!({
                     "ts": buf.timestamp_millis().to_string(),
                     "level": r.level().as_str(),
-                    "target": r.target(),
+                    "target": shown_target(r),
                     "msg": r.args().to_string(),
                 });
                 writeln!(buf, "{obj}")

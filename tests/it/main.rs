@@ -4,6 +4,7 @@
 mod common;
 
 mod check;
+mod reload;
 mod routing;
 mod smoke;
 mod supervisor;
