@@ -3,6 +3,8 @@
 
 mod common;
 
+mod control;
+
 mod check;
 mod reload;
 mod routing;

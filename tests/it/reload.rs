@@ -250,6 +250,9 @@ command = "while read -r l; do echo \"{v} $l\"; done"
 count = 4
 stop_timeout = "2s"
 
+[pool.bystander]
+command = ["sleep", "1000"]
+
 [[route]]
 from = "tcp://127.0.0.1:{port}"
 to = "echo"
@@ -260,6 +263,7 @@ to = "echo"
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
     let old = wait_count(&cfg, "echo", 4);
+    let bystander = wait_count(&cfg, "bystander", 1);
 
     let stream = wait_for("tcp listener", DEADLINE, || {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
@@ -311,6 +315,20 @@ to = "echo"
         });
     }
     assert_eq!(o.log_count("ERR"), 0);
+    assert_eq!(
+        pids(&cfg, "bystander"),
+        bystander,
+        "unchanged pool untouched"
+    );
+    assert_eq!(
+        o.log_count("bystander[0] started"),
+        1,
+        "unchanged worker never restarted"
+    );
+    eprintln!(
+        "rolling replacement: {N} messages sent, {} answered, 0 lost; bystander restarts: 0",
+        replies.len()
+    );
     assert_eq!(o.stop(), 0);
 }
 
