@@ -63,6 +63,9 @@ pub struct Router {
     batch_errors: u64,
     /// Shutdown began: read nothing new.
     stopped_reading: bool,
+    /// Scratch buffers for choosing an instance (see `fill_candidates`).
+    cand_keys: Vec<usize>,
+    cands: Vec<Candidate>,
 }
 
 struct RouteRt {
@@ -118,6 +121,8 @@ struct Client {
     out_token: Option<Token>,
     /// Batch mode, stdin a terminal: bytes are known to be readable without blocking.
     tty_ready: bool,
+    /// Already in `Router::to_pump`.
+    pump_queued: bool,
     /// Peer address, for logs.
     label: String,
 }
@@ -186,6 +191,41 @@ pub struct InstanceRt {
     pub answered: u64,
     deadline_at: Option<Instant>,
     deadline_gen: u64,
+}
+
+/// A reply on its way to a client.
+enum Reply<'a> {
+    /// A worker's reply line (without `\n`).
+    Line(&'a [u8]),
+    /// An error reason; written as `error_prefix + reason`.
+    Error(&'a str),
+    /// A broadcast's replies, each already `\n`-terminated; true if any is an error.
+    Gathered(Vec<u8>, bool),
+}
+
+impl Reply<'_> {
+    fn is_error(&self) -> bool {
+        match self {
+            Reply::Line(_) => false,
+            Reply::Error(_) => true,
+            Reply::Gathered(_, e) => *e,
+        }
+    }
+
+    fn write_to(&self, out: &mut Vec<u8>, prefix: &str) {
+        match self {
+            Reply::Line(l) => {
+                out.extend_from_slice(l);
+                out.push(b'\n');
+            }
+            Reply::Error(why) => {
+                out.extend_from_slice(prefix.as_bytes());
+                out.extend_from_slice(why.as_bytes());
+                out.push(b'\n');
+            }
+            Reply::Gathered(b, _) => out.extend_from_slice(b),
+        }
+    }
 }
 
 /// Why a delivery attempt failed.
@@ -410,6 +450,7 @@ impl Daemon {
             dead: false,
             out_token: None,
             tty_ready: false,
+            pump_queued: false,
             label: peer,
         });
         Ok(())
@@ -439,7 +480,7 @@ impl Daemon {
             self.router.clients[key].token = Some(token);
         }
         self.router.batch = Some(key);
-        self.router.to_pump.push(key);
+        self.schedule_pump(key);
         Ok(())
     }
 
@@ -493,7 +534,7 @@ impl Daemon {
             while let Some(frame) = inbuf.next_frame() {
                 match frame {
                     Frame::Line(line) => {
-                        let line = line.strip_suffix(b"\r").unwrap_or(line).to_vec();
+                        let line = message_bytes(line);
                         if !self.submit(key, line) {
                             break 'outer;
                         }
@@ -515,7 +556,7 @@ impl Daemon {
                     c.read_paused = false;
                     // An unterminated last line is still a message.
                     if let Some(rest) = inbuf.take_partial() {
-                        let rest = rest.strip_suffix(b"\r").unwrap_or(&rest).to_vec();
+                        let rest = message_bytes(&rest);
                         if rest.len() > MAX_LINE {
                             self.reply_now(key, "message too long");
                         } else {
@@ -683,29 +724,28 @@ impl Daemon {
     // ----- placing messages ---------------------------------------------------------
 
     /// Live instances of a pool as strategy candidates, in index order.
-    fn candidates(&self, pool: usize) -> Vec<(usize, Candidate)> {
+    /// Fill `router.cand_keys`/`router.cands` with the instances of `pool` that may
+    /// take new messages, in index order. Reuses the buffers: no allocation per message.
+    fn fill_candidates(&mut self, pool: usize) {
+        let r = &mut self.router;
+        r.cand_keys.clear();
+        r.cands.clear();
         let p = &self.pools[pool];
         let max = p.cfg.max_inflight;
         // A removed pool's draining instances still work off its queue.
         let keys: &[usize] = if p.removed { &p.retiring } else { &p.slots };
-        keys.iter()
-            .filter(|&&k| {
-                let i = &self.instances[k];
-                i.is_live() || (p.removed && i.can_work())
-            })
-            .map(|&k| {
-                let i = &self.instances[k];
+        for &k in keys {
+            let i = &self.instances[k];
+            if i.is_live() || (p.removed && i.can_work()) {
                 let inflight = i.rt.inflight.len() as u32;
-                (
-                    k,
-                    Candidate {
-                        index: i.index,
-                        inflight,
-                        has_room: inflight < max,
-                    },
-                )
-            })
-            .collect()
+                r.cand_keys.push(k);
+                r.cands.push(Candidate {
+                    index: i.index,
+                    inflight,
+                    has_room: inflight < max,
+                });
+            }
+        }
     }
 
     fn placement(&mut self, m: usize) -> Placement {
@@ -715,23 +755,23 @@ impl Daemon {
         let max = self.pools[pool].cfg.max_inflight as usize;
         match pin {
             Pin::Any(s) => {
-                let cands = self.candidates(pool);
-                let just: Vec<Candidate> = cands.iter().map(|(_, c)| *c).collect();
+                self.fill_candidates(pool);
                 let cursor = &mut self.pools[pool].q.cursor;
                 let pick = match s {
-                    Strategy::LeastBusy => strategy::least_busy(&just, cursor),
-                    _ => strategy::round_robin(&just, cursor),
+                    Strategy::LeastBusy => strategy::least_busy(&self.router.cands, cursor),
+                    _ => strategy::round_robin(&self.router.cands, cursor),
                 };
                 match pick {
-                    Some(i) => Placement::Assign(cands[i].0),
+                    Some(i) => Placement::Assign(self.router.cand_keys[i]),
                     None => Placement::Wait,
                 }
             }
             Pin::Hash(h) => {
-                let cands = self.candidates(pool);
-                match strategy::rendezvous(h, cands.iter().map(|(_, c)| c.index)) {
-                    Some(i) if cands[i].1.has_room => Placement::Assign(cands[i].0),
-                    Some(i) => Placement::Backlog(cands[i].0),
+                self.fill_candidates(pool);
+                let cands = &self.router.cands;
+                match strategy::rendezvous(h, cands.iter().map(|c| c.index)) {
+                    Some(i) if cands[i].has_room => Placement::Assign(self.router.cand_keys[i]),
+                    Some(i) => Placement::Backlog(self.router.cand_keys[i]),
                     None => Placement::Wait,
                 }
             }
@@ -888,7 +928,7 @@ impl Daemon {
         }
         for (c, id) in std::mem::take(&mut p.q.waiters) {
             if self.router.clients.get(c).is_some_and(|cl| cl.id == id) {
-                self.router.to_pump.push(c);
+                self.schedule_pump(c);
             }
         }
     }
@@ -1240,48 +1280,47 @@ impl Daemon {
         line: Option<&[u8]>,
         error: Option<&str>,
     ) {
-        let mut bytes = match (line, error) {
-            (Some(l), _) => {
-                let mut b = Vec::with_capacity(l.len() + 1);
-                b.extend_from_slice(l);
-                b
-            }
-            (None, e) => format!(
-                "{}{}",
-                self.config.settings.error_prefix,
-                e.unwrap_or("error")
-            )
-            .into_bytes(),
-        };
-        bytes.push(b'\n');
-        self.emit_raw(c, id, seq, bytes, line.is_none());
+        match line {
+            Some(l) => self.emit_reply(c, id, seq, Reply::Line(l)),
+            None => self.emit_reply(c, id, seq, Reply::Error(error.unwrap_or("error"))),
+        }
     }
 
-    /// Queue reply bytes for a client, in order when `seq` is set.
     fn emit_raw(&mut self, c: usize, id: u64, seq: Option<u64>, bytes: Vec<u8>, is_error: bool) {
+        self.emit_reply(c, id, seq, Reply::Gathered(bytes, is_error));
+    }
+
+    /// Queue a reply for a client, in order when `seq` is set. The common case (the
+    /// reply is the next one due) is copied straight into the output buffer.
+    fn emit_reply(&mut self, c: usize, id: u64, seq: Option<u64>, reply: Reply<'_>) {
         let batch = self.router.batch == Some(c);
         let Some(client) = self.router.clients.get_mut(c).filter(|cl| cl.id == id) else {
             return; // the client left; its replies go nowhere
         };
-        if is_error && batch {
+        if batch && reply.is_error() {
             self.router.batch_errors += 1;
         }
         client.outstanding = client.outstanding.saturating_sub(1);
         let was_empty = client.out.len() == client.out_pos;
+        let prefix = &self.config.settings.error_prefix;
         match seq {
-            Some(seq) => {
-                client.order.fill(seq, bytes);
+            Some(seq) if !client.order.take_next(seq) => {
+                let mut v = Vec::new();
+                reply.write_to(&mut v, prefix);
+                client.order.fill(seq, v);
+            }
+            _ => {
+                reply.write_to(&mut client.out, prefix);
                 while let Some(b) = client.order.pop_ready() {
                     client.out.extend_from_slice(&b);
                 }
             }
-            None => client.out.extend_from_slice(&bytes),
         }
         if was_empty && client.out.len() > client.out_pos {
             self.dirty_clients.push_back(c);
         }
         if client.read_paused && client.stalled.is_none() {
-            self.router.to_pump.push(c);
+            self.schedule_pump(c);
         }
     }
 
@@ -1331,7 +1370,7 @@ impl Daemon {
         }
         if let Some(c) = self.router.clients.get(key) {
             if c.read_paused && c.stalled.is_none() && self.client_can_read(c) {
-                self.router.to_pump.push(key);
+                self.schedule_pump(key);
             }
         }
         self.client_maybe_close(key);
@@ -1414,6 +1453,16 @@ impl Daemon {
         }
     }
 
+    /// Let a client read again at the next flush (once, however often asked).
+    fn schedule_pump(&mut self, c: usize) {
+        if let Some(cl) = self.router.clients.get_mut(c) {
+            if !cl.pump_queued {
+                cl.pump_queued = true;
+                self.router.to_pump.push(c);
+            }
+        }
+    }
+
     /// Resume clients that may read again. Called from the loop before flushing.
     pub(super) fn router_pump(&mut self) -> bool {
         if self.router.to_pump.is_empty() {
@@ -1421,6 +1470,9 @@ impl Daemon {
         }
         let list = std::mem::take(&mut self.router.to_pump);
         for c in list {
+            if let Some(cl) = self.router.clients.get_mut(c) {
+                cl.pump_queued = false;
+            }
             self.client_pump(c);
         }
         true
@@ -1569,6 +1621,15 @@ impl Daemon {
     pub(super) fn on_accept_timer(&mut self, listener: usize) {
         self.on_listener(listener);
     }
+}
+
+/// A message as it will be written to a worker: without a trailing CR, with room for
+/// the `\n` that `submit` appends (one allocation per message, no regrowth).
+fn message_bytes(line: &[u8]) -> Vec<u8> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut v = Vec::with_capacity(line.len() + 1);
+    v.extend_from_slice(line);
+    v
 }
 
 fn register<S: mio::event::Source + ?Sized>(

@@ -42,6 +42,17 @@ impl<T> Reorder<T> {
         }
     }
 
+    /// If `seq` is the next position to be released, consume it without storing a
+    /// value (the caller writes the value out directly) and return true.
+    pub fn take_next(&mut self, seq: u64) -> bool {
+        if seq == self.base && matches!(self.slots.front(), Some(None)) {
+            self.slots.pop_front();
+            self.base += 1;
+            return true;
+        }
+        false
+    }
+
     /// The next value in order, if it is ready.
     pub fn pop_ready(&mut self) -> Option<T> {
         if matches!(self.slots.front(), Some(Some(_))) {
@@ -82,6 +93,18 @@ mod tests {
         assert!(r.is_empty());
         let d = r.reserve();
         assert_eq!(d, 3);
+    }
+
+    #[test]
+    fn take_next_skips_storage_only_for_the_front() {
+        let mut r = Reorder::default();
+        let a = r.reserve();
+        let b = r.reserve();
+        assert!(!r.take_next(b));
+        assert!(r.fill(b, "b"));
+        assert!(r.take_next(a));
+        assert_eq!(r.pop_ready(), Some("b"));
+        assert!(r.is_empty());
     }
 
     #[test]
