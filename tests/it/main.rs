@@ -4,6 +4,7 @@
 mod common;
 
 mod control;
+mod misc;
 
 mod check;
 mod reload;
