@@ -24,7 +24,10 @@ fn main() {
         match a.as_str() {
             "--lines" => lines = args.next().and_then(|v| v.parse().ok()).expect("--lines N"),
             "--max-inflight" => {
-                max_inflight = args.next().and_then(|v| v.parse().ok()).expect("--max-inflight N")
+                max_inflight = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--max-inflight N")
             }
             _ => {} // cargo passes --bench
         }
@@ -41,7 +44,10 @@ fn main() {
     if let Some(t) = node {
         report("node fork()/send(), 4 workers", t, lines, Some(raw));
     } else {
-        println!("{:<34} skipped (node not found)", "node fork()/send(), 4 workers");
+        println!(
+            "{:<34} skipped (node not found)",
+            "node fork()/send(), 4 workers"
+        );
     }
     let batch = bench_batch(&dir, &input, lines, max_inflight);
     report("orchd batch (stdin → stdout)", batch, lines, Some(raw));
@@ -49,8 +55,14 @@ fn main() {
     report("orchd tcp", tcp, lines, Some(raw));
     if let Some(n) = node {
         println!();
-        println!("orchd batch vs node: {:.2}x faster", n.as_secs_f64() / batch.as_secs_f64());
-        println!("orchd tcp   vs node: {:.2}x faster", n.as_secs_f64() / tcp.as_secs_f64());
+        println!(
+            "orchd batch vs node: {:.2}x faster",
+            n.as_secs_f64() / batch.as_secs_f64()
+        );
+        println!(
+            "orchd tcp   vs node: {:.2}x faster",
+            n.as_secs_f64() / tcp.as_secs_f64()
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -161,9 +173,17 @@ fn bench_batch(dir: &Path, input: &Path, lines: usize, max_inflight: u32) -> Dur
 }
 
 fn bench_tcp(dir: &Path, input: &Path, lines: usize, max_inflight: u32) -> Duration {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cfg = config(dir, &format!("tcp://127.0.0.1:{port}"), max_inflight);
-    let mut orchd = Command::new(BIN).arg(&cfg).stdin(Stdio::null()).spawn().unwrap();
+    let mut orchd = Command::new(BIN)
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let stream = loop {
         match std::net::TcpStream::connect(("127.0.0.1", port)) {
