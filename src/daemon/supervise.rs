@@ -207,13 +207,13 @@ impl Daemon {
                 self.route_instance_up(key);
             }
             Err(e) => {
-                let command = pool.cfg.command.to_string();
-                self.instances[key].first_start_pending = false;
-                log::error!(
-                    "{label} failed to start {command} in {}: {e}",
+                let why = format!(
+                    "failed to start {} in {}: {e}",
+                    pool.cfg.command,
                     pool.cfg.cwd.display()
                 );
-                self.after_exit(key, None, Duration::ZERO);
+                self.instances[key].first_start_pending = false;
+                self.after_exit(key, Err(why), Duration::ZERO);
             }
         }
         self.notify_ready_if_started();
@@ -299,7 +299,7 @@ impl Daemon {
                         .arm(now + stop_timeout, TimerKey::Group { pgid, gen });
                 }
                 self.route_instance_down(key);
-                self.after_exit(key, Some(exit), ran_for);
+                self.after_exit(key, Ok(exit), ran_for);
             }
             State::Stopping { .. } => {
                 inst.life.last_exit = Some(exit);
@@ -324,14 +324,20 @@ impl Daemon {
     }
 
     /// Decide and perform what follows an exit (`exit` None: the spawn failed).
-    fn after_exit(&mut self, key: usize, exit: Option<Exit>, ran_for: Duration) {
+    /// `exit` is the exit status, or why the spawn failed. One log line per exit or
+    /// failed spawn, saying what happened and what comes next.
+    fn after_exit(&mut self, key: usize, exit: Result<Exit, String>, ran_for: Duration) {
         let rand = self.rand01();
         let now = self.now;
         let phase = self.phase;
         let inst = &mut self.instances[key];
-        let what = match exit {
-            Some(e) => format!("exited with {e} after {}", fmt_duration(ran_for)),
-            None => "failed to start".to_string(),
+        let (what, exit, level) = match exit {
+            Ok(e) => (
+                format!("exited with {e} after {}", fmt_duration(ran_for)),
+                Some(e),
+                log::Level::Warn,
+            ),
+            Err(why) => (why, None, log::Level::Error),
         };
         if phase != Phase::Running || inst.retiring {
             inst.life.last_exit = exit;
@@ -342,26 +348,24 @@ impl Daemon {
         let pool = &self.pools[inst.pool].cfg;
         match inst.life.exited(exit, ran_for, now, pool, rand) {
             AfterExit::Restart { delay, attempt } => {
-                log::warn!(
+                log::log!(
+                    level,
                     "{} {what}; restarting in {} (attempt {attempt})",
                     inst.label,
                     fmt_duration(delay)
                 );
                 let gen = self.gen();
-                let inst = &mut self.instances[key];
-                inst.gen = gen;
-                if delay.is_zero() {
-                    self.start_instance(key);
-                } else {
-                    self.timers
-                        .arm(now + delay, TimerKey::Instance { key, gen });
-                }
+                self.instances[key].gen = gen;
+                // Always through the timer, never recursively: a zero delay fires in
+                // this same loop turn, after the events at hand.
+                self.timers
+                    .arm(now + delay, TimerKey::Instance { key, gen });
             }
             AfterExit::Stay => {
                 let level = if exit.is_some_and(Exit::success) {
                     log::Level::Info
                 } else {
-                    log::Level::Warn
+                    level
                 };
                 log::log!(
                     level,

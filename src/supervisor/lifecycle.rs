@@ -14,6 +14,11 @@ use crate::sys::Exit;
 /// An instance counts as `starting` (for status) until it has been up this long.
 pub const START_GRACE: Duration = Duration::from_secs(1);
 
+/// A spawn that fails (missing binary, bad cwd, unknown user) backs off as if
+/// `backoff.initial` were at least this: with `initial = "0s"` it would otherwise be
+/// retried in a tight loop (a crash needs a process to run; a failed spawn does not).
+pub const FAILED_SPAWN_MIN_INITIAL: Duration = Duration::from_millis(100);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
     /// A live process. Shown as `starting` during its first [`START_GRACE`].
@@ -120,8 +125,13 @@ impl Default for Lifecycle {
 /// Delay before the `n`-th consecutive restart (n >= 1): `min(max, initial *
 /// factor^(n-1))`, spread by ±jitter using `rand01` in [0, 1).
 pub fn backoff_delay(b: &Backoff, n: u32, rand01: f64) -> Duration {
+    let initial = b.initial.as_secs_f64();
+    if initial <= 0.0 {
+        // 0 × factor^n is 0 for every n (and 0 × inf would be NaN).
+        return Duration::ZERO;
+    }
     let exp = n.saturating_sub(1).min(1024) as i32;
-    let base = b.initial.as_secs_f64() * b.factor.powi(exp);
+    let base = initial * b.factor.powi(exp);
     let capped = if base.is_finite() {
         base.min(b.max.as_secs_f64())
     } else {
@@ -175,7 +185,12 @@ impl Lifecycle {
         }
         self.consecutive = self.consecutive.saturating_add(1);
         self.restarts += 1;
-        let delay = backoff_delay(&pool.backoff, self.consecutive, rand01);
+        let mut backoff = pool.backoff;
+        if exit.is_none() {
+            backoff.initial = backoff.initial.max(FAILED_SPAWN_MIN_INITIAL);
+            backoff.max = backoff.max.max(backoff.initial);
+        }
+        let delay = backoff_delay(&backoff, self.consecutive, rand01);
         self.state = State::Backoff { until: now + delay };
         AfterExit::Restart {
             delay,
@@ -259,6 +274,33 @@ mod tests {
         assert_eq!(backoff_delay(&b, 1, 0.0), MS(90));
         assert_eq!(backoff_delay(&b, 1, 0.5), MS(100));
         assert!(backoff_delay(&b, 1, 0.999_999) <= MS(110));
+    }
+
+    #[test]
+    fn zero_initial_stays_zero_however_many_restarts() {
+        let mut b = pool(RestartPolicy::Always, None).backoff;
+        b.initial = Duration::ZERO;
+        b.factor = 10.0;
+        for n in [1, 2, 310, 1025, u32::MAX] {
+            assert_eq!(backoff_delay(&b, n, 0.5), Duration::ZERO, "attempt {n}");
+        }
+    }
+
+    #[test]
+    fn failed_spawns_back_off_from_a_floored_initial() {
+        let mut p = pool(RestartPolicy::Always, None);
+        p.backoff.initial = Duration::ZERO;
+        let mut l = Lifecycle::default();
+        let t = Instant::now();
+        let delays: Vec<_> = (0..3)
+            .map(|_| match l.exited(None, Duration::ZERO, t, &p, 0.5) {
+                AfterExit::Restart { delay, .. } => delay,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(delays, [MS(100), MS(200), MS(400)]);
+        let r = l.exited(Some(Exit::Code(1)), MS(1), Instant::now(), &p, 0.5);
+        assert!(matches!(r, AfterExit::Restart { delay, .. } if delay.is_zero()));
     }
 
     #[test]

@@ -208,10 +208,11 @@ pub fn processes() -> Vec<(u32, u32, u32, char)> {
             continue;
         }
         let state = f[0].chars().next().unwrap_or('?');
+        // After the comm: state ppid pgrp session ...
         v.push((
             pid,
             f[1].parse().unwrap_or(0),
-            f[3].parse().unwrap_or(0),
+            f[2].parse().unwrap_or(0),
             state,
         ));
     }
@@ -344,4 +345,135 @@ pub fn ctx_switches(pid: u32) -> u64 {
         })
         .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         .sum()
+}
+
+/// A line client over TCP (same API as [`Client`]).
+pub struct TcpClient {
+    pub reader: BufReader<std::net::TcpStream>,
+    pub writer: std::net::TcpStream,
+}
+
+impl TcpClient {
+    pub fn connect(port: u16) -> TcpClient {
+        let s = wait_for("the tcp listener", DEADLINE, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        s.set_nodelay(true).unwrap();
+        TcpClient {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.writer.write_all(line.as_bytes()).unwrap();
+        self.writer.write_all(b"\n").unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    pub fn recv(&mut self) -> String {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("read reply");
+        assert!(n > 0, "connection closed before a reply");
+        line.trim_end_matches('\n').to_string()
+    }
+
+    pub fn request(&mut self, line: &str) -> String {
+        self.send(line);
+        self.recv()
+    }
+
+    /// Half-close and read everything that is left.
+    pub fn finish(mut self) -> String {
+        self.writer.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut s = String::new();
+        self.reader.read_to_string(&mut s).unwrap();
+        s
+    }
+}
+
+/// One raw reply line (without its `\n`), bytes as they came.
+pub fn recv_bytes(reader: &mut impl BufRead) -> Vec<u8> {
+    let mut line = Vec::new();
+    let n = reader.read_until(b'\n', &mut line).expect("read reply");
+    assert!(n > 0, "connection closed before a reply");
+    assert_eq!(line.pop(), Some(b'\n'), "reply line without its newline");
+    line
+}
+
+/// Resident set size of a process in KiB (VmRSS), 0 if it is gone.
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Run `orchd --no-watch CONFIG` in batch mode with `stdin`, feeding `input` through a
+/// pipe from a thread when given. Returns (exit code, stdout bytes, stderr). Kills it
+/// and panics after `timeout`.
+pub fn run_batch(
+    config: &Path,
+    stdin: Stdio,
+    input: Option<Vec<u8>>,
+    timeout: Duration,
+) -> (i32, Vec<u8>, String) {
+    let mut child = Command::new(BIN)
+        .arg("--no-watch")
+        .arg(config)
+        .env("RUST_LOG", "debug")
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn orchd");
+    let feeder = input.map(|bytes| {
+        let mut w = child.stdin.take().expect("stdin is not piped");
+        std::thread::spawn(move || {
+            let _ = w.write_all(&bytes);
+        })
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if start.elapsed() > timeout {
+            for pid in descendants(child.id()) {
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("batch orchd did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    if let Some(f) = feeder {
+        f.join().unwrap();
+    }
+    let stdout = out_t.join().unwrap();
+    let stderr = err_t.join().unwrap();
+    let code = status
+        .code()
+        .unwrap_or_else(|| panic!("batch orchd died by signal: {status:?}\n{stderr}"));
+    (code, stdout, stderr)
 }
