@@ -400,3 +400,37 @@ fn scale_up_4_to_40_time() {
     eprintln!("SIGHUP to 40 instances running: {:?}", t.elapsed());
     assert_eq!(o.stop(), 0);
 }
+
+#[test]
+fn reload_gives_failed_instances_a_fresh_start() {
+    let dir = TempDir::new("reload-failed");
+    let cfg = dir.write(
+        "pool.toml",
+        r#"
+[orchd]
+control = "ctl.sock"
+
+[pool.flaky]
+command = ["sh", "-c", "exit 1"]
+backoff = { initial = "10ms", jitter = 0.0 }
+give_up = { restarts = 2, within = "1m" }
+"#,
+    );
+    let mut o = Orchd::start(&cfg);
+    o.wait_log("giving up", 1);
+    let state = |cfg: &std::path::Path| status(cfg)["pools"][0]["instances"][0]["state"].clone();
+    assert_eq!(state(&cfg), "failed");
+    // No cooldown: it stays failed...
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(o.log_count("flaky[0] started"), 3);
+    // ...until a reload, even one that changes nothing.
+    o.signal(libc::SIGHUP);
+    o.wait_log("reload gives a failed instance a fresh start", 1);
+    o.wait_log("giving up", 2);
+    assert_eq!(
+        o.log_count("flaky[0] started"),
+        6,
+        "a full new budget of restarts"
+    );
+    assert_eq!(o.stop(), 0);
+}
