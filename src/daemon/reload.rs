@@ -342,6 +342,9 @@ impl Daemon {
             return;
         };
         let new_count = cfg.count;
+        if self.pools[key].cfg.user != cfg.user || self.pools[key].cfg.group != cfg.group {
+            super::supervise::warn_if_ids_ignored(&cfg);
+        }
         {
             let p = &mut self.pools[key];
             p.cfg = cfg;

@@ -124,6 +124,7 @@ impl Instance {
 impl Daemon {
     /// Create a pool and start its instances.
     pub(super) fn pool_add(&mut self, cfg: Pool, routed: bool) -> usize {
+        warn_if_ids_ignored(&cfg);
         let count = cfg.count;
         let name = cfg.name.clone();
         let key = self.pools.insert(PoolRt {
@@ -766,6 +767,16 @@ impl Daemon {
 
     pub(super) fn on_worker_stdin_writable(&mut self, key: usize) {
         self.flush_worker_stdin(key);
+    }
+}
+
+/// `user`/`group` only apply when orchd runs as root: say so rather than ignore them.
+pub(super) fn warn_if_ids_ignored(cfg: &Pool) {
+    if (cfg.user.is_some() || cfg.group.is_some()) && !sys::is_root() {
+        log::warn!(
+            "pool {}: user/group ignored: orchd is not running as root",
+            cfg.name
+        );
     }
 }
 

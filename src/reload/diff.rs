@@ -250,21 +250,21 @@ impl fmt::Display for Plan {
                     replace,
                     settings,
                 } => {
-                    write!(f, "~ pool {name}:")?;
+                    let mut what = Vec::new();
                     if let Some((a, b)) = resize {
-                        if b > a {
-                            write!(f, " count {a}→{b}: start {} instance(s);", b - a)?;
+                        what.push(if b > a {
+                            format!("count {a}→{b}: start {} instance(s)", b - a)
                         } else {
-                            write!(f, " count {a}→{b}: drain and stop {} instance(s);", a - b)?;
-                        }
+                            format!("count {a}→{b}: drain and stop {} instance(s)", a - b)
+                        });
                     }
                     if *replace {
-                        write!(f, " process changed: replace instances one at a time;")?;
+                        what.push("process changed: replace instances one at a time".into());
                     }
                     if !settings.is_empty() {
-                        write!(f, " apply in place: {};", settings.join(", "))?;
+                        what.push(format!("apply in place: {}", settings.join(", ")));
                     }
-                    writeln!(f)?;
+                    writeln!(f, "~ pool {name}: {}", what.join("; "))?;
                 }
             }
         }

@@ -4,6 +4,7 @@
 mod common;
 
 mod control;
+mod docs;
 mod misc;
 
 mod check;

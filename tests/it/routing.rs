@@ -1,1 +1,1629 @@
+//! Message routing (SPEC sections 3 and 5): strategies over unix and TCP listeners,
+//! `match` rules, ordering, redelivery under chaos, timeouts, framing edge cases,
+//! backpressure, many clients, batch mode and shutdown.
+//!
+//! Workers are real processes: small `sh` scripts that tag each reply with
+//! `$ORCHD_INSTANCE`, `cat`, or a python one-liner. Blocking workers wait for a
+//! `release` file instead of sleeping, so the order of events is forced, not hoped for.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufRead, BufWriter, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
 use crate::common::*;
+
+// ----- helpers ---------------------------------------------------------------------
+
+/// Write an executable `sh` script into `dir`; returns it as a TOML argv array.
+fn script(dir: &TempDir, name: &str, body: &str) -> String {
+    let p = dir.write(name, &format!("#!/bin/sh\n{body}\n"));
+    toml_argv(&[p.to_str().unwrap()])
+}
+
+fn toml_argv(args: &[&str]) -> String {
+    let quoted: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// Answers every line with `INSTANCE LINE`.
+const TAG: &str = r#"while IFS= read -r l; do printf '%s %s\n' "$ORCHD_INSTANCE" "$l"; done"#;
+
+/// Answers every line with the hex of the bytes it read, newline included.
+fn hex_worker() -> String {
+    toml_argv(&[
+        "python3",
+        "-u",
+        "-c",
+        "import sys\nfor l in sys.stdin.buffer:\n    sys.stdout.write(l.hex() + '\\n')",
+    ])
+}
+
+/// A worker body that blocks on lines starting with `hold` until `release` exists
+/// (logging `holding on INSTANCE` to stderr first), and tags every reply.
+fn hold_worker(release: &std::path::Path) -> String {
+    format!(
+        r#"while IFS= read -r l; do
+  case "$l" in hold*)
+    echo "holding on $ORCHD_INSTANCE" >&2
+    while [ ! -e '{}' ]; do sleep 0.02; done;;
+  esac
+  printf '%s %s\n' "$ORCHD_INSTANCE" "$l"
+done"#,
+        release.display()
+    )
+}
+
+/// Start orchd on `toml` and wait until it is ready (failing at once if it exits).
+fn start(dir: &TempDir, toml: &str) -> Orchd {
+    let cfg = dir.write("orchd.toml", toml);
+    let mut o = Orchd::start(&cfg);
+    wait_for("orchd to be ready", DEADLINE, || {
+        if let Some(status) = o.child.try_wait().unwrap() {
+            panic!("orchd exited at start-up ({status}):\n{}", o.log());
+        }
+        (o.log_count("ready:") > 0).then_some(())
+    });
+    o
+}
+
+/// Split `INSTANCE REST` into its parts.
+fn tagged(reply: &str) -> (u32, &str) {
+    let (i, rest) = reply
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("not a tagged reply: {reply:?}"));
+    (
+        i.parse()
+            .unwrap_or_else(|_| panic!("not a tagged reply: {reply:?}")),
+        rest,
+    )
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    Unix,
+    Tcp,
+}
+
+/// A listener address of a test.
+enum Addr {
+    Unix(PathBuf),
+    Tcp(u16),
+}
+
+impl Addr {
+    fn new(via: Via, dir: &TempDir, name: &str) -> Addr {
+        match via {
+            Via::Unix => Addr::Unix(dir.join(name)),
+            Via::Tcp => Addr::Tcp(free_port()),
+        }
+    }
+
+    /// The `from` value of a route.
+    fn from(&self) -> String {
+        match self {
+            Addr::Unix(p) => format!("unix:{}", p.display()),
+            Addr::Tcp(port) => format!("tcp://127.0.0.1:{port}"),
+        }
+    }
+
+    fn connect(&self) -> Conn {
+        match self {
+            Addr::Unix(p) => Conn::Unix(Client::connect(p)),
+            Addr::Tcp(port) => Conn::Tcp(TcpClient::connect(*port)),
+        }
+    }
+}
+
+enum Conn {
+    Unix(Client),
+    Tcp(TcpClient),
+}
+
+impl Conn {
+    fn send(&mut self, line: &str) {
+        match self {
+            Conn::Unix(c) => c.send(line),
+            Conn::Tcp(c) => c.send(line),
+        }
+    }
+
+    fn recv(&mut self) -> String {
+        match self {
+            Conn::Unix(c) => c.recv(),
+            Conn::Tcp(c) => c.recv(),
+        }
+    }
+
+    fn request(&mut self, line: &str) -> String {
+        self.send(line);
+        self.recv()
+    }
+
+    fn finish(self) -> String {
+        match self {
+            Conn::Unix(c) => c.finish(),
+            Conn::Tcp(c) => c.finish(),
+        }
+    }
+
+    /// A reader and a writer usable from different threads.
+    fn split(self) -> (Box<dyn BufRead + Send>, WriteHalf) {
+        match self {
+            Conn::Unix(c) => (Box::new(c.reader), WriteHalf::Unix(c.writer)),
+            Conn::Tcp(c) => (Box::new(c.reader), WriteHalf::Tcp(c.writer)),
+        }
+    }
+}
+
+enum WriteHalf {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl WriteHalf {
+    fn half_close(&self) {
+        match self {
+            WriteHalf::Unix(s) => s.shutdown(std::net::Shutdown::Write).unwrap(),
+            WriteHalf::Tcp(s) => s.shutdown(std::net::Shutdown::Write).unwrap(),
+        }
+    }
+}
+
+impl Write for WriteHalf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            WriteHalf::Unix(s) => s.write(buf),
+            WriteHalf::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Config of one tagging pool of `count` instances behind one route.
+fn tag_config(dir: &TempDir, addr: &Addr, count: u32, route_extra: &str) -> String {
+    format!(
+        r#"
+[pool.tag]
+command = {cmd}
+count = {count}
+
+[[route]]
+from = "{from}"
+to = "tag"
+{route_extra}
+"#,
+        cmd = script(dir, "tag.sh", TAG),
+        from = addr.from(),
+    )
+}
+
+// ----- strategies ------------------------------------------------------------------
+
+fn round_robin_spreads_evenly(via: Via) {
+    let dir = TempDir::new("rr");
+    let addr = Addr::new(via, &dir, "rr.sock");
+    let _o = start(
+        &dir,
+        &tag_config(&dir, &addr, 4, r#"strategy = "round-robin""#),
+    );
+    let mut c = addr.connect();
+    let mut per = [0u32; 4];
+    for i in 0..40 {
+        let msg = format!("m{i}");
+        let reply = c.request(&msg);
+        let (inst, rest) = tagged(&reply);
+        assert_eq!(rest, msg);
+        per[inst as usize] += 1;
+    }
+    assert_eq!(per, [10; 4], "messages per instance");
+}
+
+#[test]
+fn round_robin_spreads_evenly_over_unix() {
+    round_robin_spreads_evenly(Via::Unix);
+}
+
+#[test]
+fn round_robin_spreads_evenly_over_tcp() {
+    round_robin_spreads_evenly(Via::Tcp);
+}
+
+/// One instance is busy with a held message; least-busy sends everything else to the
+/// idle ones (round-robin would block on the busy one).
+fn least_busy_avoids_the_busy_instance(via: Via) {
+    let dir = TempDir::new("lb");
+    let addr = Addr::new(via, &dir, "lb.sock");
+    let release = dir.join("release");
+    let o = start(
+        &dir,
+        &format!(
+            r#"
+[pool.lb]
+command = {cmd}
+count = 4
+
+[[route]]
+from = "{from}"
+to = "lb"
+strategy = "least-busy"
+"#,
+            cmd = script(&dir, "lb.sh", &hold_worker(&release)),
+            from = addr.from(),
+        ),
+    );
+    let mut holder = addr.connect();
+    holder.send("hold");
+    o.wait_log("holding on ", 1);
+    let log = o.log();
+    let busy: u32 = log
+        .lines()
+        .find_map(|l| l.split("holding on ").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("instance number in the log");
+
+    let mut c = addr.connect();
+    let mut used = BTreeSet::new();
+    for i in 0..30 {
+        let msg = format!("m{i}");
+        let reply = c.request(&msg);
+        let (inst, rest) = tagged(&reply);
+        assert_eq!(rest, msg);
+        assert_ne!(inst, busy, "message {i} went to the busy instance");
+        used.insert(inst);
+    }
+    assert!(used.len() >= 2, "idle instances used: {used:?}");
+    std::fs::write(&release, "").unwrap();
+    assert_eq!(holder.recv(), format!("{busy} hold"));
+}
+
+#[test]
+fn least_busy_avoids_the_busy_instance_over_unix() {
+    least_busy_avoids_the_busy_instance(Via::Unix);
+}
+
+#[test]
+fn least_busy_avoids_the_busy_instance_over_tcp() {
+    least_busy_avoids_the_busy_instance(Via::Tcp);
+}
+
+/// Keys (first word) stick to one instance whatever follows them and however they are
+/// interleaved; 19 keys (not a multiple of 4, order varying per round) so that
+/// round-robin could not pass by accident.
+fn hash_sends_equal_keys_to_the_same_instance(via: Via) {
+    let dir = TempDir::new("hash");
+    let addr = Addr::new(via, &dir, "hash.sock");
+    let _o = start(
+        &dir,
+        &tag_config(
+            &dir,
+            &addr,
+            4,
+            r#"strategy = "hash"
+key = '^(\S+)'"#,
+        ),
+    );
+    let mut c = addr.connect();
+    let mut sent = Vec::new();
+    for round in 0..6 {
+        let mut keys: Vec<u32> = (0..19).collect();
+        if round % 2 == 1 {
+            keys.reverse();
+        }
+        keys.rotate_left(round * 3);
+        for k in keys {
+            let msg = format!("key{k} round{round} payload{}", round * 100 + k as usize);
+            c.send(&msg);
+            sent.push((k, msg));
+        }
+    }
+    let mut owner: BTreeMap<u32, u32> = BTreeMap::new();
+    for (k, msg) in &sent {
+        let reply = c.recv();
+        let (inst, rest) = tagged(&reply);
+        assert_eq!(rest, msg);
+        let first = *owner.entry(*k).or_insert(inst);
+        assert_eq!(inst, first, "key{k} moved from instance {first} to {inst}");
+    }
+    let spread: BTreeSet<u32> = owner.values().copied().collect();
+    assert!(
+        spread.len() >= 3,
+        "19 keys landed on only {spread:?}: {owner:?}"
+    );
+}
+
+#[test]
+fn hash_sends_equal_keys_to_the_same_instance_over_unix() {
+    hash_sends_equal_keys_to_the_same_instance(Via::Unix);
+}
+
+#[test]
+fn hash_sends_equal_keys_to_the_same_instance_over_tcp() {
+    hash_sends_equal_keys_to_the_same_instance(Via::Tcp);
+}
+
+/// Each message gets exactly one reply per instance, in instance order although
+/// instance 0 is the slowest.
+fn broadcast_replies_once_per_instance_in_instance_order(via: Via) {
+    let dir = TempDir::new("bcast");
+    let addr = Addr::new(via, &dir, "bcast.sock");
+    let cmd = script(
+        &dir,
+        "bcast.sh",
+        r#"while IFS= read -r l; do
+  if [ "$ORCHD_INSTANCE" = 0 ]; then sleep 0.2; fi
+  printf '%s %s\n' "$ORCHD_INSTANCE" "$l"
+done"#,
+    );
+    let _o = start(
+        &dir,
+        &format!(
+            r#"
+[pool.all]
+command = {cmd}
+count = 4
+
+[[route]]
+from = "{from}"
+to = "all"
+strategy = "broadcast"
+"#,
+            from = addr.from(),
+        ),
+    );
+    let mut c = addr.connect();
+    for b in 0..3 {
+        c.send(&format!("b{b}"));
+    }
+    let got = c.finish();
+    let want: String = (0..3)
+        .flat_map(|b| (0..4).map(move |i| format!("{i} b{b}\n")))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn broadcast_replies_once_per_instance_in_instance_order_over_unix() {
+    broadcast_replies_once_per_instance_in_instance_order(Via::Unix);
+}
+
+#[test]
+fn broadcast_replies_once_per_instance_in_instance_order_over_tcp() {
+    broadcast_replies_once_per_instance_in_instance_order(Via::Tcp);
+}
+
+#[test]
+fn broadcast_skips_instances_that_are_not_running() {
+    let dir = TempDir::new("bcastdown");
+    let addr = Addr::new(Via::Unix, &dir, "b.sock");
+    // Instance 2 exits at once and waits 20 s in backoff.
+    let cmd = script(
+        &dir,
+        "some.sh",
+        &format!("if [ \"$ORCHD_INSTANCE\" = 2 ]; then exit 1; fi\n{TAG}"),
+    );
+    let o = start(
+        &dir,
+        &format!(
+            r#"
+[pool.some]
+command = {cmd}
+count = 3
+backoff = {{ initial = "20s" }}
+
+[[route]]
+from = "{from}"
+to = "some"
+strategy = "broadcast"
+"#,
+            from = addr.from(),
+        ),
+    );
+    o.wait_log("restarting in", 1);
+    let mut c = addr.connect();
+    c.send("b0");
+    c.send("b1");
+    assert_eq!(c.finish(), "0 b0\n1 b0\n0 b1\n1 b1\n");
+}
+
+// ----- match rules -----------------------------------------------------------------
+
+fn match_rules_setup(dir: &TempDir) -> (Orchd, Addr) {
+    let addr = Addr::new(Via::Unix, dir, "m.sock");
+    let cmd = script(
+        dir,
+        "pool.sh",
+        r#"while IFS= read -r l; do printf '%s %s\n' "$ORCHD_POOL" "$l"; done"#,
+    );
+    let from = addr.from();
+    let o = start(
+        dir,
+        &format!(
+            r#"
+[pool.first]
+command = {cmd}
+count = 1
+
+[pool.second]
+command = {cmd}
+count = 1
+
+[[route]]
+from = "{from}"
+match = "^a"
+to = "first"
+
+[[route]]
+from = "{from}"
+match = "^ab"
+to = "second"
+
+[[route]]
+from = "{from}"
+match = "^b"
+to = "second"
+"#
+        ),
+    );
+    (o, addr)
+}
+
+#[test]
+fn match_rules_are_tried_in_file_order_and_the_first_match_wins() {
+    let dir = TempDir::new("match");
+    let (_o, addr) = match_rules_setup(&dir);
+    let mut c = addr.connect();
+    assert_eq!(c.request("abc"), "first abc");
+    assert_eq!(c.request("ab"), "first ab");
+    assert_eq!(c.request("a"), "first a");
+    assert_eq!(c.request("bab"), "second bab");
+}
+
+#[test]
+fn message_matching_no_rule_gets_no_route_error() {
+    let dir = TempDir::new("noroute");
+    let (_o, addr) = match_rules_setup(&dir);
+    let mut c = addr.connect();
+    assert_eq!(c.request("zzz"), "ERR no route");
+    assert_eq!(c.request(" abc"), "ERR no route");
+    // The connection goes on.
+    assert_eq!(c.request("abc"), "first abc");
+}
+
+// ----- ordering --------------------------------------------------------------------
+
+#[test]
+fn ordered_replies_keep_sending_order_across_workers_of_different_speeds() {
+    let dir = TempDir::new("ordered");
+    let addr = Addr::new(Via::Unix, &dir, "o.sock");
+    // Instance 0 is the slowest, 3 the fastest: arrival order is roughly reversed.
+    let cmd = script(
+        &dir,
+        "speed.sh",
+        r#"case "$ORCHD_INSTANCE" in 0) d=0.15;; 1) d=0.1;; 2) d=0.05;; *) d=0;; esac
+while IFS= read -r l; do sleep $d; printf '%s %s\n' "$ORCHD_INSTANCE" "$l"; done"#,
+    );
+    let _o = start(
+        &dir,
+        &format!(
+            r#"
+[pool.speed]
+command = {cmd}
+count = 4
+
+[[route]]
+from = "{from}"
+to = "speed"
+"#,
+            from = addr.from(),
+        ),
+    );
+    let mut c = addr.connect();
+    let n = 16;
+    for i in 0..n {
+        c.send(&format!("m{i}"));
+    }
+    let mut used = BTreeSet::new();
+    for i in 0..n {
+        let reply = c.recv();
+        let (inst, rest) = tagged(&reply);
+        assert_eq!(rest, format!("m{i}"), "reply {i} out of order");
+        used.insert(inst);
+    }
+    assert_eq!(used.len(), 4, "all four speeds took part: {used:?}");
+}
+
+#[test]
+fn unordered_route_delivers_a_fast_reply_before_a_slow_earlier_one() {
+    let dir = TempDir::new("unordered");
+    let addr = Addr::new(Via::Unix, &dir, "u.sock");
+    let release = dir.join("release");
+    let _o = start(
+        &dir,
+        &format!(
+            r#"
+[pool.hold]
+command = {cmd}
+count = 2
+
+[[route]]
+from = "{from}"
+to = "hold"
+strategy = "round-robin"
+ordered = false
+"#,
+            cmd = script(&dir, "hold.sh", &hold_worker(&release)),
+            from = addr.from(),
+        ),
+    );
+    let mut c = addr.connect();
+    c.send("hold");
+    c.send("quick");
+    // "hold" is stuck until the release file exists: "quick" must come first.
+    let first = c.recv();
+    assert_eq!(tagged(&first).1, "quick");
+    std::fs::write(&release, "").unwrap();
+    let second = c.recv();
+    assert_eq!(tagged(&second).1, "hold");
+    assert_ne!(tagged(&first).0, tagged(&second).0);
+}
+
+#[test]
+fn error_replies_keep_their_place_in_an_ordered_stream() {
+    let dir = TempDir::new("ordererr");
+    let addr = Addr::new(Via::Unix, &dir, "e.sock");
+    let release = dir.join("release");
+    let o = start(
+        &dir,
+        &format!(
+            r#"
+[pool.hold]
+command = {cmd}
+count = 1
+
+[[route]]
+from = "{from}"
+match = "^hold"
+to = "hold"
+"#,
+            cmd = script(&dir, "hold.sh", &hold_worker(&release)),
+            from = addr.from(),
+        ),
+    );
+    let mut c = unix_client(&addr);
+    // One write: orchd reads both lines together; the second fails at once.
+    c.send_raw(b"hold\nzzz\n");
+    o.wait_log("holding on ", 1);
+    std::fs::write(&release, "").unwrap();
+    assert_eq!(c.recv(), "0 hold");
+    assert_eq!(c.recv(), "ERR no route");
+}
+
+// ----- chaos -----------------------------------------------------------------------
+
+/// Tiny xorshift; good enough to pick victims.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn every_message_gets_exactly_its_own_reply_while_workers_are_killed() {
+    const CLIENTS: usize = 4;
+    const PER_CLIENT: usize = 6_000;
+    const MIN_KILLS: u64 = 10;
+    let dir = TempDir::new("chaos");
+    let unix = Addr::new(Via::Unix, &dir, "chaos.sock");
+    let tcp = Addr::new(Via::Tcp, &dir, "");
+    let o = start(
+        &dir,
+        &format!(
+            r#"
+[pool.echo]
+command = ["cat"]
+count = 4
+restart = "always"
+backoff = {{ initial = "0s" }}
+
+[[route]]
+from = "{u}"
+to = "echo"
+retries = 10
+
+[[route]]
+from = "{t}"
+to = "echo"
+retries = 10
+"#,
+            u = unix.from(),
+            t = tcp.from(),
+        ),
+    );
+    let orchd_pid = o.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicU64::new(0));
+    let killer = {
+        let (stop, kills) = (stop.clone(), kills.clone());
+        std::thread::spawn(move || {
+            let seed = Instant::now().elapsed().as_nanos() as u64 | 1;
+            let mut rng = Rng(seed ^ 0x9e37_79b9_7f4a_7c15);
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(30));
+                let kids = children_of(orchd_pid);
+                if kids.is_empty() {
+                    continue;
+                }
+                let victim = kids[(rng.next() % kids.len() as u64) as usize];
+                // SAFETY: kill(2) on a worker of our orchd.
+                if unsafe { libc::kill(victim as i32, libc::SIGKILL) } == 0 {
+                    kills.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let conn = if c % 2 == 0 {
+            unix.connect()
+        } else {
+            tcp.connect()
+        };
+        let kills = kills.clone();
+        clients.push(std::thread::spawn(move || {
+            let sent: Vec<String> = (0..PER_CLIENT)
+                .map(|i| format!("client{c} message{i} {}", "x".repeat(i % 50)))
+                .collect();
+            let (mut reader, mut writer) = conn.split();
+            let to_send = sent.clone();
+            let w = std::thread::spawn(move || {
+                let mut bw = BufWriter::new(&mut writer);
+                for (i, m) in to_send.iter().enumerate() {
+                    if i == PER_CLIENT / 2 {
+                        // However fast this machine is, the second half meets the
+                        // killer: wait until it has struck a few times.
+                        bw.flush().unwrap();
+                        wait_for("the killer to strike", DEADLINE, || {
+                            (kills.load(Ordering::SeqCst) >= MIN_KILLS).then_some(())
+                        });
+                    }
+                    bw.write_all(m.as_bytes()).unwrap();
+                    bw.write_all(b"\n").unwrap();
+                }
+                bw.flush().unwrap();
+                drop(bw);
+                writer.half_close();
+            });
+            // The connection closes once every reply is written: duplicates would show.
+            let mut got = String::new();
+            reader.read_to_string(&mut got).expect("read replies");
+            w.join().unwrap();
+            (sent, got)
+        }));
+    }
+    let results: Vec<(Vec<String>, String)> =
+        clients.into_iter().map(|t| t.join().unwrap()).collect();
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    killer.join().unwrap();
+    let kills = kills.load(Ordering::SeqCst);
+    eprintln!(
+        "chaos: {} messages in {elapsed:?}, {kills} workers killed",
+        CLIENTS * PER_CLIENT
+    );
+
+    for (c, (sent, got)) in results.iter().enumerate() {
+        let errors: Vec<&str> = got.lines().filter(|l| l.starts_with("ERR")).collect();
+        assert!(
+            errors.is_empty(),
+            "client {c}: {} error replies, e.g. {:?}",
+            errors.len(),
+            &errors[..errors.len().min(3)]
+        );
+        let mut want: HashMap<&str, i64> = HashMap::new();
+        for m in sent {
+            *want.entry(m.as_str()).or_default() += 1;
+        }
+        for l in got.lines() {
+            *want.entry(l).or_default() -= 1;
+        }
+        let bad: Vec<(&&str, &i64)> = want.iter().filter(|(_, &n)| n != 0).take(5).collect();
+        assert!(
+            bad.is_empty(),
+            "client {c}: {} replies for {} messages; missing (>0) / extra (<0): {bad:?}",
+            got.lines().count(),
+            sent.len()
+        );
+    }
+    assert!(kills >= MIN_KILLS, "only {kills} kills");
+    assert!(
+        o.log_count("unanswered message(s) again") > 0,
+        "no message was ever redelivered: the chaos missed the traffic"
+    );
+}
+
+// ----- hung workers ----------------------------------------------------------------
+
+/// Hangs forever on `hang` lines; tags other lines.
+const HANG: &str = r#"while IFS= read -r l; do
+  case "$l" in hang*) sleep 1000;; esac
+  printf '%s %s\n' "$ORCHD_INSTANCE" "$l"
+done"#;
+
+/// One pool of `count` instances running `body`, restarted at once, behind a route
+/// with `timeout` and `retries`.
+fn hang_config(
+    dir: &TempDir,
+    addr: &Addr,
+    count: u32,
+    timeout: &str,
+    retries: u32,
+    body: &str,
+) -> String {
+    format!(
+        r#"
+[pool.hang]
+command = {cmd}
+count = {count}
+backoff = {{ initial = "0s" }}
+
+[[route]]
+from = "{from}"
+to = "hang"
+timeout = "{timeout}"
+retries = {retries}
+"#,
+        cmd = script(dir, "hang.sh", body),
+        from = addr.from(),
+    )
+}
+
+#[test]
+fn hung_message_gets_timed_out_error_when_retries_are_used_up() {
+    let dir = TempDir::new("hung");
+    let addr = Addr::new(Via::Unix, &dir, "h.sock");
+    let _o = start(&dir, &hang_config(&dir, &addr, 1, "300ms", 0, HANG));
+    let mut c = addr.connect();
+    let t = Instant::now();
+    assert_eq!(c.request("hang"), "ERR retries exhausted (timed out)");
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(290), "error after {took:?}");
+}
+
+#[test]
+fn timed_out_instance_is_replaced_by_a_new_process() {
+    let dir = TempDir::new("hungpid");
+    let addr = Addr::new(Via::Unix, &dir, "h.sock");
+    let o = start(&dir, &hang_config(&dir, &addr, 1, "300ms", 0, HANG));
+    let old = wait_for("the worker", DEADLINE, || {
+        let k = o.children();
+        (k.len() == 1).then(|| k[0])
+    });
+    let mut c = addr.connect();
+    assert_eq!(c.request("hang"), "ERR retries exhausted (timed out)");
+    let new = wait_for("a replacement worker", DEADLINE, || {
+        let k = o.children();
+        (k.len() == 1 && k[0] != old).then(|| k[0])
+    });
+    wait_for("the hung worker to be gone", DEADLINE, || {
+        (!alive(old)).then_some(())
+    });
+    // The replacement has exec'd the script (so it answers well within the timeout).
+    wait_for("the replacement to run hang.sh", DEADLINE, || {
+        let cmdline = std::fs::read(format!("/proc/{new}/cmdline")).unwrap_or_default();
+        String::from_utf8_lossy(&cmdline)
+            .contains("hang.sh")
+            .then_some(())
+    });
+    assert_eq!(env_of(new, "ORCHD_INSTANCE").as_deref(), Some("0"));
+    assert_eq!(c.request("after"), "0 after");
+}
+
+#[test]
+fn timed_out_message_is_retried_and_answered() {
+    let dir = TempDir::new("hungretry");
+    let addr = Addr::new(Via::Unix, &dir, "h.sock");
+    let marker = dir.join("hung-once");
+    // Only the first delivery of `hang` hangs (whichever instance gets it).
+    let body = format!(
+        r#"while IFS= read -r l; do
+  case "$l" in hang*)
+    if [ ! -e '{m}' ]; then : > '{m}'; sleep 1000; fi;;
+  esac
+  printf '%s %s\n' "$ORCHD_INSTANCE" "$l"
+done"#,
+        m = marker.display()
+    );
+    let _o = start(&dir, &hang_config(&dir, &addr, 2, "300ms", 1, &body));
+    let mut c = addr.connect();
+    let t = Instant::now();
+    let reply = c.request("hang");
+    let took = t.elapsed();
+    assert_eq!(tagged(&reply).1, "hang", "reply {reply:?}");
+    assert!(marker.exists(), "the first delivery did not hang");
+    assert!(
+        took >= Duration::from_millis(290),
+        "answered after {took:?}"
+    );
+}
+
+// ----- deaths ----------------------------------------------------------------------
+
+/// Logs every line it reads to `attempts`, kills itself on `die` lines, tags others.
+fn dying_worker(attempts: &std::path::Path) -> String {
+    format!(
+        r#"while IFS= read -r l; do
+  echo "$l" >> '{a}'
+  case "$l" in die*) kill -9 $$;; esac
+  printf '%s %s\n' "$ORCHD_INSTANCE" "$l"
+done"#,
+        a = attempts.display()
+    )
+}
+
+fn attempts_of(path: &std::path::Path, msg: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| *l == msg)
+        .count()
+}
+
+#[test]
+fn message_that_kills_its_worker_is_tried_retries_plus_one_times_then_fails() {
+    let dir = TempDir::new("die");
+    let addr = Addr::new(Via::Unix, &dir, "d.sock");
+    let attempts = dir.join("attempts");
+    let _o = start(
+        &dir,
+        &hang_config(&dir, &addr, 1, "0s", 2, &dying_worker(&attempts)),
+    );
+    let mut c = addr.connect();
+    assert_eq!(c.request("die"), "ERR retries exhausted (worker died)");
+    assert_eq!(attempts_of(&attempts, "die"), 3);
+    assert_eq!(c.request("ok"), "0 ok", "the instance came back");
+}
+
+#[test]
+fn replies_written_just_before_death_are_delivered_and_not_redelivered() {
+    let dir = TempDir::new("dielater");
+    let addr = Addr::new(Via::Unix, &dir, "d.sock");
+    let attempts = dir.join("attempts");
+    // Holds its replies back until a `die` line, then writes them all and dies.
+    let body = format!(
+        r#"acc=''
+while IFS= read -r l; do
+  echo "$l" >> '{a}'
+  case "$l" in die*) printf '%b' "$acc"; kill -9 $$;; esac
+  acc="$acc$ORCHD_INSTANCE $l\n"
+done"#,
+        a = attempts.display()
+    );
+    let _o = start(&dir, &hang_config(&dir, &addr, 1, "0s", 1, &body));
+    let mut c = addr.connect();
+    for m in ["a", "b", "die"] {
+        c.send(m);
+    }
+    assert_eq!(c.recv(), "0 a");
+    assert_eq!(c.recv(), "0 b");
+    assert_eq!(c.recv(), "ERR retries exhausted (worker died)");
+    assert_eq!(
+        [
+            attempts_of(&attempts, "a"),
+            attempts_of(&attempts, "b"),
+            attempts_of(&attempts, "die"),
+        ],
+        [1, 1, 2],
+        "deliveries of a, b, die"
+    );
+}
+
+#[test]
+fn half_written_reply_of_a_dead_worker_is_discarded() {
+    let dir = TempDir::new("half");
+    let addr = Addr::new(Via::Unix, &dir, "h.sock");
+    let marker = dir.join("died-once");
+    let body = format!(
+        r#"while IFS= read -r l; do
+  case "$l" in half*)
+    if [ ! -e '{m}' ]; then : > '{m}'; printf 'partial-garbage'; kill -9 $$; fi;;
+  esac
+  printf '%s %s\n' "$ORCHD_INSTANCE" "$l"
+done"#,
+        m = marker.display()
+    );
+    let o = start(&dir, &hang_config(&dir, &addr, 1, "0s", 1, &body));
+    let mut c = addr.connect();
+    assert_eq!(c.request("half"), "0 half");
+    assert_eq!(c.request("next"), "0 next");
+    assert_eq!(o.log_count("discarding a half-written reply"), 1);
+}
+
+#[test]
+fn message_for_a_pool_without_running_instance_times_out_waiting() {
+    let dir = TempDir::new("noinst");
+    let addr = Addr::new(Via::Unix, &dir, "n.sock");
+    let o = start(
+        &dir,
+        &format!(
+            r#"
+[pool.crash]
+command = ["sh", "-c", "exit 3"]
+count = 1
+backoff = {{ initial = "20s" }}
+
+[[route]]
+from = "{from}"
+to = "crash"
+timeout = "300ms"
+"#,
+            from = addr.from()
+        ),
+    );
+    o.wait_log("restarting in", 1);
+    let mut c = addr.connect();
+    let t = Instant::now();
+    assert_eq!(c.request("m"), "ERR timed out waiting for an instance");
+    assert!(t.elapsed() >= Duration::from_millis(290));
+}
+
+#[test]
+fn pool_with_zero_instances_answers_no_instances_error() {
+    let dir = TempDir::new("zero");
+    let addr = Addr::new(Via::Unix, &dir, "z.sock");
+    let _o = start(
+        &dir,
+        &format!(
+            r#"
+[pool.none]
+command = ["cat"]
+count = 0
+
+[[route]]
+from = "{from}"
+to = "none"
+"#,
+            from = addr.from()
+        ),
+    );
+    let mut c = addr.connect();
+    assert_eq!(c.request("m1"), "ERR pool has no instances");
+    assert_eq!(c.request("m2"), "ERR pool has no instances");
+}
+
+// ----- framing ---------------------------------------------------------------------
+
+fn cat_setup(dir: &TempDir) -> (Orchd, Addr) {
+    let addr = Addr::new(Via::Unix, dir, "cat.sock");
+    let o = start(
+        dir,
+        &format!(
+            r#"
+[pool.cat]
+command = ["cat"]
+count = 2
+
+[[route]]
+from = "{from}"
+to = "cat"
+"#,
+            from = addr.from()
+        ),
+    );
+    (o, addr)
+}
+
+fn unix_client(addr: &Addr) -> Client {
+    match addr.connect() {
+        Conn::Unix(c) => c,
+        Conn::Tcp(_) => unreachable!(),
+    }
+}
+
+#[test]
+fn over_long_line_gets_one_error_and_the_next_line_still_works() {
+    let dir = TempDir::new("toolong");
+    let (_o, addr) = cat_setup(&dir);
+    let mut c = unix_client(&addr);
+    let long = vec![b'x'; (1 << 20) + 1];
+    // Written from a thread: orchd reads (and drops) it while we wait for replies.
+    let mut w = c.writer.try_clone().unwrap();
+    let t = std::thread::spawn(move || {
+        w.write_all(&long).unwrap();
+        w.write_all(b"\nafter\n").unwrap();
+    });
+    assert_eq!(c.recv(), "ERR message too long");
+    assert_eq!(c.recv(), "after");
+    t.join().unwrap();
+    assert_eq!(c.request("again"), "again");
+}
+
+#[test]
+fn line_of_exactly_one_mib_is_delivered() {
+    let dir = TempDir::new("onemib");
+    let (_o, addr) = cat_setup(&dir);
+    let mut c = unix_client(&addr);
+    let line: String = (0..(1 << 20))
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let mut w = c.writer.try_clone().unwrap();
+    let sent = line.clone();
+    let t = std::thread::spawn(move || {
+        w.write_all(sent.as_bytes()).unwrap();
+        w.write_all(b"\n").unwrap();
+    });
+    let reply = c.recv();
+    t.join().unwrap();
+    assert_eq!(reply.len(), line.len());
+    assert!(reply == line, "the 1 MiB reply differs from the message");
+}
+
+#[test]
+fn binary_bytes_pass_through_unchanged() {
+    let dir = TempDir::new("binary");
+    let (_o, addr) = cat_setup(&dir);
+    let mut c = unix_client(&addr);
+    let msg: Vec<u8> = vec![
+        0x00, 0xff, 0xfe, b' ', 0x80, b'b', 0x00, b'\t', 0xc3, 0x28, 0x7f,
+    ];
+    c.send_raw(&msg);
+    c.send_raw(b"\n");
+    assert_eq!(recv_bytes(&mut c.reader), msg);
+    let all: Vec<u8> = (0u8..=255).filter(|&b| b != b'\n').collect();
+    c.send_raw(&all);
+    c.send_raw(b"\n");
+    // A trailing CR would be stripped; 0x0d is in the middle here.
+    assert_eq!(recv_bytes(&mut c.reader), all);
+}
+
+fn hex_setup(dir: &TempDir) -> (Orchd, Client) {
+    let addr = Addr::new(Via::Unix, dir, "hex.sock");
+    let o = start(
+        dir,
+        &format!(
+            r#"
+[pool.hex]
+command = {cmd}
+count = 1
+
+[[route]]
+from = "{from}"
+to = "hex"
+"#,
+            cmd = hex_worker(),
+            from = addr.from()
+        ),
+    );
+    let c = unix_client(&addr);
+    (o, c)
+}
+
+#[test]
+fn trailing_cr_of_crlf_lines_does_not_reach_the_worker() {
+    let dir = TempDir::new("crlf");
+    let (_o, mut c) = hex_setup(&dir);
+    c.send_raw(b"hello\r\n");
+    assert_eq!(c.recv(), "68656c6c6f0a");
+    // Only the trailing CR goes: one in the middle stays.
+    c.send_raw(b"x\ry\r\n");
+    assert_eq!(c.recv(), "780d790a");
+}
+
+#[test]
+fn empty_lines_get_a_reply_each() {
+    let dir = TempDir::new("empty");
+    let (_o, mut c) = hex_setup(&dir);
+    c.send_raw(b"\n\r\n\nz\n");
+    assert_eq!(c.recv(), "0a");
+    assert_eq!(c.recv(), "0a");
+    assert_eq!(c.recv(), "0a");
+    assert_eq!(c.recv(), "7a0a");
+}
+
+#[test]
+fn unterminated_last_line_before_eof_is_a_message() {
+    let dir = TempDir::new("unterminated");
+    let (_o, mut c) = hex_setup(&dir);
+    c.send_raw(b"one\ntail");
+    assert_eq!(c.finish(), "6f6e650a\n7461696c0a\n");
+}
+
+// ----- clients ---------------------------------------------------------------------
+
+#[test]
+fn client_disconnecting_with_replies_pending_does_not_affect_others() {
+    let dir = TempDir::new("disconnect");
+    let addr = Addr::new(Via::Unix, &dir, "d.sock");
+    let cmd = script(
+        &dir,
+        "slow.sh",
+        r#"while IFS= read -r l; do
+  case "$l" in slow*) sleep 0.2; echo "answered-slow" >&2;; esac
+  printf '%s %s\n' "$ORCHD_INSTANCE" "$l"
+done"#,
+    );
+    let mut o = start(
+        &dir,
+        &format!(
+            r#"
+[pool.slow]
+command = {cmd}
+count = 2
+
+[[route]]
+from = "{from}"
+to = "slow"
+"#,
+            from = addr.from()
+        ),
+    );
+    let mut other = addr.connect();
+    assert_eq!(tagged(&other.request("before")).1, "before");
+    let mut leaver = addr.connect();
+    for i in 0..6 {
+        leaver.send(&format!("slow{i}"));
+    }
+    drop(leaver);
+    for i in 0..5 {
+        let msg = format!("fast{i}");
+        assert_eq!(tagged(&other.request(&msg)).1, msg);
+    }
+    // Every reply of the leaver was produced (and had nowhere to go).
+    o.wait_log("answered-slow", 6);
+    let msg = "after";
+    assert_eq!(tagged(&other.request(msg)).1, msg);
+    let mut fresh = addr.connect();
+    assert_eq!(tagged(&fresh.request("fresh")).1, "fresh");
+    assert!(o.child.try_wait().unwrap().is_none(), "orchd exited");
+}
+
+#[test]
+fn client_that_does_not_read_is_throttled_and_memory_stays_bounded() {
+    const LINE: usize = 500;
+    const LINES: u64 = 100_000; // 50 MB
+                                // Measured: about 16 MiB at the stall. Without backpressure, 50 MB of messages
+                                // and replies would be held.
+    const MAX_RSS_KIB: u64 = 100 * 1024;
+    let dir = TempDir::new("backpressure");
+    let (o, addr) = cat_setup(&dir);
+    let pid = o.pid();
+    let rss_before = vm_rss_kib(pid);
+    let c = unix_client(&addr);
+    let mut w = c.writer.try_clone().unwrap();
+    let written = Arc::new(AtomicU64::new(0));
+    let line_of = |i: u64| format!("{i:012} {}", "y".repeat(LINE - 14));
+    let writer = {
+        let written = written.clone();
+        std::thread::spawn(move || {
+            let mut bw = BufWriter::with_capacity(1 << 16, &mut w);
+            for i in 0..LINES {
+                bw.write_all(line_of(i).as_bytes()).unwrap();
+                bw.write_all(b"\n").unwrap();
+                written.fetch_add(1, Ordering::Relaxed);
+            }
+            bw.flush().unwrap();
+            drop(bw);
+            w.shutdown(std::net::Shutdown::Write).unwrap();
+        })
+    };
+    // Not reading: wait until the writer is stuck (no progress for a second).
+    let mut max_rss = 0;
+    let mut last = (0, Instant::now());
+    let start = Instant::now();
+    loop {
+        max_rss = max_rss.max(vm_rss_kib(pid));
+        let n = written.load(Ordering::Relaxed);
+        assert!(
+            n < LINES,
+            "the client wrote all 50 MB without reading a reply: no backpressure"
+        );
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "the writer never stalled");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stalled_at = last.0;
+    let rss_stalled = max_rss;
+    assert!(
+        max_rss < MAX_RSS_KIB,
+        "orchd RSS {max_rss} KiB while the client did not read"
+    );
+    // Now read: every reply arrives, in order.
+    let mut reader = c.reader;
+    let mut buf = String::new();
+    for i in 0..LINES {
+        buf.clear();
+        let n = reader.read_line(&mut buf).expect("read reply");
+        assert!(n > 0, "connection closed after {i} replies");
+        assert_eq!(buf.trim_end_matches('\n'), line_of(i), "reply {i}");
+        if i % 10_000 == 0 {
+            max_rss = max_rss.max(vm_rss_kib(pid));
+        }
+    }
+    writer.join().unwrap();
+    buf.clear();
+    assert_eq!(
+        reader.read_line(&mut buf).unwrap(),
+        0,
+        "extra reply {buf:?}"
+    );
+    assert!(
+        max_rss < MAX_RSS_KIB,
+        "orchd RSS {max_rss} KiB while draining"
+    );
+    eprintln!(
+        "backpressure: writer stalled after {stalled_at} lines ({} MB); orchd RSS before \
+         {rss_before} KiB, stalled {rss_stalled} KiB, max {max_rss} KiB; total {:?}",
+        stalled_at * LINE as u64 / 1_000_000,
+        start.elapsed()
+    );
+}
+
+#[test]
+fn two_hundred_concurrent_connections_each_get_their_reply() {
+    const N: usize = 200;
+    let dir = TempDir::new("many");
+    let addr = Addr::new(Via::Tcp, &dir, "");
+    let _o = start(&dir, &tag_config(&dir, &addr, 4, ""));
+    let Addr::Tcp(port) = addr else {
+        unreachable!()
+    };
+    let barrier = Arc::new(Barrier::new(N));
+    let threads: Vec<_> = (0..N)
+        .map(|i| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut c = TcpClient::connect(port);
+                // Everyone is connected before anyone sends.
+                barrier.wait();
+                let msg = format!("connection{i}");
+                let reply = c.request(&msg);
+                assert_eq!(tagged(&reply).1, msg);
+                barrier.wait();
+                c.finish()
+            })
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        let rest = t.join().unwrap_or_else(|_| panic!("connection {i} failed"));
+        assert_eq!(rest, "", "connection {i} got extra replies");
+    }
+}
+
+// ----- batch mode ------------------------------------------------------------------
+
+fn batch_config(dir: &TempDir, route_extra: &str) -> PathBuf {
+    dir.write(
+        "batch.toml",
+        &format!(
+            r#"
+[pool.cat]
+command = ["cat"]
+count = 3
+
+[[route]]
+from = "stdin"
+to = "cat"
+{route_extra}
+"#
+        ),
+    )
+}
+
+fn numbered_lines(n: usize) -> String {
+    (0..n).map(|i| format!("line {i}\n")).collect()
+}
+
+#[test]
+fn batch_from_a_file_writes_every_reply_in_order_and_exits_0() {
+    let dir = TempDir::new("batchfile");
+    let cfg = batch_config(&dir, "");
+    // More than a client may have outstanding (10 000): reading pauses and resumes.
+    let input = numbered_lines(25_000);
+    let path = dir.write("input.txt", &input);
+    let stdin = Stdio::from(std::fs::File::open(&path).unwrap());
+    let (code, out, err) = run_batch(&cfg, stdin, None, DEADLINE);
+    assert_eq!(String::from_utf8_lossy(&out), input, "stderr:\n{err}");
+    assert_eq!(code, 0, "stderr:\n{err}");
+}
+
+#[test]
+fn batch_from_a_pipe_writes_every_reply_in_order_and_exits_0() {
+    let dir = TempDir::new("batchpipe");
+    let cfg = batch_config(&dir, "");
+    let input = numbered_lines(20_000);
+    let (code, out, err) = run_batch(
+        &cfg,
+        Stdio::piped(),
+        Some(input.clone().into_bytes()),
+        DEADLINE,
+    );
+    assert_eq!(String::from_utf8_lossy(&out), input, "stderr:\n{err}");
+    assert_eq!(code, 0, "stderr:\n{err}");
+}
+
+#[test]
+fn batch_from_a_file_through_a_full_pool_queue_answers_everything() {
+    let dir = TempDir::new("batchqueue");
+    let cfg = dir.write(
+        "batch.toml",
+        r#"
+[pool.cat]
+command = ["cat"]
+count = 2
+max_inflight = 2
+queue = 4
+
+[[route]]
+from = "stdin"
+to = "cat"
+"#,
+    );
+    let input = numbered_lines(4_000);
+    let path = dir.write("input.txt", &input);
+    let stdin = Stdio::from(std::fs::File::open(&path).unwrap());
+    let (code, out, err) = run_batch(&cfg, stdin, None, DEADLINE);
+    assert_eq!(String::from_utf8_lossy(&out), input, "stderr:\n{err}");
+    assert_eq!(code, 0, "stderr:\n{err}");
+}
+
+#[test]
+fn batch_from_a_pipe_through_a_full_pool_queue_answers_everything() {
+    let dir = TempDir::new("batchqueuepipe");
+    let cfg = dir.write(
+        "batch.toml",
+        r#"
+[pool.cat]
+command = ["cat"]
+count = 2
+max_inflight = 2
+queue = 4
+
+[[route]]
+from = "stdin"
+to = "cat"
+"#,
+    );
+    let input = numbered_lines(4_000);
+    let (code, out, err) = run_batch(
+        &cfg,
+        Stdio::piped(),
+        Some(input.clone().into_bytes()),
+        DEADLINE,
+    );
+    assert_eq!(String::from_utf8_lossy(&out), input, "stderr:\n{err}");
+    assert_eq!(code, 0, "stderr:\n{err}");
+}
+
+#[test]
+fn full_pool_queue_pauses_clients_and_resumes_them() {
+    const CLIENTS: usize = 3;
+    const PER_CLIENT: usize = 1_000;
+    let dir = TempDir::new("queuefull");
+    let addr = Addr::new(Via::Unix, &dir, "q.sock");
+    let mut o = start(
+        &dir,
+        &format!(
+            r#"
+[pool.cat]
+command = ["cat"]
+count = 2
+max_inflight = 2
+queue = 4
+
+[[route]]
+from = "{from}"
+to = "cat"
+"#,
+            from = addr.from()
+        ),
+    );
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let conn = addr.connect();
+            std::thread::spawn(move || {
+                let sent: String = (0..PER_CLIENT)
+                    .map(|i| format!("client{c} message{i}\n"))
+                    .collect();
+                let (mut reader, mut writer) = conn.split();
+                let bytes = sent.clone().into_bytes();
+                let w = std::thread::spawn(move || {
+                    writer.write_all(&bytes).unwrap();
+                    writer.half_close();
+                });
+                let mut got = String::new();
+                reader.read_to_string(&mut got).expect("read replies");
+                w.join().unwrap();
+                (sent, got)
+            })
+        })
+        .collect();
+    for (c, t) in threads.into_iter().enumerate() {
+        let (sent, got) = t.join().unwrap();
+        assert!(
+            got == sent,
+            "client {c}: {} replies for {PER_CLIENT} messages, or out of order",
+            got.lines().count()
+        );
+    }
+    assert!(o.child.try_wait().unwrap().is_none(), "orchd exited");
+}
+
+#[test]
+fn batch_with_an_error_reply_exits_1() {
+    let dir = TempDir::new("batcherr");
+    let cfg = batch_config(&dir, r#"match = "^ok""#);
+    let path = dir.write("input.txt", "ok 1\nbad\nok 2\n");
+    let stdin = Stdio::from(std::fs::File::open(&path).unwrap());
+    let (code, out, err) = run_batch(&cfg, stdin, None, DEADLINE);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "ok 1\nERR no route\nok 2\n",
+        "stderr:\n{err}"
+    );
+    assert_eq!(code, 1, "stderr:\n{err}");
+}
+
+#[test]
+fn batch_unterminated_last_line_is_answered() {
+    let dir = TempDir::new("batchtail");
+    let cfg = batch_config(&dir, "");
+    let path = dir.write("input.txt", "first\nlast");
+    let stdin = Stdio::from(std::fs::File::open(&path).unwrap());
+    let (code, out, err) = run_batch(&cfg, stdin, None, DEADLINE);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "first\nlast\n",
+        "stderr:\n{err}"
+    );
+    assert_eq!(code, 0, "stderr:\n{err}");
+}
+
+// ----- shutdown --------------------------------------------------------------------
+
+fn busy_config(dir: &TempDir, addr: &Addr, release: &std::path::Path, drain: &str) -> String {
+    let cmd = script(
+        dir,
+        "busy.sh",
+        &format!(
+            r#"while IFS= read -r l; do
+  echo "busy-with-message $ORCHD_INSTANCE" >&2
+  while [ ! -e '{r}' ]; do sleep 0.02; done
+  printf '%s %s\n' "$ORCHD_INSTANCE" "$l"
+done"#,
+            r = release.display()
+        ),
+    );
+    format!(
+        r#"
+[orchd]
+drain_timeout = "{drain}"
+
+[pool.busy]
+command = {cmd}
+count = 4
+
+[[route]]
+from = "{from}"
+to = "busy"
+"#,
+        from = addr.from()
+    )
+}
+
+#[test]
+fn sigterm_lets_in_flight_messages_finish_then_exits_0() {
+    let dir = TempDir::new("drain");
+    let addr = Addr::new(Via::Unix, &dir, "b.sock");
+    let release = dir.join("release");
+    let mut o = start(&dir, &busy_config(&dir, &addr, &release, "10s"));
+    let mut c = addr.connect();
+    for i in 0..4 {
+        c.send(&format!("m{i}"));
+    }
+    // Each of the 4 instances holds one message.
+    o.wait_log("busy-with-message", 4);
+    o.signal(libc::SIGTERM);
+    o.wait_log("waiting up to", 1);
+    assert!(
+        o.child.try_wait().unwrap().is_none(),
+        "exited before draining"
+    );
+    let t = Instant::now();
+    std::fs::write(&release, "").unwrap();
+    let mut replies: Vec<String> = (0..4).map(|_| c.recv()).collect();
+    let drained_in = t.elapsed();
+    for (i, r) in replies.iter_mut().enumerate() {
+        assert_eq!(tagged(r).1, format!("m{i}"));
+    }
+    assert_eq!(o.wait_exit(DEADLINE), 0);
+    eprintln!("drain: in-flight replies {drained_in:?} after release");
+}
+
+#[test]
+fn sigterm_closes_the_listener_while_draining() {
+    let dir = TempDir::new("drainrefuse");
+    let addr = Addr::new(Via::Unix, &dir, "b.sock");
+    let release = dir.join("release");
+    let o = start(&dir, &busy_config(&dir, &addr, &release, "10s"));
+    let mut c = addr.connect();
+    c.send("m0");
+    o.wait_log("busy-with-message", 1);
+    o.signal(libc::SIGTERM);
+    o.wait_log("waiting up to", 1);
+    let Addr::Unix(path) = &addr else {
+        unreachable!()
+    };
+    assert!(
+        UnixStream::connect(path).is_err(),
+        "a new connection was accepted while draining"
+    );
+    std::fs::write(&release, "").unwrap();
+    assert_eq!(c.recv(), "0 m0");
+}
+
+#[test]
+fn messages_unanswered_at_drain_timeout_get_shutting_down_error() {
+    let dir = TempDir::new("drainover");
+    let addr = Addr::new(Via::Unix, &dir, "b.sock");
+    let release = dir.join("never");
+    let mut o = start(&dir, &busy_config(&dir, &addr, &release, "500ms"));
+    let mut c = addr.connect();
+    c.send("stuck");
+    o.wait_log("busy-with-message", 1);
+    let t = Instant::now();
+    o.signal(libc::SIGTERM);
+    assert_eq!(c.recv(), "ERR shutting down");
+    assert!(
+        t.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(o.wait_exit(DEADLINE), 0);
+}
+
+#[test]
+fn error_prefix_is_configurable() {
+    let dir = TempDir::new("prefix");
+    let addr = Addr::new(Via::Unix, &dir, "p.sock");
+    let _o = start(
+        &dir,
+        &format!(
+            r#"
+[orchd]
+error_prefix = "!! "
+
+[pool.cat]
+command = ["cat"]
+count = 1
+
+[[route]]
+from = "{from}"
+match = "^ok"
+to = "cat"
+"#,
+            from = addr.from()
+        ),
+    );
+    let mut c = addr.connect();
+    assert_eq!(c.request("nope"), "!! no route");
+    assert_eq!(c.request("ok"), "ok");
+}
