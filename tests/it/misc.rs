@@ -36,31 +36,13 @@ count = 2
 stop_timeout = "1s"
 "#,
     );
-    let mut o = Orchd {
-        child: Command::new("unshare")
-            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-            .arg(BIN)
-            .arg("--no-watch")
-            .arg(&cfg)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-        log: Default::default(),
-        config: cfg.clone(),
-    };
-    let stderr = o.child.stderr.take().unwrap();
-    let sink = o.log.clone();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            sink.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(BIN)
+        .arg("--no-watch")
+        .arg(&cfg)
+        .stdout(Stdio::null());
+    let mut o = Orchd::spawn(cmd, &cfg);
     o.wait_ready();
     // The orphans (4 sleeps of 0.2 s) come back to PID 1 and are reaped, not zombies.
     o.wait_log("reaped orphaned process", 4);

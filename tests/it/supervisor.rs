@@ -5,7 +5,6 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -14,35 +13,10 @@ use crate::common::*;
 // Helpers
 
 /// Start orchd from a prepared command (program and arguments already set), with
-/// stderr captured like [`Orchd::start`] does. `RUST_LOG=debug` unless the command
-/// sets it.
+/// stderr captured like [`Orchd::start`] does.
 fn spawn_orchd(mut cmd: Command, config: &Path) -> Orchd {
-    if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
-        cmd.env("RUST_LOG", "debug");
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn orchd");
-    let log = Arc::new(Mutex::new(String::new()));
-    let stderr = child.stderr.take().expect("stderr");
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(stderr);
-        let mut line = String::new();
-        while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-            if std::env::var_os("ORCHD_TEST_LOG").is_some() {
-                eprint!("{line}");
-            }
-            sink.lock().unwrap().push_str(&line);
-            line.clear();
-        }
-    });
-    Orchd {
-        child,
-        log,
-        config: config.to_path_buf(),
-    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    Orchd::spawn(cmd, config)
 }
 
 /// Pids from the `LABEL started (pid N)` lines, in order.

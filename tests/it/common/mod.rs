@@ -79,6 +79,8 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 pub struct Orchd {
     pub child: Child,
     pub log: Arc<Mutex<String>>,
+    /// Set once orchd's stderr reached EOF (every log line is in `log`).
+    pub log_eof: Arc<std::sync::atomic::AtomicBool>,
     pub config: PathBuf,
 }
 
@@ -90,16 +92,22 @@ impl Orchd {
 
     pub fn start_with(config: &Path, args: &[&str], stdin: Stdio) -> Orchd {
         let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .arg(config)
-            .env("RUST_LOG", "debug")
-            .stdin(stdin)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args).arg(config).stdin(stdin);
+        Orchd::spawn(cmd, config)
+    }
+
+    /// Start a prepared command (orchd, or something that runs it) with stderr
+    /// captured. `RUST_LOG=debug` unless the command sets it; stdout piped unless set.
+    pub fn spawn(mut cmd: Command, config: &Path) -> Orchd {
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env("RUST_LOG", "debug");
+        }
+        cmd.stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn orchd");
         let log = Arc::new(Mutex::new(String::new()));
+        let log_eof = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
+        let (sink, eof) = (log.clone(), log_eof.clone());
         std::thread::spawn(move || {
             let mut r = BufReader::new(stderr);
             let mut line = String::new();
@@ -110,10 +118,12 @@ impl Orchd {
                 sink.lock().unwrap().push_str(&line);
                 line.clear();
             }
+            eof.store(true, Ordering::SeqCst);
         });
         Orchd {
             child,
             log,
+            log_eof,
             config: config.to_path_buf(),
         }
     }
@@ -154,6 +164,10 @@ impl Orchd {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // The log is complete only once the reader saw EOF.
+                wait_for("orchd's stderr to close", DEADLINE, || {
+                    self.log_eof.load(Ordering::SeqCst).then_some(())
+                });
                 return status
                     .code()
                     .unwrap_or_else(|| panic!("orchd died by signal: {status:?}\n{}", self.log()));
