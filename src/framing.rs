@@ -28,10 +28,14 @@ pub enum Fill {
 
 #[derive(Debug)]
 pub struct LineBuf {
+    /// Initialized storage; data lives in `pos..end`. Kept initialized so that reads
+    /// go straight into it without zeroing a chunk every time.
     buf: Vec<u8>,
     /// Start of unconsumed bytes.
     pos: usize,
-    /// Bytes before this offset (from `pos`) are known to contain no `\n`.
+    /// End of the bytes read so far.
+    end: usize,
+    /// Bytes in `pos..pos + scanned` are known to contain no `\n`.
     scanned: usize,
     max: usize,
     /// Skipping the rest of an over-long line.
@@ -44,42 +48,52 @@ impl LineBuf {
         LineBuf {
             buf: Vec::new(),
             pos: 0,
+            end: 0,
             scanned: 0,
             max,
             discarding: false,
         }
     }
 
+    /// Make room for at least `n` more bytes after `end`.
+    fn reserve(&mut self, n: usize) {
+        self.compact();
+        if self.buf.len() - self.end < n {
+            self.buf.resize(self.end + n, 0);
+        }
+    }
+
     /// Read once from `r` into the buffer. `WouldBlock` and other errors are returned
     /// as errors; `Interrupted` is retried.
     pub fn fill(&mut self, r: &mut impl Read) -> io::Result<Fill> {
-        self.compact();
-        let old = self.buf.len();
-        self.buf.resize(old + READ_CHUNK, 0);
+        self.reserve(READ_CHUNK);
         loop {
-            match r.read(&mut self.buf[old..]) {
+            match r.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Ok(Fill::Eof),
                 Ok(n) => {
-                    self.buf.truncate(old + n);
-                    return Ok(if n == 0 { Fill::Eof } else { Fill::Data(n) });
+                    self.end += n;
+                    return Ok(Fill::Data(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.buf.truncate(old);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
     }
 
     /// Append bytes directly (tests, and callers that already hold data).
     pub fn extend(&mut self, data: &[u8]) {
-        self.compact();
-        self.buf.extend_from_slice(data);
+        self.reserve(data.len());
+        self.buf[self.end..self.end + data.len()].copy_from_slice(data);
+        self.end += data.len();
     }
 
     fn compact(&mut self) {
-        if self.pos > 0 && (self.pos == self.buf.len() || self.pos >= self.buf.len() / 2) {
-            self.buf.drain(..self.pos);
+        if self.pos == self.end {
+            self.pos = 0;
+            self.end = 0;
+        } else if self.pos > 0 && self.pos >= self.end / 2 {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
             self.pos = 0;
         }
     }
@@ -87,33 +101,33 @@ impl LineBuf {
     /// The next complete frame, if any.
     pub fn next_frame(&mut self) -> Option<Frame<'_>> {
         loop {
-            let pending = &self.buf[self.pos..];
+            let pending = &self.buf[self.pos..self.end];
             match memchr::memchr(b'\n', &pending[self.scanned..]) {
                 Some(i) => {
-                    let end = self.scanned + i;
+                    let len = self.scanned + i;
                     let start = self.pos;
-                    self.pos += end + 1;
+                    self.pos += len + 1;
                     self.scanned = 0;
                     if self.discarding {
                         self.discarding = false;
                         continue;
                     }
-                    if end > self.max {
+                    if len > self.max {
                         return Some(Frame::TooLong);
                     }
-                    return Some(Frame::Line(&self.buf[start..start + end]));
+                    return Some(Frame::Line(&self.buf[start..start + len]));
                 }
                 None => {
                     self.scanned = pending.len();
                     if self.discarding {
                         // Drop what we have of the over-long line.
-                        self.pos = self.buf.len();
+                        self.pos = self.end;
                         self.scanned = 0;
                         return None;
                     }
                     if pending.len() > self.max {
                         self.discarding = true;
-                        self.pos = self.buf.len();
+                        self.pos = self.end;
                         self.scanned = 0;
                         return Some(Frame::TooLong);
                     }
@@ -125,9 +139,9 @@ impl LineBuf {
 
     /// Bytes of an unterminated last line (for logging at EOF); empties the buffer.
     pub fn take_partial(&mut self) -> Option<Vec<u8>> {
-        let rest = self.buf.split_off(self.pos);
-        self.buf.clear();
+        let rest = self.buf[self.pos..self.end].to_vec();
         self.pos = 0;
+        self.end = 0;
         self.scanned = 0;
         let was_discarding = std::mem::replace(&mut self.discarding, false);
         if rest.is_empty() || was_discarding {
@@ -139,27 +153,28 @@ impl LineBuf {
 
     /// Whether a partial line is buffered.
     pub fn has_partial(&self) -> bool {
-        self.pos < self.buf.len()
+        self.pos < self.end
     }
 
     /// Length of the buffered partial line.
     pub fn partial_len(&self) -> usize {
-        self.buf.len() - self.pos
+        self.end - self.pos
     }
 
     /// Drop everything buffered.
     pub fn clear(&mut self) {
-        self.buf.clear();
         self.pos = 0;
+        self.end = 0;
         self.scanned = 0;
         self.discarding = false;
     }
 
     /// Release memory held by a large, now empty buffer.
     pub fn shrink(&mut self) {
-        if self.pos == self.buf.len() && self.buf.capacity() > 4 * READ_CHUNK {
+        if self.pos == self.end && self.buf.len() > 4 * READ_CHUNK {
             self.buf = Vec::new();
             self.pos = 0;
+            self.end = 0;
         }
     }
 }

@@ -14,8 +14,9 @@
 //! - `PoolQueue::waiting` = queue length + the backlogs of the pool's instances;
 //! - a client gets exactly one reply line per message (a broadcast: one per instance
 //!   it was sent to), in sending order when the route is `ordered`;
-//! - memory is bounded: a pool holds at most `queue` waiting messages, a client has at
-//!   most [`MAX_OUTSTANDING`] messages and [`MAX_CLIENT_OUT`] bytes of replies pending
+//! - memory is bounded: a pool holds at most `queue` waiting messages and
+//!   [`POOL_MAX_BYTES`] of messages; a client has at most [`MAX_OUTSTANDING`] messages
+//!   and [`MAX_CLIENT_OUT`] bytes of replies pending (written or held for ordering)
 //!   before orchd stops reading from it.
 
 use std::collections::{HashMap, VecDeque};
@@ -40,8 +41,13 @@ use crate::sys::{self, FdKind};
 
 /// A client with this many messages awaiting replies is not read from.
 pub const MAX_OUTSTANDING: u32 = 10_000;
-/// A client with this many reply bytes not yet written is not read from.
+/// A client with this many reply bytes not yet written (or held back for ordering) is
+/// not read from.
 pub const MAX_CLIENT_OUT: usize = 4 << 20;
+/// A pool holding this many bytes of messages (waiting or in flight) takes no more
+/// until it drains, whatever its `queue` allows: `queue` counts messages, and 10,000
+/// messages of 1 MiB would be 10 GiB.
+pub const POOL_MAX_BYTES: usize = 32 << 20;
 /// How long to wait before accepting again after EMFILE/ENFILE.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -106,6 +112,8 @@ struct Client {
     out: Vec<u8>,
     out_pos: usize,
     order: Reorder<Vec<u8>>,
+    /// Bytes of replies held in `order`, waiting for an earlier one.
+    order_bytes: usize,
     /// Messages read and not yet answered.
     outstanding: u32,
     /// A message that found its pool's queue full; retried when the pool drains.
@@ -149,8 +157,9 @@ struct Msg {
     pin: Pin,
     timeout: Option<Duration>,
     retries: u32,
-    /// Deliveries so far.
-    attempts: u32,
+    /// Failed attempts so far: times it was the oldest unanswered message of an
+    /// instance that died or timed out (the one that instance was working on).
+    failures: u32,
     /// Broadcast copy: (gather, position).
     gather: Option<(usize, usize)>,
     queued_at: Instant,
@@ -175,6 +184,8 @@ pub struct PoolQueue {
     cursor: u32,
     /// Messages waiting: queue + instance backlogs.
     waiting: usize,
+    /// Bytes of every message of this pool that exists (waiting or in flight).
+    bytes: usize,
     /// Clients stalled on this pool's full queue.
     waiters: Vec<(usize, u64)>,
     /// Since when the pool has had no live instance (queue expiry counts from here).
@@ -183,12 +194,22 @@ pub struct PoolQueue {
     expire_gen: u64,
 }
 
+impl PoolQueue {
+    /// No room for another message: `queue` messages wait, or the pool holds
+    /// [`POOL_MAX_BYTES`]. An empty pool always takes one, however large.
+    fn is_full(&self, queue: u32) -> bool {
+        self.waiting >= queue as usize || self.bytes >= POOL_MAX_BYTES
+    }
+}
+
 /// Routing state of an instance.
 #[derive(Default)]
 pub struct InstanceRt {
     pub inflight: VecDeque<usize>,
     backlog: VecDeque<usize>,
     pub answered: u64,
+    /// When the oldest in-flight message's `timeout` clock started.
+    head_since: Option<Instant>,
     deadline_at: Option<Instant>,
     deadline_gen: u64,
 }
@@ -442,6 +463,7 @@ impl Daemon {
             out: Vec::new(),
             out_pos: 0,
             order: Reorder::default(),
+            order_bytes: 0,
             outstanding: 0,
             stalled: None,
             read_done: false,
@@ -504,7 +526,7 @@ impl Daemon {
             && c.stalled.is_none()
             && !self.router.stopped_reading
             && c.outstanding < MAX_OUTSTANDING
-            && c.out.len() - c.out_pos < MAX_CLIENT_OUT
+            && c.out.len() - c.out_pos + c.order_bytes < MAX_CLIENT_OUT
     }
 
     /// Read and route as much as the client and its pools allow.
@@ -611,7 +633,7 @@ impl Daemon {
             self.reply_now(key, "pool has no instances");
             return true;
         }
-        if p.q.waiting >= p.cfg.queue as usize {
+        if p.q.is_full(p.cfg.queue) {
             let id = self.router.clients[key].id;
             self.router.clients[key].stalled = Some(line);
             self.router.clients[key].read_paused = true;
@@ -655,12 +677,14 @@ impl Daemon {
             pin,
             timeout,
             retries,
-            attempts: 0,
+            failures: 0,
             gather: None,
             queued_at: self.now,
             sent_at: self.now,
         });
-        self.pools[pool].q.waiting += 1;
+        let q = &mut self.pools[pool].q;
+        q.waiting += 1;
+        q.bytes += self.router.msgs[m].payload.len();
         self.place(m, false);
         true
     }
@@ -711,12 +735,14 @@ impl Daemon {
                 pin: Pin::Slot(index),
                 timeout,
                 retries,
-                attempts: 0,
+                failures: 0,
                 gather: Some((g, pos)),
                 queued_at: self.now,
                 sent_at: self.now,
             });
-            self.pools[pool].q.waiting += 1;
+            let q = &mut self.pools[pool].q;
+            q.waiting += 1;
+            q.bytes += self.router.msgs[m].payload.len();
             self.place(m, false);
         }
     }
@@ -844,9 +870,7 @@ impl Daemon {
     fn assign(&mut self, m: usize, k: usize) {
         let now = self.now;
         let msg = &mut self.router.msgs[m];
-        msg.attempts += 1;
         msg.sent_at = now;
-        let deadline = msg.timeout.map(|t| now + t);
         let inst = &mut self.instances[k];
         let Some(stdin) = inst.stdin.as_mut() else {
             // Not live after all: keep it for this instance.
@@ -859,15 +883,32 @@ impl Daemon {
         }
         stdin.buf.extend_from_slice(&msg.payload);
         inst.rt.inflight.push_back(m);
-        if let Some(at) = deadline {
-            if inst.rt.deadline_at.is_none_or(|cur| at < cur) {
-                self.next_gen += 1;
-                let gen = self.next_gen;
-                let inst = &mut self.instances[k];
-                inst.rt.deadline_at = Some(at);
-                inst.rt.deadline_gen = gen;
-                self.timers.arm(at, TimerKey::Inflight { key: k, gen });
-            }
+        if inst.rt.inflight.len() == 1 {
+            inst.rt.head_since = Some(now);
+            self.arm_head_deadline(k);
+        }
+    }
+
+    /// When the oldest in-flight message of `k` times out: its clock starts when the
+    /// worker could reach it (written to it, or the previous message answered, whichever
+    /// is later), so a healthy worker with messages queued up is never cut short.
+    fn head_deadline(&self, k: usize) -> Option<Instant> {
+        let rt = &self.instances[k].rt;
+        let m = *rt.inflight.front()?;
+        let since = rt.head_since?;
+        self.router.msgs[m].timeout.map(|t| since + t)
+    }
+
+    fn arm_head_deadline(&mut self, k: usize) {
+        let Some(at) = self.head_deadline(k) else {
+            return;
+        };
+        if self.instances[k].rt.deadline_at.is_none_or(|cur| at < cur) {
+            let gen = self.gen();
+            let rt = &mut self.instances[k].rt;
+            rt.deadline_at = Some(at);
+            rt.deadline_gen = gen;
+            self.timers.arm(at, TimerKey::Inflight { key: k, gen });
         }
     }
 
@@ -923,7 +964,7 @@ impl Daemon {
         let Some(p) = self.pools.get_mut(pool) else {
             return;
         };
-        if p.q.waiters.is_empty() || p.q.waiting >= p.cfg.queue as usize {
+        if p.q.waiters.is_empty() || p.q.is_full(p.cfg.queue) {
             return;
         }
         for (c, id) in std::mem::take(&mut p.q.waiters) {
@@ -959,10 +1000,15 @@ impl Daemon {
             p.pos = 0;
         }
         // Redelivered in their original order, ahead of everything waiting.
+        // Only the oldest is charged an attempt: it is the one the worker was working
+        // on (answers come in order); the others were merely queued in its pipe.
         let mut again = Vec::new();
-        for m in inflight {
-            let msg = &self.router.msgs[m];
-            if msg.attempts > msg.retries {
+        for (i, m) in inflight.into_iter().enumerate() {
+            let msg = &mut self.router.msgs[m];
+            if i == 0 {
+                msg.failures += 1;
+            }
+            if msg.failures > msg.retries {
                 let why = match failure {
                     Failure::TimedOut => "retries exhausted (timed out)",
                     Failure::Died => "retries exhausted (worker died)",
@@ -1160,32 +1206,21 @@ impl Daemon {
             return;
         }
         inst.rt.deadline_at = None;
-        let now = self.now;
-        let msgs = &self.router.msgs;
-        let earliest = inst
-            .rt
-            .inflight
-            .iter()
-            .filter_map(|&m| msgs[m].timeout.map(|t| msgs[m].sent_at + t))
-            .min();
-        match earliest {
-            Some(at) if at <= now => {
-                let t = at.duration_since(self.router.msgs[inst.rt.inflight[0]].sent_at);
+        match self.head_deadline(k) {
+            Some(at) if at <= self.now => {
+                let inst = &mut self.instances[k];
+                let waited = self
+                    .now
+                    .duration_since(inst.rt.head_since.unwrap_or(self.now));
                 log::warn!(
                     "{} did not answer within {}; restarting it",
                     inst.label,
-                    super::supervise::fmt_duration(t)
+                    super::supervise::fmt_duration(waited)
                 );
                 inst.timed_out = true;
                 self.restart_instance(k);
             }
-            Some(at) => {
-                let gen = self.gen();
-                let inst = &mut self.instances[k];
-                inst.rt.deadline_at = Some(at);
-                inst.rt.deadline_gen = gen;
-                self.timers.arm(at, TimerKey::Inflight { key: k, gen });
-            }
+            Some(_) => self.arm_head_deadline(k),
             None => {}
         }
     }
@@ -1210,8 +1245,10 @@ impl Daemon {
             return;
         };
         inst.rt.answered += 1;
-        if inst.rt.inflight.is_empty() {
-            inst.rt.deadline_at = None;
+        // The next message's clock starts now (the worker turns to it).
+        inst.rt.head_since = Some(self.now);
+        if !inst.rt.inflight.is_empty() {
+            self.arm_head_deadline(k);
         }
         match reply {
             Ok(line) => self.answer(m, Some(line), None),
@@ -1228,6 +1265,9 @@ impl Daemon {
     /// Complete a message with a reply line or an error, and forget it.
     fn answer(&mut self, m: usize, line: Option<&[u8]>, error: Option<&str>) {
         let msg = self.router.msgs.remove(m);
+        if let Some(p) = self.pools.get_mut(msg.pool) {
+            p.q.bytes -= msg.payload.len();
+        }
         match msg.gather {
             None => self.emit(msg.client, msg.client_id, msg.seq, line, error),
             Some((g, pos)) => {
@@ -1307,11 +1347,15 @@ impl Daemon {
             Some(seq) if !client.order.take_next(seq) => {
                 let mut v = Vec::new();
                 reply.write_to(&mut v, prefix);
-                client.order.fill(seq, v);
+                let n = v.len();
+                if client.order.fill(seq, v) {
+                    client.order_bytes += n;
+                }
             }
             _ => {
                 reply.write_to(&mut client.out, prefix);
                 while let Some(b) = client.order.pop_ready() {
+                    client.order_bytes -= b.len();
                     client.out.extend_from_slice(&b);
                 }
             }

@@ -133,6 +133,13 @@ impl Conn {
         }
     }
 
+    fn send_raw(&mut self, bytes: &[u8]) {
+        match self {
+            Conn::Unix(c) => c.send_raw(bytes),
+            Conn::Tcp(c) => c.send_raw(bytes),
+        }
+    }
+
     fn recv(&mut self) -> String {
         match self {
             Conn::Unix(c) => c.recv(),
@@ -432,6 +439,32 @@ strategy = "broadcast"
     c.send("b0");
     c.send("b1");
     assert_eq!(c.finish(), "0 b0\n1 b0\n0 b1\n1 b1\n");
+}
+
+#[test]
+fn broadcast_with_no_running_instance_gets_an_error() {
+    let dir = TempDir::new("bcastnone");
+    let addr = Addr::new(Via::Unix, &dir, "b.sock");
+    let o = start(
+        &dir,
+        &format!(
+            r#"
+[pool.down]
+command = ["sh", "-c", "exit 1"]
+count = 2
+backoff = {{ initial = "20s" }}
+
+[[route]]
+from = "{from}"
+to = "down"
+strategy = "broadcast"
+"#,
+            from = addr.from(),
+        ),
+    );
+    o.wait_log("restarting in", 2);
+    let mut c = addr.connect();
+    assert_eq!(c.request("b"), "ERR pool has no running instances");
 }
 
 // ----- match rules -----------------------------------------------------------------
@@ -1143,17 +1176,121 @@ fn unterminated_last_line_before_eof_is_a_message() {
     assert_eq!(c.finish(), "6f6e650a\n7461696c0a\n");
 }
 
-// ----- clients ---------------------------------------------------------------------
+#[test]
+fn over_long_unterminated_last_line_gets_one_error() {
+    let dir = TempDir::new("toolongeof");
+    let (_o, addr) = cat_setup(&dir);
+    let mut c = unix_client(&addr);
+    let mut w = c.writer.try_clone().unwrap();
+    let t = std::thread::spawn(move || {
+        w.write_all(b"first\n").unwrap();
+        w.write_all(&vec![b'x'; (1 << 20) + 10]).unwrap();
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut rest = String::new();
+    c.reader.read_to_string(&mut rest).unwrap();
+    t.join().unwrap();
+    assert_eq!(rest, "first\nERR message too long\n");
+}
 
 #[test]
-fn client_disconnecting_with_replies_pending_does_not_affect_others() {
+fn over_long_reply_gets_one_error_and_the_next_reply_is_aligned() {
+    let dir = TempDir::new("bigreply");
+    let addr = Addr::new(Via::Unix, &dir, "b.sock");
+    let cmd = toml_argv(&[
+        "python3",
+        "-u",
+        "-c",
+        "import sys\nfor l in sys.stdin:\n    l = l.strip()\n    sys.stdout.write(('x' * (2 << 20) if l == 'big' else l) + '\\n')",
+    ]);
+    let _o = start(
+        &dir,
+        &format!(
+            r#"
+[pool.big]
+command = {cmd}
+count = 1
+
+[[route]]
+from = "{from}"
+to = "big"
+"#,
+            from = addr.from()
+        ),
+    );
+    let mut c = addr.connect();
+    c.send("a");
+    c.send("big");
+    c.send("b");
+    assert_eq!(c.recv(), "a");
+    assert_eq!(c.recv(), "ERR reply too long");
+    assert_eq!(c.recv(), "b");
+}
+
+// ----- listeners -------------------------------------------------------------------
+
+#[test]
+fn unix_listener_socket_file_gets_the_configured_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("mode");
+    let path = dir.join("m.sock");
+    let _o = start(
+        &dir,
+        &format!(
+            r#"
+[pool.cat]
+command = ["cat"]
+count = 1
+
+[[route]]
+from = "unix:{p}"
+mode = "0600"
+to = "cat"
+"#,
+            p = path.display()
+        ),
+    );
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "mode {mode:o}");
+}
+
+#[test]
+fn stale_unix_socket_file_is_replaced() {
+    let dir = TempDir::new("stale");
+    let path = dir.join("s.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let _o = start(
+        &dir,
+        &format!(
+            r#"
+[pool.cat]
+command = ["cat"]
+count = 1
+
+[[route]]
+from = "unix:{p}"
+to = "cat"
+"#,
+            p = path.display()
+        ),
+    );
+    let mut c = Client::connect(&path);
+    assert_eq!(c.request("x"), "x");
+}
+
+// ----- clients ---------------------------------------------------------------------
+
+/// A client sends slow messages and goes away (`reset`: TCP RST instead of a close)
+/// before their replies exist; another client and orchd carry on.
+fn client_leaving_with_replies_pending(via: Via, reset: bool) {
     let dir = TempDir::new("disconnect");
-    let addr = Addr::new(Via::Unix, &dir, "d.sock");
+    let addr = Addr::new(via, &dir, "d.sock");
     let cmd = script(
         &dir,
         "slow.sh",
         r#"while IFS= read -r l; do
-  case "$l" in slow*) sleep 0.2; echo "answered-slow" >&2;; esac
+  case "$l" in slow*) echo "got-slow" >&2; sleep 0.2; echo "answered-slow" >&2;; esac
   printf '%s %s\n' "$ORCHD_INSTANCE" "$l"
 done"#,
     );
@@ -1175,8 +1312,16 @@ to = "slow"
     let mut other = addr.connect();
     assert_eq!(tagged(&other.request("before")).1, "before");
     let mut leaver = addr.connect();
-    for i in 0..6 {
-        leaver.send(&format!("slow{i}"));
+    // One write: orchd reads all six together; once both instances have started on
+    // one, the other four are in flight too, and the client may go.
+    let batch: String = (0..6).map(|i| format!("slow{i}\n")).collect();
+    leaver.send_raw(batch.as_bytes());
+    o.wait_log("got-slow", 2);
+    if reset {
+        let Conn::Tcp(t) = &leaver else {
+            unreachable!()
+        };
+        set_linger_zero(&t.writer);
     }
     drop(leaver);
     for i in 0..5 {
@@ -1190,6 +1335,36 @@ to = "slow"
     let mut fresh = addr.connect();
     assert_eq!(tagged(&fresh.request("fresh")).1, "fresh");
     assert!(o.child.try_wait().unwrap().is_none(), "orchd exited");
+}
+
+#[test]
+fn client_disconnecting_with_replies_pending_does_not_affect_others() {
+    client_leaving_with_replies_pending(Via::Unix, false);
+}
+
+#[test]
+fn tcp_client_reset_with_replies_pending_does_not_affect_others() {
+    client_leaving_with_replies_pending(Via::Tcp, true);
+}
+
+/// Make the close of `s` send a RST (SO_LINGER with a zero timeout).
+fn set_linger_zero(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a correctly sized `linger` on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt SO_LINGER");
 }
 
 #[test]
@@ -1626,4 +1801,183 @@ to = "cat"
     let mut c = addr.connect();
     assert_eq!(c.request("nope"), "!! no route");
     assert_eq!(c.request("ok"), "ok");
+}
+
+// ----- memory bound with big messages ----------------------------------------------
+
+/// Write up to `lines` lines of 1 MiB to `w` from a thread while watching orchd's RSS.
+/// Stops at the first of: RSS over `limit_kib`, the writer stuck for a second (orchd
+/// stopped reading), or everything written. Returns (max RSS KiB, lines written, done).
+fn flood_with_big_lines(
+    pid: u32,
+    mut w: UnixStream,
+    lines: u64,
+    limit_kib: u64,
+) -> (u64, u64, bool) {
+    let written = Arc::new(AtomicU64::new(0));
+    {
+        let written = written.clone();
+        std::thread::spawn(move || {
+            let line = [vec![b'x'; 1 << 20], vec![b'\n']].concat();
+            for _ in 0..lines {
+                if w.write_all(&line).is_err() {
+                    return; // orchd is gone (end of test)
+                }
+                written.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    let mut max_rss = 0;
+    let mut last = (0, Instant::now());
+    let start = Instant::now();
+    loop {
+        max_rss = max_rss.max(vm_rss_kib(pid));
+        let n = written.load(Ordering::SeqCst);
+        if max_rss > limit_kib || n == lines {
+            return (max_rss, n, n == lines);
+        }
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(1) {
+            return (max_rss, n, false);
+        }
+        assert!(start.elapsed() < 3 * DEADLINE, "flooding took too long");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn memory_stays_bounded_when_big_lines_wait_for_a_stuck_pool() {
+    const LIMIT_KIB: u64 = 200 * 1024;
+    let dir = TempDir::new("bigqueue");
+    let addr = Addr::new(Via::Unix, &dir, "q.sock");
+    // The worker never reads its stdin: every message waits in orchd.
+    let o = start(
+        &dir,
+        &format!(
+            r#"
+[pool.stuck]
+command = ["sleep", "1000"]
+count = 1
+
+[[route]]
+from = "{from}"
+to = "stuck"
+"#,
+            from = addr.from()
+        ),
+    );
+    let c = unix_client(&addr);
+    let (max_rss, sent, done) = flood_with_big_lines(o.pid(), c.writer, 400, LIMIT_KIB);
+    assert!(
+        max_rss < LIMIT_KIB && !done,
+        "orchd took {sent} MiB of messages for a pool that reads nothing (RSS {max_rss} KiB)"
+    );
+}
+
+#[test]
+fn memory_stays_bounded_when_big_replies_wait_behind_a_stuck_ordered_reply() {
+    const LIMIT_KIB: u64 = 200 * 1024;
+    let dir = TempDir::new("bigreorder");
+    let addr = Addr::new(Via::Unix, &dir, "r.sock");
+    // Instance 0 never answers (the first message is stuck there for good); instance 1
+    // echoes everything else, whose replies must wait behind the stuck one.
+    let cmd = script(
+        &dir,
+        "split.sh",
+        r#"if [ "$ORCHD_INSTANCE" = 0 ]; then exec sleep 1000; else exec cat; fi"#,
+    );
+    let o = start(
+        &dir,
+        &format!(
+            r#"
+[pool.split]
+command = {cmd}
+count = 2
+max_inflight = 4
+
+[[route]]
+from = "{from}"
+to = "split"
+strategy = "round-robin"
+"#,
+            from = addr.from()
+        ),
+    );
+    let mut c = unix_client(&addr);
+    c.send("first");
+    // Keep reading, so that replies pile up in orchd only because of ordering.
+    let mut reader = c.reader;
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 1 << 16];
+        while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    let (max_rss, sent, done) = flood_with_big_lines(o.pid(), c.writer, 400, LIMIT_KIB);
+    assert!(
+        max_rss < LIMIT_KIB && !done,
+        "orchd held replies to {sent} MiB of messages behind one stuck reply (RSS {max_rss} KiB)"
+    );
+}
+
+#[test]
+fn pipelined_messages_time_out_per_message_not_from_when_they_were_written() {
+    // 0.2 s per message, 1 s timeout, 20 messages written at once: the last one is
+    // written at t=0 but reached at t=3.8 s. Its clock starts when the worker reaches it.
+    let dir = TempDir::new("rt-pipeline");
+    let o = start(
+        &dir,
+        r#"
+[pool.slow]
+command = "while read -r l; do sleep 0.2; echo \"done $l\"; done"
+max_inflight = 32
+
+[[route]]
+from = "unix:s.sock"
+to = "slow"
+timeout = "1s"
+retries = 0
+"#,
+    );
+    let mut c = Client::connect(&dir.join("s.sock"));
+    for i in 0..20 {
+        c.send(&format!("m{i}"));
+    }
+    for i in 0..20 {
+        assert_eq!(c.recv(), format!("done m{i}"));
+    }
+    assert_eq!(o.log_count("did not answer"), 0, "{}", o.log());
+}
+
+#[test]
+fn messages_queued_behind_a_poison_message_keep_their_retries() {
+    // The worker dies on "poison". The messages written behind it were never worked
+    // on: they are delivered again without using an attempt, so even with
+    // retries = 0 only the poison message fails.
+    let dir = TempDir::new("rt-poison");
+    let o = start(
+        &dir,
+        r#"
+[pool.w]
+command = "while read -r l; do sleep 0.05; [ \"$l\" = poison ] && kill -9 $$; echo \"ok $l\"; done"
+backoff = { initial = "0s" }
+
+[[route]]
+from = "unix:s.sock"
+to = "w"
+retries = 0
+"#,
+    );
+    let mut c = Client::connect(&dir.join("s.sock"));
+    for m in ["poison", "a", "b", "c"] {
+        c.send(m);
+    }
+    assert_eq!(c.recv(), "ERR retries exhausted (worker died)");
+    for m in ["a", "b", "c"] {
+        assert_eq!(c.recv(), format!("ok {m}"));
+    }
+    assert!(
+        o.log().contains("delivering 3 unanswered message(s) again"),
+        "{}",
+        o.log()
+    );
 }
