@@ -73,29 +73,19 @@ pub fn same_process(a: &Pool, a_routed: bool, b: &Pool, b_routed: bool) -> bool 
 
 /// Settings that apply in place, by name, that differ between `a` and `b`.
 fn settings_changed(a: &Pool, b: &Pool) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    if a.restart != b.restart {
-        v.push("restart");
-    }
-    if a.backoff != b.backoff {
-        v.push("backoff");
-    }
-    if a.give_up != b.give_up {
-        v.push("give_up");
-    }
-    if a.stop_signal != b.stop_signal {
-        v.push("stop_signal");
-    }
-    if a.stop_timeout != b.stop_timeout {
-        v.push("stop_timeout");
-    }
-    if a.max_inflight != b.max_inflight {
-        v.push("max_inflight");
-    }
-    if a.queue != b.queue {
-        v.push("queue");
-    }
-    v
+    changed_names(&[
+        ("restart", a.restart != b.restart),
+        ("backoff", a.backoff != b.backoff),
+        ("give_up", a.give_up != b.give_up),
+        ("stop_signal", a.stop_signal != b.stop_signal),
+        ("stop_timeout", a.stop_timeout != b.stop_timeout),
+        ("max_inflight", a.max_inflight != b.max_inflight),
+        ("queue", a.queue != b.queue),
+    ])
+}
+
+fn changed_names(fields: &[(&'static str, bool)]) -> Vec<&'static str> {
+    fields.iter().filter(|(_, c)| *c).map(|(n, _)| *n).collect()
 }
 
 pub fn diff(old: &Config, new: &Config) -> Plan {
@@ -155,17 +145,13 @@ pub fn diff(old: &Config, new: &Config) -> Plan {
     }
     plan.listeners_removed = olds.into_iter().filter(|s| !news.contains(s)).collect();
     let (a, b) = (&old.settings, &new.settings);
-    for (name, changed) in [
+    plan.settings = changed_names(&[
         ("log_level", a.log_level != b.log_level),
         ("control", a.control != b.control),
         ("drain_timeout", a.drain_timeout != b.drain_timeout),
         ("watch", a.watch != b.watch),
         ("error_prefix", a.error_prefix != b.error_prefix),
-    ] {
-        if changed {
-            plan.settings.push(name);
-        }
-    }
+    ]);
     plan
 }
 

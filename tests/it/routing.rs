@@ -1535,12 +1535,8 @@ fn batch_from_a_pipe_writes_every_reply_in_order_and_exits_0() {
     assert_eq!(code, 0, "stderr:\n{err}");
 }
 
-#[test]
-fn batch_from_a_file_through_a_full_pool_queue_answers_everything() {
-    let dir = TempDir::new("batchqueue");
-    let cfg = dir.write(
-        "batch.toml",
-        r#"
+/// A batch pool whose queue is always full: 2 instances, 2 in flight each, queue 4.
+const FULL_QUEUE_BATCH: &str = r#"
 [pool.cat]
 command = ["cat"]
 count = 2
@@ -1550,8 +1546,12 @@ queue = 4
 [[route]]
 from = "stdin"
 to = "cat"
-"#,
-    );
+"#;
+
+#[test]
+fn batch_from_a_file_through_a_full_pool_queue_answers_everything() {
+    let dir = TempDir::new("batchqueue");
+    let cfg = dir.write("batch.toml", FULL_QUEUE_BATCH);
     let input = numbered_lines(4_000);
     let path = dir.write("input.txt", &input);
     let stdin = Stdio::from(std::fs::File::open(&path).unwrap());
@@ -1563,20 +1563,7 @@ to = "cat"
 #[test]
 fn batch_from_a_pipe_through_a_full_pool_queue_answers_everything() {
     let dir = TempDir::new("batchqueuepipe");
-    let cfg = dir.write(
-        "batch.toml",
-        r#"
-[pool.cat]
-command = ["cat"]
-count = 2
-max_inflight = 2
-queue = 4
-
-[[route]]
-from = "stdin"
-to = "cat"
-"#,
-    );
+    let cfg = dir.write("batch.toml", FULL_QUEUE_BATCH);
     let input = numbered_lines(4_000);
     let (code, out, err) = run_batch(
         &cfg,

@@ -293,19 +293,71 @@ pub fn run_orchd(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// A line client over a unix socket.
-pub struct Client {
-    pub reader: BufReader<UnixStream>,
-    pub writer: UnixStream,
+/// A byte stream a [`LineClient`] can use: unix or TCP.
+pub trait Duplex: Read + Write + Sized {
+    fn try_clone(&self) -> std::io::Result<Self>;
+    fn shutdown_write(&self) -> std::io::Result<()>;
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()>;
 }
+
+impl Duplex for UnixStream {
+    fn try_clone(&self) -> std::io::Result<Self> {
+        UnixStream::try_clone(self)
+    }
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        Self::set_read_timeout(self, d)
+    }
+}
+
+impl Duplex for std::net::TcpStream {
+    fn try_clone(&self) -> std::io::Result<Self> {
+        std::net::TcpStream::try_clone(self)
+    }
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        Self::set_read_timeout(self, d)
+    }
+}
+
+/// A line client: send lines, read reply lines.
+pub struct LineClient<S> {
+    pub reader: BufReader<S>,
+    pub writer: S,
+}
+
+/// A line client over a unix socket.
+pub type Client = LineClient<UnixStream>;
+/// A line client over TCP.
+pub type TcpClient = LineClient<std::net::TcpStream>;
 
 impl Client {
     pub fn connect(path: &Path) -> Client {
         let s = wait_for("the unix listener", DEADLINE, || {
             UnixStream::connect(path).ok()
         });
-        s.set_read_timeout(Some(DEADLINE)).unwrap();
-        Client {
+        LineClient::new(s)
+    }
+}
+
+impl TcpClient {
+    pub fn connect(port: u16) -> TcpClient {
+        let s = wait_for("the tcp listener", DEADLINE, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        s.set_nodelay(true).unwrap();
+        LineClient::new(s)
+    }
+}
+
+impl<S: Duplex> LineClient<S> {
+    fn new(s: S) -> Self {
+        Duplex::set_read_timeout(&s, Some(DEADLINE)).unwrap();
+        LineClient {
             reader: BufReader::new(s.try_clone().unwrap()),
             writer: s,
         }
@@ -334,7 +386,7 @@ impl Client {
 
     /// Half-close and read everything that is left.
     pub fn finish(mut self) -> String {
-        self.writer.shutdown(std::net::Shutdown::Write).unwrap();
+        self.writer.shutdown_write().unwrap();
         let mut s = String::new();
         self.reader.read_to_string(&mut s).unwrap();
         s
@@ -359,55 +411,6 @@ pub fn ctx_switches(pid: u32) -> u64 {
         })
         .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         .sum()
-}
-
-/// A line client over TCP (same API as [`Client`]).
-pub struct TcpClient {
-    pub reader: BufReader<std::net::TcpStream>,
-    pub writer: std::net::TcpStream,
-}
-
-impl TcpClient {
-    pub fn connect(port: u16) -> TcpClient {
-        let s = wait_for("the tcp listener", DEADLINE, || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        s.set_read_timeout(Some(DEADLINE)).unwrap();
-        s.set_nodelay(true).unwrap();
-        TcpClient {
-            reader: BufReader::new(s.try_clone().unwrap()),
-            writer: s,
-        }
-    }
-
-    pub fn send(&mut self, line: &str) {
-        self.writer.write_all(line.as_bytes()).unwrap();
-        self.writer.write_all(b"\n").unwrap();
-    }
-
-    pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).unwrap();
-    }
-
-    pub fn recv(&mut self) -> String {
-        let mut line = String::new();
-        let n = self.reader.read_line(&mut line).expect("read reply");
-        assert!(n > 0, "connection closed before a reply");
-        line.trim_end_matches('\n').to_string()
-    }
-
-    pub fn request(&mut self, line: &str) -> String {
-        self.send(line);
-        self.recv()
-    }
-
-    /// Half-close and read everything that is left.
-    pub fn finish(mut self) -> String {
-        self.writer.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut s = String::new();
-        self.reader.read_to_string(&mut s).unwrap();
-        s
-    }
 }
 
 /// One raw reply line (without its `\n`), bytes as they came.
