@@ -231,14 +231,18 @@ impl Daemon {
         notify_systemd("RELOADING=1");
         let result = self.apply_plan(&plan, new);
         notify_systemd("READY=1");
-        let summary = plan.summary();
-        result.map(|()| {
-            log::info!("reload: {summary}");
-            summary
-        })
+        let restarted = result?;
+        let summary = match (plan.is_empty(), restarted) {
+            (_, 0) => plan.summary(),
+            (true, n) => format!("{n} failed instance(s) restarted"),
+            (false, n) => format!("{}, {n} failed instance(s) restarted", plan.summary()),
+        };
+        log::info!("reload: {summary}");
+        Ok(summary)
     }
 
-    fn apply_plan(&mut self, plan: &Plan, new: Config) -> Result<(), String> {
+    /// Returns how many failed instances got a fresh start.
+    fn apply_plan(&mut self, plan: &Plan, new: Config) -> Result<usize, String> {
         self.listeners_open(&new).map_err(|e| {
             // Undo: close what this attempt opened.
             self.listeners_close_unused(&self.config.clone());
@@ -269,8 +273,7 @@ impl Daemon {
         self.listeners_close_unused(&new);
         let old_settings = std::mem::replace(&mut self.config, new).settings;
         self.settings_changed(&old_settings);
-        self.restart_failed();
-        Ok(())
+        Ok(self.restart_failed())
     }
 
     fn settings_changed(&mut self, old: &config::Settings) {
@@ -294,13 +297,14 @@ impl Daemon {
     }
 
     /// `failed` instances get a fresh start on every reload.
-    fn restart_failed(&mut self) {
+    fn restart_failed(&mut self) -> usize {
         let failed: Vec<usize> = self
             .instances
             .iter()
             .filter(|(_, i)| matches!(i.life.state, State::Failed { .. }) && !i.retiring)
             .map(|(k, _)| k)
             .collect();
+        let n = failed.len();
         for k in failed {
             log::info!(
                 "{}: reload gives a failed instance a fresh start",
@@ -309,6 +313,7 @@ impl Daemon {
             self.instances[k].life.reset();
             self.start_instance(k);
         }
+        n
     }
 
     fn pool_remove(&mut self, name: &str) {

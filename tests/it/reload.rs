@@ -426,6 +426,7 @@ give_up = { restarts = 2, within = "1m" }
     // ...until a reload, even one that changes nothing.
     o.signal(libc::SIGHUP);
     o.wait_log("reload gives a failed instance a fresh start", 1);
+    o.wait_log("reload: 1 failed instance(s) restarted", 1);
     o.wait_log("giving up", 2);
     assert_eq!(
         o.log_count("flaky[0] started"),
