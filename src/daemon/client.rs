@@ -124,6 +124,9 @@ pub fn status_table(v: &Value) -> String {
             if i["retiring"] == Value::Bool(true) {
                 state.push_str(" (retiring)");
             }
+            if i["replacement"] == Value::Bool(true) {
+                state.push_str(" (replacement)");
+            }
             rows.push([
                 name.to_string(),
                 i["index"].to_string(),

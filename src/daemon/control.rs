@@ -18,6 +18,8 @@ use crate::framing::{Fill, Frame, LineBuf};
 
 /// Control commands are short; anything longer is refused.
 const MAX_COMMAND: usize = 64 * 1024;
+/// Unread replies kept for one control connection before it is dropped.
+const MAX_PENDING: usize = 64 << 20;
 
 #[derive(Default)]
 pub struct Control {
@@ -31,6 +33,8 @@ struct Conn {
     token: Token,
     inbuf: LineBuf,
     out: Vec<u8>,
+    out_pos: usize,
+    want_write: bool,
     eof: bool,
 }
 
@@ -82,6 +86,8 @@ impl Daemon {
                         token,
                         inbuf: LineBuf::new(MAX_COMMAND),
                         out: Vec::new(),
+                        out_pos: 0,
+                        want_write: false,
                         eof: false,
                     });
                 }
@@ -136,28 +142,51 @@ impl Daemon {
         self.control_flush(key);
     }
 
-    /// Control replies are small: write what the socket takes; a client that does not
-    /// read its replies is dropped rather than buffered for.
+    /// Write pending replies; WRITABLE interest while some are left (a status of
+    /// thousands of instances exceeds a socket buffer). A peer that lets more than
+    /// [`MAX_PENDING`] pile up, or is gone, is dropped.
     fn control_flush(&mut self, key: usize) {
         let Some(c) = self.control.conns.get_mut(key) else {
             return;
         };
-        let mut close = c.eof;
-        while !c.out.is_empty() {
-            match c.stream.write(&c.out) {
-                Ok(n) => {
-                    c.out.drain(..n);
-                }
+        let mut close = false;
+        while c.out_pos < c.out.len() {
+            match c.stream.write(&c.out[c.out_pos..]) {
+                Ok(n) => c.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     close = true;
                     break;
                 }
             }
         }
+        if c.out_pos == c.out.len() {
+            c.out.clear();
+            c.out_pos = 0;
+        }
+        let pending = c.out.len() - c.out_pos;
+        close |= pending > MAX_PENDING || (c.eof && pending == 0);
         if close {
             let mut c = self.control.conns.remove(key);
             self.deregister_io(&mut c.stream, c.token);
+            return;
+        }
+        let want = pending > 0;
+        if want != c.want_write {
+            c.want_write = want;
+            let interest = if want {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if let Err(e) = self
+                .poll
+                .registry()
+                .reregister(&mut c.stream, c.token, interest)
+            {
+                log::warn!("control: cannot change interest: {e}");
+            }
         }
     }
 
@@ -191,7 +220,8 @@ impl Daemon {
         let mut pools = Vec::new();
         for (pk, p) in self.pools.iter() {
             let mut instances = Vec::new();
-            for &k in p.slots.iter().chain(&p.retiring) {
+            let incoming = p.roll.as_ref().and_then(|r| r.incoming).map(|(_, k)| k);
+            for &k in p.slots.iter().chain(&p.retiring).chain(incoming.iter()) {
                 let i = &self.instances[k];
                 let (inflight, answered) = self.instance_counts(k);
                 let uptime = match i.life.state {
@@ -205,6 +235,7 @@ impl Daemon {
                     "pid": i.pid(),
                     "state": i.life.state.name(now).as_str(),
                     "retiring": i.retiring,
+                    "replacement": incoming == Some(k),
                     "uptime_ms": uptime,
                     "restarts": i.life.restarts,
                     "inflight": inflight,

@@ -36,6 +36,8 @@ const WAKER: Token = Token(1);
 const CONTROL: Token = Token(2);
 /// Tokens below this are fixed singletons; the rest index `Daemon::io`.
 const FIRST_IO: usize = 16;
+/// At the end of shutdown, how long replies may take to reach slow clients.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
 /// Command-line choices that the config file does not carry.
 #[derive(Debug, Clone, Default)]
@@ -73,6 +75,8 @@ enum TimerKey {
     Debounce { gen: u64 },
     /// Accepting failed for lack of fds; try again.
     Accept { listener: usize, gen: u64 },
+    /// A rolling replacement has stayed up long enough to take its slot.
+    Promote { key: usize, gen: u64 },
 }
 
 /// Where shutdown stands.
@@ -119,6 +123,8 @@ pub struct Daemon {
     starting_up: bool,
     /// Set once every pool has started: READY=1 was sent.
     ready_sent: bool,
+    /// Shutdown: when to stop waiting for clients to take their last replies.
+    flush_deadline: Option<Instant>,
     exit_code: i32,
 }
 
@@ -192,6 +198,7 @@ impl Daemon {
             dirty_clients: VecDeque::new(),
             starting_up: true,
             ready_sent: false,
+            flush_deadline: None,
             exit_code: 0,
         };
         d.control_open()?;
@@ -336,15 +343,26 @@ impl Daemon {
         self.instances_killed();
     }
 
-    /// Shutdown is complete when nothing runs any more.
-    fn finished(&self) -> bool {
-        match self.phase {
-            Phase::Stopping { .. } => {
-                self.lingering.is_empty()
-                    && self.instances.iter().all(|(_, i)| i.is_stopped())
-                    && self.router_flushed()
+    /// Shutdown is complete when nothing runs any more and every client has its
+    /// replies (waiting at most [`FINAL_FLUSH`] for slow readers).
+    fn finished(&mut self) -> bool {
+        if !matches!(self.phase, Phase::Stopping { .. })
+            || !self.lingering.is_empty()
+            || !self.instances.iter().all(|(_, i)| i.is_stopped())
+        {
+            return false;
+        }
+        if self.router_flushed() {
+            return true;
+        }
+        match self.flush_deadline {
+            Some(at) => Instant::now() >= at,
+            None => {
+                let at = self.now + FINAL_FLUSH;
+                self.flush_deadline = Some(at);
+                self.timers.arm(at, TimerKey::DrainOver);
+                false
             }
-            _ => false,
         }
     }
 
@@ -365,6 +383,7 @@ impl Daemon {
                 }
                 TimerKey::Debounce { gen } => self.on_debounce(gen),
                 TimerKey::Accept { listener, .. } => self.on_accept_timer(listener),
+                TimerKey::Promote { key, gen } => self.on_promote_timer(key, gen),
             }
         }
     }
@@ -403,17 +422,6 @@ impl Daemon {
         }
         if token.0 >= FIRST_IO && self.io.contains(token.0 - FIRST_IO) {
             self.io.remove(token.0 - FIRST_IO);
-        }
-    }
-
-    fn reregister_io<S: mio::event::Source + ?Sized>(
-        &mut self,
-        source: &mut S,
-        token: Token,
-        interest: Interest,
-    ) {
-        if let Err(e) = self.poll.registry().reregister(source, token, interest) {
-            log::warn!("cannot change interest of {token:?}: {e}");
         }
     }
 

@@ -23,7 +23,7 @@ use notify::{EventKind, RecursiveMode, Watcher as _};
 use super::{notify_systemd, Daemon, TimerKey};
 use crate::config::{self, Config};
 use crate::reload::{diff, Plan, PoolChange};
-use crate::supervisor::lifecycle::State;
+use crate::supervisor::lifecycle::{State, START_GRACE};
 
 /// Quiet time after the last file event before the file is read.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -304,8 +304,17 @@ impl Daemon {
             .filter(|(_, i)| matches!(i.life.state, State::Failed { .. }) && !i.retiring)
             .map(|(k, _)| k)
             .collect();
-        let n = failed.len();
+        let mut n = 0;
         for k in failed {
+            // Starting one may retire another (a roll's promotion): look again.
+            let still_failed = self
+                .instances
+                .get(k)
+                .is_some_and(|i| matches!(i.life.state, State::Failed { .. }) && !i.retiring);
+            if !still_failed {
+                continue;
+            }
+            n += 1;
             log::info!(
                 "{}: reload gives a failed instance a fresh start",
                 self.instances[k].label
@@ -326,14 +335,11 @@ impl Daemon {
         if let Some(roll) = p.roll.take() {
             keys.extend(roll.incoming.map(|(_, k)| k));
         }
-        if keys.is_empty() {
-            self.pools.remove(key);
-            log::info!("pool {name} removed");
-            return;
-        }
         for k in keys.into_iter().rev() {
             self.retire(k);
         }
+        // Freed once its last instance is gone (at once if it has none).
+        self.pool_maybe_done(key);
     }
 
     fn pool_change(
@@ -352,6 +358,7 @@ impl Daemon {
         }
         {
             let p = &mut self.pools[key];
+            p.spec = std::rc::Rc::new(cfg.clone());
             p.cfg = cfg;
             p.routed = routed;
         }
@@ -425,6 +432,9 @@ impl Daemon {
 
     /// Advance a pool's rolling replacement as far as it can go now.
     pub(super) fn roll_step(&mut self, pool: usize) {
+        if self.phase != super::Phase::Running {
+            return;
+        }
         loop {
             let Some(p) = self.pools.get_mut(pool) else {
                 return;
@@ -459,9 +469,30 @@ impl Daemon {
     }
 
     /// An instance started: if it is a pool's incoming replacement, it takes its slot
-    /// and the old instance retires.
+    /// once it has stayed up for START_GRACE (a broken new version never replaces a
+    /// working old one).
     pub(super) fn roll_started(&mut self, k: usize) {
         let pool = self.instances[k].pool;
+        let incoming = self.pools[pool].roll.as_ref().and_then(|r| r.incoming);
+        if incoming.is_some_and(|(_, new)| new == k) {
+            let gen = self.instances[k].gen;
+            self.timers
+                .arm(self.now + START_GRACE, TimerKey::Promote { key: k, gen });
+        }
+    }
+
+    /// START_GRACE after a replacement started: if it still runs, promote it.
+    pub(super) fn on_promote_timer(&mut self, k: usize, gen: u64) {
+        let Some(inst) = self.instances.get(k) else {
+            return;
+        };
+        if inst.gen != gen
+            || !matches!(inst.life.state, State::Running { .. })
+            || self.phase != super::Phase::Running
+        {
+            return;
+        }
+        let pool = inst.pool;
         let Some(roll) = self.pools[pool].roll.as_mut() else {
             return;
         };
@@ -482,6 +513,25 @@ impl Daemon {
             roll.outgoing = Some(old);
         }
         self.retire(old);
+    }
+
+    /// A roll's incoming replacement stopped for good (its restart policy, or
+    /// shutdown): the roll is abandoned and the running instances stay.
+    pub(super) fn roll_incoming_stopped(&mut self, k: usize) {
+        let pool = self.instances[k].pool;
+        let incoming = self.pools[pool].roll.as_ref().and_then(|r| r.incoming);
+        if incoming.is_none_or(|(_, new)| new != k) {
+            return;
+        }
+        if self.phase == super::Phase::Running {
+            log::error!(
+                "pool {}: replacement {} stopped; keeping the running instances, replacement abandoned",
+                self.pools[pool].cfg.name,
+                self.instances[k].label
+            );
+        }
+        self.pools[pool].roll = None;
+        self.instances[k].retiring = true;
     }
 
     /// An instance was forgotten: if it was a roll's outgoing one, the roll goes on.

@@ -210,6 +210,9 @@ pub struct InstanceRt {
     pub answered: u64,
     /// When the oldest in-flight message's `timeout` clock started.
     head_since: Option<Instant>,
+    /// At death: bytes of in-flight messages the worker never read (still in orchd's
+    /// buffer or in the pipe). Messages entirely in there were not worked on.
+    unread: usize,
     deadline_at: Option<Instant>,
     deadline_gen: u64,
 }
@@ -250,7 +253,7 @@ impl Reply<'_> {
 }
 
 /// Why a delivery attempt failed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
     Died,
     TimedOut,
@@ -758,11 +761,12 @@ impl Daemon {
         r.cands.clear();
         let p = &self.pools[pool];
         let max = p.cfg.max_inflight;
-        // A removed pool's draining instances still work off its queue.
-        let keys: &[usize] = if p.removed { &p.retiring } else { &p.slots };
+        // A draining pool's retiring instances still work off its queue.
+        let draining = p.draining();
+        let keys: &[usize] = if draining { &p.retiring } else { &p.slots };
         for &k in keys {
             let i = &self.instances[k];
-            if i.is_live() || (p.removed && i.can_work()) {
+            if i.is_live() || (draining && i.can_work()) {
                 let inflight = i.rt.inflight.len() as u32;
                 r.cand_keys.push(k);
                 r.cands.push(Candidate {
@@ -993,6 +997,19 @@ impl Daemon {
         };
         let inst = &mut self.instances[k];
         let inflight = std::mem::take(&mut inst.rt.inflight);
+        // Messages the worker never read (the tail of the FIFO, wholly unread) were
+        // not worked on: they cost no attempt, even at the head.
+        let mut unread = std::mem::take(&mut inst.rt.unread);
+        let mut untouched = 0;
+        for &m in inflight.iter().rev() {
+            let len = self.router.msgs[m].payload.len();
+            if failure != Failure::Died || len > unread {
+                break;
+            }
+            unread -= len;
+            untouched += 1;
+        }
+        let charged = inflight.len() > untouched;
         inst.rt.deadline_at = None;
         let pool = inst.pool;
         if let Some(p) = inst.stdin.as_mut() {
@@ -1005,7 +1022,7 @@ impl Daemon {
         let mut again = Vec::new();
         for (i, m) in inflight.into_iter().enumerate() {
             let msg = &mut self.router.msgs[m];
-            if i == 0 {
+            if i == 0 && charged {
                 msg.failures += 1;
             }
             if msg.failures > msg.retries {
@@ -1074,6 +1091,8 @@ impl Daemon {
         self.rehome_backlog(k);
         let pool = self.instances[k].pool;
         self.route_pool_changed(pool);
+        // Room may have appeared (backlog moved or failed): stalled clients go on.
+        self.pool_pump(pool);
     }
 
     /// Recompute whether the pool has live instances, for queue expiry.
@@ -1493,7 +1512,11 @@ impl Daemon {
             } else {
                 log::info!("batch done: every message answered");
             }
-            self.shutdown_requested();
+            // Already shutting down (a signal came first): the loop finishes the drain;
+            // asking again would count as a second signal and kill at once.
+            if self.phase == super::Phase::Running {
+                self.shutdown_requested();
+            }
         }
     }
 
@@ -1583,8 +1606,12 @@ impl Daemon {
         self.flush_dirty();
     }
 
+    /// Every client has received what was queued for it (or is gone).
     pub(super) fn router_flushed(&self) -> bool {
-        true
+        self.router
+            .clients
+            .iter()
+            .all(|(_, c)| c.dead || c.out_pos == c.out.len())
     }
 
     /// Last flush of the batch output (blocking), restore stdin/stdout flags, remove
@@ -1618,7 +1645,7 @@ impl Daemon {
             return;
         };
         let pool = &self.pools[i.pool];
-        let queue_done = !pool.removed || pool.q.queue.is_empty();
+        let queue_done = !pool.draining() || pool.q.queue.is_empty();
         let running = matches!(
             i.life.state,
             crate::supervisor::lifecycle::State::Running { .. }
@@ -1631,6 +1658,21 @@ impl Daemon {
         {
             self.stop_instance(k);
         }
+    }
+
+    /// The worker died: remember how many bytes written for it it never read.
+    pub(super) fn note_unread_input(&mut self, k: usize) {
+        let Some(inst) = self.instances.get_mut(k) else {
+            return;
+        };
+        inst.rt.unread = match inst.stdin.as_ref() {
+            Some(p) => {
+                let in_pipe =
+                    sys::readable_bytes(std::os::fd::AsRawFd::as_raw_fd(&p.tx)).unwrap_or(0);
+                p.buf.len() - p.pos + in_pipe
+            }
+            None => 0,
+        };
     }
 
     /// Counters for status: (in flight, answered) of an instance.
@@ -1655,6 +1697,29 @@ impl Daemon {
             self.instance_pull(k);
         }
         self.pool_pump(pool);
+    }
+
+    /// Answer every message waiting in a pool's queue with an error (the pool can no
+    /// longer serve them), and let clients stalled on it go on under the current rules.
+    pub(super) fn route_fail_queue(&mut self, pool: usize, why: &str) {
+        let waiting: Vec<usize> = self.pools[pool].q.queue.drain(..).collect();
+        if !waiting.is_empty() {
+            log::warn!(
+                "pool {}: {} waiting message(s) answered with {why:?}",
+                self.pools[pool].cfg.name,
+                waiting.len()
+            );
+        }
+        for m in waiting {
+            self.pools[pool].q.waiting -= 1;
+            self.fail_msg(m, why);
+        }
+        let waiters = std::mem::take(&mut self.pools[pool].q.waiters);
+        for (c, id) in waiters {
+            if self.router.clients.get(c).is_some_and(|cl| cl.id == id) {
+                self.schedule_pump(c);
+            }
+        }
     }
 
     /// Messages waiting in a pool (queue and backlogs), for status.

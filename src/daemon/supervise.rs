@@ -7,6 +7,7 @@
 //! `awaiting_group` (instance stopping), and gets SIGKILL at its deadline.
 
 use std::io;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use mio::unix::pipe::{Receiver, Sender};
@@ -28,6 +29,10 @@ pub const MAX_LINE: usize = 1024 * 1024;
 /// A pool at run time.
 pub struct PoolRt {
     pub cfg: Pool,
+    /// What new instances run (a snapshot of `cfg`): instances keep the spec they were
+    /// created with, so an old instance restarting during a rolling replacement runs
+    /// the old version.
+    pub spec: Rc<Pool>,
     /// Some route targets this pool: instances get a stdin pipe and their stdout lines
     /// are replies.
     pub routed: bool,
@@ -59,6 +64,14 @@ pub(super) struct PipeOut {
     pub want_write: bool,
 }
 
+impl PoolRt {
+    /// No instance slots remain (removed, or scaled to 0): its retiring instances
+    /// work off what is queued, then whatever is left is answered with an error.
+    pub fn draining(&self) -> bool {
+        self.removed || self.slots.is_empty()
+    }
+}
+
 /// One instance slot of a pool. It outlives the processes it runs: restarts keep the
 /// slot, its counters and its backlog.
 pub struct Instance {
@@ -70,7 +83,7 @@ pub struct Instance {
     pub started_at: Instant,
     pgid: u32,
     /// Generation of the lifecycle timer; bumped on every state change.
-    gen: u64,
+    pub(super) gen: u64,
     /// Leaving: finish in-flight work, stop, then the slot is forgotten.
     pub retiring: bool,
     /// SIGKILL was sent to the group.
@@ -80,7 +93,9 @@ pub struct Instance {
     pub timed_out: bool,
     /// Never started yet (for READY=1).
     first_start_pending: bool,
-    /// Runs `command` as of this config (a replacement carries the new one).
+    /// What this instance runs (command, cwd, env, user, group).
+    pub spec: Rc<Pool>,
+    /// Its stdin is a pipe (a route targets the pool).
     pub stdin_pipe: bool,
     pub(super) stdout: Option<PipeIn>,
     pub(super) stderr: Option<PipeIn>,
@@ -128,6 +143,7 @@ impl Daemon {
         let count = cfg.count;
         let name = cfg.name.clone();
         let key = self.pools.insert(PoolRt {
+            spec: Rc::new(cfg.clone()),
             cfg,
             routed,
             slots: Vec::new(),
@@ -157,7 +173,9 @@ impl Daemon {
         let p = &self.pools[pool];
         let label = format!("{}[{}]", p.cfg.name, index);
         let stdin_pipe = p.routed;
+        let spec = p.spec.clone();
         self.instances.insert(Instance {
+            spec,
             pool,
             index,
             label,
@@ -178,6 +196,11 @@ impl Daemon {
     }
 
     pub(super) fn start_instance(&mut self, key: usize) {
+        if self.phase != Phase::Running {
+            // Shutting down: nothing new starts.
+            self.mark_stopped(key);
+            return;
+        }
         let gen = self.gen();
         let Some(inst) = self.instances.get_mut(key) else {
             return;
@@ -185,9 +208,9 @@ impl Daemon {
         inst.gen = gen;
         inst.killed = false;
         inst.timed_out = false;
-        let pool = &self.pools[inst.pool];
-        let result = Credentials::resolve(&pool.cfg)
-            .and_then(|creds| spawn::spawn(&pool.cfg, inst.index, inst.stdin_pipe, creds));
+        let spec = inst.spec.clone();
+        let result = Credentials::resolve(&spec)
+            .and_then(|creds| spawn::spawn(&spec, inst.index, inst.stdin_pipe, creds));
         let label = inst.label.clone();
         match result {
             Ok(sp) => {
@@ -210,8 +233,8 @@ impl Daemon {
             Err(e) => {
                 let why = format!(
                     "failed to start {} in {}: {e}",
-                    pool.cfg.command,
-                    pool.cfg.cwd.display()
+                    spec.command,
+                    spec.cwd.display()
                 );
                 self.instances[key].first_start_pending = false;
                 self.after_exit(key, Err(why), Duration::ZERO);
@@ -220,30 +243,33 @@ impl Daemon {
         self.notify_ready_if_started();
     }
 
+    /// Register a new process's pipes. Each is stored on the instance as soon as it
+    /// is registered, so that on a failure the normal close path (after the caller
+    /// kills the process and it is reaped) releases what was registered.
     fn attach_pipes(&mut self, key: usize, sp: spawn::Spawned) -> io::Result<()> {
         let mut stdout = sp.stdout;
-        let mut stderr = sp.stderr;
-        let t_out = self.register_io(&mut stdout, IoTarget::Stdout(key), Interest::READABLE)?;
-        let t_err = self.register_io(&mut stderr, IoTarget::Stderr(key), Interest::READABLE)?;
+        let token = self.register_io(&mut stdout, IoTarget::Stdout(key), Interest::READABLE)?;
         let inst = &mut self.instances[key];
+        let max = if inst.stdin_pipe {
+            MAX_LINE
+        } else {
+            usize::MAX
+        };
         inst.stdout = Some(PipeIn {
             rx: stdout,
-            token: t_out,
-            buf: LineBuf::new(if inst.stdin_pipe {
-                MAX_LINE
-            } else {
-                usize::MAX
-            }),
+            token,
+            buf: LineBuf::new(max),
         });
-        inst.stderr = Some(PipeIn {
+        let mut stderr = sp.stderr;
+        let token = self.register_io(&mut stderr, IoTarget::Stderr(key), Interest::READABLE)?;
+        self.instances[key].stderr = Some(PipeIn {
             rx: stderr,
-            token: t_err,
+            token,
             buf: LineBuf::new(usize::MAX),
         });
         if let Some(mut tx) = sp.stdin {
-            // Registered now, with WRITABLE interest only while output is pending.
-            let token = self.register_io(&mut tx, IoTarget::Stdin(key), Interest::WRITABLE)?;
-            self.reregister_io(&mut tx, token, Interest::READABLE);
+            // WRITABLE interest is added only while output is pending.
+            let token = self.register_io(&mut tx, IoTarget::Stdin(key), Interest::READABLE)?;
             self.instances[key].stdin = Some(PipeOut {
                 tx,
                 token,
@@ -278,6 +304,7 @@ impl Daemon {
         self.now = Instant::now();
         // Replies written before death are delivered before anything is redelivered.
         self.drain_worker_output(key);
+        self.note_unread_input(key);
         self.close_worker_stdin(key);
         let now = self.now;
         let inst = &mut self.instances[key];
@@ -553,6 +580,7 @@ impl Daemon {
             self.start_instance(key);
             return;
         }
+        self.roll_incoming_stopped(key);
         self.route_instance_gone(key);
         if self.instances[key].retiring {
             self.instance_forget(key);
@@ -569,10 +597,27 @@ impl Daemon {
         pool.retiring.retain(|&k| k != key);
         pool.slots.retain(|&k| k != key);
         self.roll_forgotten(pool_key, key);
-        let Some(pool) = self.pools.get_mut(pool_key) else {
+        self.pool_maybe_done(pool_key);
+    }
+
+    /// A draining pool whose last instance is gone: answer what still waits for it
+    /// (nothing can serve it any more) and, if it was removed, free it.
+    pub(super) fn pool_maybe_done(&mut self, pool_key: usize) {
+        let Some(pool) = self.pools.get(pool_key) else {
             return;
         };
-        if pool.removed && pool.slots.is_empty() && pool.retiring.is_empty() {
+        let incoming = pool.roll.as_ref().is_some_and(|r| r.incoming.is_some());
+        if !pool.draining() || !pool.retiring.is_empty() || incoming {
+            return;
+        }
+        let why = if pool.removed {
+            "pool removed"
+        } else {
+            "pool has no instances"
+        };
+        self.route_fail_queue(pool_key, why);
+        let pool = &self.pools[pool_key];
+        if pool.removed {
             let name = pool.cfg.name.clone();
             self.pools.remove(pool_key);
             if self.pool_names.get(&name) == Some(&pool_key) {

@@ -183,3 +183,24 @@ fn systemd_notifications_ready_reloading_stopping() {
     assert_eq!(recv(), "STOPPING=1");
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn control_replies_larger_than_the_socket_buffer_arrive_whole() {
+    let dir = TempDir::new("ctl-big");
+    let cfg = dir.write("pool.toml", &CONF.replace("count = 2", "count = 40"));
+    let mut o = Orchd::start(&cfg);
+    o.wait_ready();
+    let mut s = UnixStream::connect(dir.join("ctl.sock")).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    // 300 status requests at once, not read until all are sent: megabytes of replies.
+    s.write_all("status\n".repeat(300).as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut n = 0;
+    for line in BufReader::new(&s).lines().take(300) {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).expect("whole JSON");
+        assert_eq!(v["pools"][0]["instances"].as_array().unwrap().len(), 40);
+        n += 1;
+    }
+    assert_eq!(n, 300);
+    assert_eq!(o.stop(), 0);
+}

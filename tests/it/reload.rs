@@ -237,6 +237,9 @@ fn connection_opened_before_reload_keeps_working() {
 
 #[test]
 fn command_change_under_load_loses_nothing() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
     let dir = TempDir::new("reload-roll");
     let port = free_port();
     let conf = |v: &str| {
@@ -269,40 +272,59 @@ to = "echo"
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     });
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    // Load flows until the replacement is done: the writer sends steadily, the reader
+    // collects every reply.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
     let mut w = stream.try_clone().unwrap();
-    const N: usize = 4000;
+    let stop_w = stop.clone();
     let writer = std::thread::spawn(move || {
-        for i in 0..N {
-            w.write_all(format!("msg{i}\n").as_bytes()).unwrap();
-            if i % 50 == 0 {
-                std::thread::sleep(Duration::from_millis(2));
+        let mut sent = 0usize;
+        while !stop_w.load(Ordering::SeqCst) {
+            for _ in 0..20 {
+                w.write_all(format!("msg{sent}\n").as_bytes()).unwrap();
+                sent += 1;
             }
+            std::thread::sleep(Duration::from_millis(2));
         }
         w.shutdown(std::net::Shutdown::Write).unwrap();
+        sent
     });
-    let mut r = BufReader::new(stream);
-    let mut replies = Vec::new();
-    let mut line = String::new();
-    let mut reloaded = false;
-    while r.read_line(&mut line).unwrap() > 0 {
-        replies.push(line.trim_end().to_string());
-        line.clear();
-        if replies.len() == N / 4 && !reloaded {
-            dir.write("pool.toml", &conf("v2"));
-            o.signal(libc::SIGHUP);
-            reloaded = true;
+    let count = answered.clone();
+    let reader = std::thread::spawn(move || {
+        let mut r = BufReader::new(stream);
+        let mut replies = Vec::new();
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap() > 0 {
+            replies.push(line.trim_end().to_string());
+            count.fetch_add(1, Ordering::SeqCst);
+            line.clear();
         }
-    }
-    writer.join().unwrap();
-    assert_eq!(replies.len(), N, "every message answered");
+        replies
+    });
+    wait_for("load before the reload", DEADLINE, || {
+        (answered.load(Ordering::SeqCst) > 500).then_some(())
+    });
+    dir.write("pool.toml", &conf("v2"));
+    o.signal(libc::SIGHUP);
+    o.wait_log("pool echo: replacement done", 1);
+    let at_done = answered.load(Ordering::SeqCst);
+    wait_for("load after the replacement", DEADLINE, || {
+        (answered.load(Ordering::SeqCst) > at_done + 500).then_some(())
+    });
+    stop.store(true, Ordering::SeqCst);
+    let sent = writer.join().unwrap();
+    let replies = reader.join().unwrap();
+
+    assert_eq!(replies.len(), sent, "every message answered");
     for (i, rep) in replies.iter().enumerate() {
         let (ver, msg) = rep.split_once(' ').unwrap();
         assert!(ver == "v1" || ver == "v2", "{rep}");
         assert_eq!(msg, format!("msg{i}"), "replies in order, exactly once");
     }
     assert!(
-        replies.iter().any(|r| r.starts_with("v2 ")),
-        "new instances served some"
+        replies.last().unwrap().starts_with("v2 "),
+        "new instances serve at the end"
     );
     let new = wait_count(&cfg, "echo", 4);
     for pid in old.values() {
@@ -326,7 +348,7 @@ to = "echo"
         "unchanged worker never restarted"
     );
     eprintln!(
-        "rolling replacement: {N} messages sent, {} answered, 0 lost; bystander restarts: 0",
+        "rolling replacement: {sent} messages sent, {} answered, 0 lost; bystander restarts: 0",
         replies.len()
     );
     assert_eq!(o.stop(), 0);
@@ -433,5 +455,119 @@ give_up = { restarts = 2, within = "1m" }
         6,
         "a full new budget of restarts"
     );
+    assert_eq!(o.stop(), 0);
+}
+
+#[test]
+fn removing_a_pool_whose_instance_is_still_stopping_keeps_orchd_up() {
+    let dir = TempDir::new("reload-slowstop");
+    let conf = |pool: &str| {
+        format!(
+            "[orchd]\ncontrol = \"ctl.sock\"\n{pool}\n[pool.other]\ncommand = [\"sleep\", \"1000\"]\n"
+        )
+    };
+    let slow =
+        "[pool.slow]\ncommand = \"trap 'sleep 1; exit 0' TERM; while :; do sleep 0.1; done\"\n";
+    let cfg = dir.write("pool.toml", &conf(slow));
+    let mut o = Orchd::start(&cfg);
+    o.wait_ready();
+    // Scale to 0 (its instance starts stopping, slowly), then remove the pool.
+    dir.write("pool.toml", &conf(&format!("{slow}count = 0\n")));
+    o.signal(libc::SIGHUP);
+    o.wait_log("reload: ~slow count 1→0", 1);
+    dir.write("pool.toml", &conf(""));
+    o.signal(libc::SIGHUP);
+    o.wait_log("reload: -0 slow", 1);
+    o.wait_log("slow[0] stopped", 1);
+    o.wait_log("pool slow removed", 1);
+    assert!(
+        o.child.try_wait().unwrap().is_none(),
+        "orchd died:\n{}",
+        o.log()
+    );
+    assert_eq!(status(&cfg)["pools"].as_array().unwrap().len(), 1);
+    assert_eq!(o.stop(), 0);
+}
+
+#[test]
+fn removing_a_pool_answers_the_messages_waiting_for_it() {
+    let dir = TempDir::new("reload-rmqueue");
+    let with = r#"
+[pool.down]
+command = ["sh", "-c", "exit 1"]
+backoff = { initial = "20s" }
+
+[[route]]
+from = "unix:s.sock"
+to = "down"
+timeout = "0s"
+"#;
+    let cfg = dir.write("pool.toml", with);
+    let mut o = Orchd::start(&cfg);
+    o.wait_log("restarting in", 1);
+    let mut c = Client::connect(&dir.join("s.sock"));
+    c.send("stuck");
+    std::thread::sleep(Duration::from_millis(100));
+    // The pool goes away; the route to it too, but the listener stays.
+    dir.write(
+        "pool.toml",
+        "[pool.up]\ncommand = \"cat\"\n[[route]]\nfrom = \"unix:s.sock\"\nmatch = \"^up\"\nto = \"up\"\n",
+    );
+    o.signal(libc::SIGHUP);
+    assert_eq!(c.recv(), "ERR pool removed");
+    assert_eq!(c.request("up ok"), "up ok");
+    assert_eq!(o.stop(), 0);
+}
+
+#[test]
+fn sigterm_during_a_rolling_replacement_starts_nothing_new() {
+    let dir = TempDir::new("reload-rollterm");
+    let conf = |v: &str| {
+        format!(
+            "[pool.p]\ncommand = \"trap 'sleep 0.5; exit 0' TERM; while :; do sleep 0.1; done\"\ncount = 3\nenv = {{ V = \"{v}\" }}\n"
+        )
+    };
+    let cfg = dir.write("pool.toml", &conf("1"));
+    let mut o = Orchd::start(&cfg);
+    o.wait_ready();
+    dir.write("pool.toml", &conf("2"));
+    o.signal(libc::SIGHUP);
+    o.wait_log("replacing 3 instance(s) one at a time", 1);
+    o.signal(libc::SIGTERM);
+    assert_eq!(o.wait_exit(DEADLINE), 0, "{}", o.log());
+    let log = o.log();
+    let after = &log[log.find("shutting down").unwrap()..];
+    assert!(
+        !after.contains(" started (pid"),
+        "a worker started during shutdown:\n{log}"
+    );
+}
+
+#[test]
+fn a_broken_replacement_never_replaces_a_working_instance() {
+    let dir = TempDir::new("reload-broken");
+    let conf = |cmd: &str| {
+        format!(
+            "[orchd]\ncontrol = \"ctl.sock\"\n[pool.p]\ncommand = {cmd}\ncount = 2\nbackoff = {{ initial = \"50ms\" }}\n[[route]]\nfrom = \"unix:s.sock\"\nto = \"p\"\n"
+        )
+    };
+    let good = "\"while read -r l; do echo \\\"ok $l\\\"; done\"";
+    let cfg = dir.write("pool.toml", &conf(good));
+    let mut o = Orchd::start(&cfg);
+    o.wait_ready();
+    let before = wait_count(&cfg, "p", 2);
+    // The new version exits at once: it must never take a slot.
+    dir.write("pool.toml", &conf("[\"sh\", \"-c\", \"exit 3\"]"));
+    o.signal(libc::SIGHUP);
+    o.wait_log("exited with status 3", 3);
+    assert_eq!(pids(&cfg, "p"), before, "old instances keep their slots");
+    let mut c = Client::connect(&dir.join("s.sock"));
+    assert_eq!(c.request("x"), "ok x");
+    assert_eq!(o.log_count("replacement done"), 0);
+    // Fixing the config completes the replacement.
+    dir.write("pool.toml", &conf(&good.replace("ok", "v2")));
+    o.signal(libc::SIGHUP);
+    o.wait_log("pool p: replacement done", 1);
+    assert_eq!(c.request("y"), "v2 y");
     assert_eq!(o.stop(), 0);
 }

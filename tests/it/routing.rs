@@ -1968,3 +1968,30 @@ retries = 0
         o.log()
     );
 }
+
+#[test]
+fn sigterm_during_a_batch_run_stops_workers_gracefully() {
+    // A signal during a batch run is one signal: the drain ends the batch, and the
+    // workers get their stop_signal, not an immediate SIGKILL.
+    let dir = TempDir::new("batchterm");
+    let cfg = dir.write(
+        "batch.toml",
+        "[pool.cat]\ncommand = [\"cat\"]\n[[route]]\nfrom = \"stdin\"\nto = \"cat\"\n",
+    );
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("--no-watch")
+        .arg(&cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut o = Orchd::spawn(cmd, &cfg);
+    let _stdin = o.child.stdin.take();
+    o.wait_ready();
+    o.signal(libc::SIGTERM);
+    assert_eq!(o.wait_exit(DEADLINE), 0);
+    assert!(
+        o.log().contains("cat[0] stopped (signal TERM)"),
+        "{}",
+        o.log()
+    );
+    assert!(!o.log().contains("second signal"), "{}", o.log());
+}
