@@ -167,8 +167,8 @@ impl Daemon {
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let now = Instant::now();
-        let seed = now.elapsed().as_nanos() as u64
-            ^ (u64::from(std::process::id()) << 32)
+        // Jitter only needs instances not to restart in lockstep.
+        let seed = (u64::from(std::process::id()) << 32)
             ^ std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
@@ -202,8 +202,13 @@ impl Daemon {
             exit_code: 0,
         };
         d.control_open()?;
+        if let Err(e) = d.listeners_open(&config) {
+            // Leave no socket file behind.
+            d.router_close();
+            d.control_close();
+            return Err(e);
+        }
         d.watch_start();
-        d.listeners_open(&config)?;
         for pool in &config.pools {
             d.pool_add(pool.clone(), config.is_routed(&pool.name));
         }

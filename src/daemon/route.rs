@@ -585,8 +585,8 @@ impl Daemon {
                         if rest.len() > MAX_LINE {
                             self.reply_now(key, "message too long");
                         } else {
-                            // Cannot stall: EOF means the line is already read, so a
-                            // full pool is waited for via `stalled` like any other.
+                            // On a full pool it stalls like any other line and is
+                            // submitted again when the pool drains.
                             self.submit(key, rest);
                         }
                     }

@@ -849,19 +849,19 @@ fn timed_out_instance_is_replaced_by_a_new_process() {
     });
     let mut c = addr.connect();
     assert_eq!(c.request("hang"), "ERR retries exhausted (timed out)");
-    let new = wait_for("a replacement worker", DEADLINE, || {
-        let k = o.children();
-        (k.len() == 1 && k[0] != old).then(|| k[0])
+    // The replacement is the child running hang.sh (for a moment the hung worker's
+    // `sleep`, reparented to orchd and dying, may be its only child).
+    let runs_script = |pid: u32| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        String::from_utf8_lossy(&cmdline).contains("hang.sh")
+    };
+    let new = wait_for("a replacement worker running hang.sh", DEADLINE, || {
+        o.children()
+            .into_iter()
+            .find(|&k| k != old && runs_script(k))
     });
     wait_for("the hung worker to be gone", DEADLINE, || {
         (!alive(old)).then_some(())
-    });
-    // The replacement has exec'd the script (so it answers well within the timeout).
-    wait_for("the replacement to run hang.sh", DEADLINE, || {
-        let cmdline = std::fs::read(format!("/proc/{new}/cmdline")).unwrap_or_default();
-        String::from_utf8_lossy(&cmdline)
-            .contains("hang.sh")
-            .then_some(())
     });
     assert_eq!(env_of(new, "ORCHD_INSTANCE").as_deref(), Some("0"));
     assert_eq!(c.request("after"), "0 after");
