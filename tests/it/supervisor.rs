@@ -674,6 +674,7 @@ stop_timeout = "500ms"
         Some(leader),
         "child not in the group"
     );
+    wait_ignores_term(child);
     let (code, took) = stop_timed(&mut o);
     assert_eq!(code, 0);
     assert!(
@@ -696,7 +697,9 @@ fn leftover_group_of_an_exited_leader_is_killed_after_stop_timeout() {
     let dir = TempDir::new("sup-linger");
     dir.write(
         "worker.sh",
-        "#!/bin/sh\n(trap '' TERM; exec sleep 1000) &\necho \"child $!\" >&2\nexit 1\n",
+        // The leader exits only once its child ignores TERM (orchd sends TERM to the
+        // group as soon as the leader is gone).
+        "#!/bin/sh\n(trap '' TERM; : > trapped; exec sleep 1000) &\nwhile [ ! -e trapped ]; do sleep 0.01; done\necho \"child $!\" >&2\nexit 1\n",
     );
     let cfg = dir.write(
         "pool.toml",
@@ -750,6 +753,7 @@ stop_timeout = "500ms"
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
     let pid = wait_started(&o, "web[0]", 1)[0];
+    wait_ignores_term(pid);
     let (code, took) = stop_timed(&mut o);
     assert_eq!(code, 0);
     assert!(!alive(pid), "worker survived orchd");
@@ -784,6 +788,7 @@ stop_timeout = "30s"
         wait_started(&o, "web[0]", 1)[0],
         wait_started(&o, "web[1]", 1)[0],
     ];
+    pids.iter().for_each(|&p| wait_ignores_term(p));
     let t0 = Instant::now();
     o.signal(libc::SIGTERM);
     o.wait_log("stopping web[1]", 1);

@@ -61,6 +61,23 @@ impl Drop for TempDir {
     }
 }
 
+/// Whether `pid` has SIGTERM ignored (its shell has run `trap '' TERM`). Tests that
+/// need a TERM-proof process must wait for this: "started" means exec'd, not trapped.
+pub fn ignores_term(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+}
+
+pub fn wait_ignores_term(pid: u32) {
+    wait_for(&format!("pid {pid} to ignore SIGTERM"), DEADLINE, || {
+        ignores_term(pid).then_some(())
+    });
+}
+
 /// Poll `f` until it returns Some, or give up (None) after `timeout`.
 pub fn wait_for_some<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
