@@ -719,13 +719,8 @@ impl Daemon {
         });
         if targets.is_empty() {
             self.router.gathers.remove(g);
-            self.emit(
-                client,
-                client_id,
-                seq,
-                None,
-                Some("pool has no running instances"),
-            );
+            let reply = Reply::Error("pool has no running instances");
+            self.emit(client, client_id, seq, reply);
             return;
         }
         for (pos, index) in targets.into_iter().enumerate() {
@@ -1270,55 +1265,39 @@ impl Daemon {
             self.arm_head_deadline(k);
         }
         match reply {
-            Ok(line) => self.answer(m, Some(line), None),
-            Err(why) => self.answer(m, None, Some(why)),
+            Ok(line) => self.answer(m, Reply::Line(line)),
+            Err(why) => self.answer(m, Reply::Error(why)),
         }
         self.instance_pull(k);
         self.instance_maybe_drained(k);
     }
 
     fn fail_msg(&mut self, m: usize, why: &str) {
-        self.answer(m, None, Some(why));
+        self.answer(m, Reply::Error(why));
     }
 
     /// Complete a message with a reply line or an error, and forget it.
-    fn answer(&mut self, m: usize, line: Option<&[u8]>, error: Option<&str>) {
+    fn answer(&mut self, m: usize, reply: Reply<'_>) {
         let msg = self.router.msgs.remove(m);
         if let Some(p) = self.pools.get_mut(msg.pool) {
             p.q.bytes -= msg.payload.len();
         }
-        match msg.gather {
-            None => self.emit(msg.client, msg.client_id, msg.seq, line, error),
-            Some((g, pos)) => {
-                let prefix = &self.config.settings.error_prefix;
-                let gather = &mut self.router.gathers[g];
-                let bytes = match (line, error) {
-                    (Some(l), _) => l.to_vec(),
-                    (None, e) => {
-                        gather.errors = true;
-                        format!("{prefix}{}", e.unwrap_or("error")).into_bytes()
-                    }
-                };
-                if gather.replies[pos].is_none() {
-                    gather.replies[pos] = Some(bytes);
-                    gather.remaining -= 1;
-                }
-                if gather.remaining == 0 {
-                    let gather = self.router.gathers.remove(g);
-                    let mut all = Vec::new();
-                    for r in gather.replies.into_iter().flatten() {
-                        all.extend_from_slice(&r);
-                        all.push(b'\n');
-                    }
-                    self.emit_raw(
-                        gather.client,
-                        gather.client_id,
-                        gather.seq,
-                        all,
-                        gather.errors,
-                    );
-                }
-            }
+        let Some((g, pos)) = msg.gather else {
+            return self.emit(msg.client, msg.client_id, msg.seq, reply);
+        };
+        let gather = &mut self.router.gathers[g];
+        if gather.replies[pos].is_none() {
+            let mut line = Vec::new();
+            reply.write_to(&mut line, &self.config.settings.error_prefix);
+            gather.errors |= reply.is_error();
+            gather.replies[pos] = Some(line);
+            gather.remaining -= 1;
+        }
+        if gather.remaining == 0 {
+            let gather = self.router.gathers.remove(g);
+            let all = gather.replies.into_iter().flatten().flatten().collect();
+            let reply = Reply::Gathered(all, gather.errors);
+            self.emit(gather.client, gather.client_id, gather.seq, reply);
         }
     }
 
@@ -1328,30 +1307,12 @@ impl Daemon {
         let seq = Some(c.order.reserve());
         c.outstanding += 1;
         let id = c.id;
-        self.emit(key, id, seq, None, Some(why));
-    }
-
-    fn emit(
-        &mut self,
-        c: usize,
-        id: u64,
-        seq: Option<u64>,
-        line: Option<&[u8]>,
-        error: Option<&str>,
-    ) {
-        match line {
-            Some(l) => self.emit_reply(c, id, seq, Reply::Line(l)),
-            None => self.emit_reply(c, id, seq, Reply::Error(error.unwrap_or("error"))),
-        }
-    }
-
-    fn emit_raw(&mut self, c: usize, id: u64, seq: Option<u64>, bytes: Vec<u8>, is_error: bool) {
-        self.emit_reply(c, id, seq, Reply::Gathered(bytes, is_error));
+        self.emit(key, id, seq, Reply::Error(why));
     }
 
     /// Queue a reply for a client, in order when `seq` is set. The common case (the
     /// reply is the next one due) is copied straight into the output buffer.
-    fn emit_reply(&mut self, c: usize, id: u64, seq: Option<u64>, reply: Reply<'_>) {
+    fn emit(&mut self, c: usize, id: u64, seq: Option<u64>, reply: Reply<'_>) {
         let batch = self.router.batch == Some(c);
         let Some(client) = self.router.clients.get_mut(c).filter(|cl| cl.id == id) else {
             return; // the client left; its replies go nowhere
@@ -1564,13 +1525,9 @@ impl Daemon {
         for c in clients {
             if let Some(cl) = self.router.clients.get_mut(c) {
                 cl.read_done = true;
-                if let Some(line) = cl.stalled.take() {
-                    // Read but never routed: it is answered, not lost.
-                    drop(line);
-                    cl.outstanding += 1;
-                    let seq = Some(cl.order.reserve());
-                    let id = cl.id;
-                    self.emit(c, id, seq, None, Some("shutting down"));
+                // Read but never routed: it is answered, not lost.
+                if cl.stalled.take().is_some() {
+                    self.reply_now(c, "shutting down");
                 }
             }
             self.client_maybe_close(c);

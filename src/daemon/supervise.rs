@@ -654,29 +654,30 @@ impl Daemon {
         let Some(inst) = self.instances.get_mut(key) else {
             return;
         };
-        let label = inst.label.clone();
-        let routed = inst.stdin_pipe;
-        let out = inst.stdout.take();
-        let err = inst.stderr.take();
-        if let Some(mut p) = out {
-            if let Some(rest) = p.buf.take_partial() {
-                if routed {
-                    log::warn!(
-                        "{label}: discarding a half-written reply of {} bytes",
-                        rest.len()
-                    );
-                } else {
-                    log_output(&label, &rest);
-                }
-            }
-            self.deregister_io(&mut p.rx, p.token);
+        let (out, err) = (inst.stdout.take(), inst.stderr.take());
+        if let Some(p) = out {
+            self.close_output_pipe(key, p, true);
         }
-        if let Some(mut p) = err {
-            if let Some(rest) = p.buf.take_partial() {
-                log_output(&label, &rest);
-            }
-            self.deregister_io(&mut p.rx, p.token);
+        if let Some(p) = err {
+            self.close_output_pipe(key, p, false);
         }
+    }
+
+    /// Close a stdout/stderr pipe: an unterminated last line is logged, except on a
+    /// routed stdout where it is a half-written reply and is discarded.
+    fn close_output_pipe(&mut self, key: usize, mut pipe: PipeIn, stdout: bool) {
+        if let (Some(rest), Some(inst)) = (pipe.buf.take_partial(), self.instances.get(key)) {
+            if stdout && inst.stdin_pipe {
+                log::warn!(
+                    "{}: discarding a half-written reply of {} bytes",
+                    inst.label,
+                    rest.len()
+                );
+            } else {
+                log_output(&inst.label, &rest);
+            }
+        }
+        self.deregister_io(&mut pipe.rx, pipe.token);
     }
 
     pub(super) fn on_worker_stderr(&mut self, key: usize) {
@@ -730,23 +731,8 @@ impl Daemon {
                     inst.stderr = Some(pipe);
                 }
             }
-            _ => {
-                // EOF is not death: the process may live on; waitpid decides that.
-                if let Some(rest) = pipe.buf.take_partial() {
-                    if let Some(inst) = self.instances.get(key) {
-                        if stdout && inst.stdin_pipe {
-                            log::warn!(
-                                "{}: discarding a half-written reply of {} bytes",
-                                inst.label,
-                                rest.len()
-                            );
-                        } else {
-                            log_output(&inst.label, &rest);
-                        }
-                    }
-                }
-                self.deregister_io(&mut pipe.rx, pipe.token);
-            }
+            // EOF is not death: the process may live on; waitpid decides that.
+            _ => self.close_output_pipe(key, pipe, stdout),
         }
     }
 
