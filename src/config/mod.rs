@@ -21,6 +21,7 @@ pub use model::*;
 
 mod describe;
 mod error;
+mod file;
 mod raw;
 mod signal;
 mod source;
@@ -31,6 +32,7 @@ mod tests;
 
 pub use describe::describe;
 pub use error::{ConfigError, ConfigErrors};
+pub use file::{read_file, MAX_CONFIG_BYTES};
 pub use signal::signal_by_name;
 
 use std::path::{Path, PathBuf};
@@ -41,13 +43,23 @@ use toml::Spanned;
 /// Syntax errors reported at most (the parser's recovery can cascade).
 const MAX_SYNTAX_ERRORS: usize = 20;
 
-/// Reads and checks the config file at `path`. An unreadable file gives one error with
-/// line 0, column 0 and an empty key.
+/// Reads and checks the config file at `path`. An unreadable file (missing, not a
+/// regular file, larger than [`MAX_CONFIG_BYTES`]) gives one error with line 0,
+/// column 0 and an empty key.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        ConfigError::without_position(path, format!("cannot read the config file: {e}"))
-    })?;
-    match std::str::from_utf8(&bytes) {
+    let bytes = read_file(path).map_err(|e| read_error(path, &e))?;
+    parse_bytes(path, &bytes)
+}
+
+/// The error for a config file that [`read_file`] refused.
+pub fn read_error(path: &Path, e: &std::io::Error) -> ConfigError {
+    ConfigError::without_position(path, format!("cannot read the config file: {e}"))
+}
+
+/// Checks config `bytes` read from `path`: [`parse_str`] once they are known to be
+/// UTF-8 (an error at the first invalid byte otherwise).
+pub fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<Config, ConfigErrors> {
+    match std::str::from_utf8(bytes) {
         Ok(text) => parse_str(path, text),
         Err(e) => {
             let valid = bytes

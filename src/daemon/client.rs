@@ -26,8 +26,8 @@ fn control_path(config: &Path) -> Result<PathBuf, String> {
 }
 
 fn lenient_control(config: &Path) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(config).ok()?;
-    let table: toml::Table = toml::from_str(&text).ok()?;
+    let bytes = config::read_file(config).ok()?;
+    let table: toml::Table = toml::from_str(std::str::from_utf8(&bytes).ok()?).ok()?;
     let control = table.get("orchd")?.get("control")?.as_str()?;
     let dir = config
         .parent()

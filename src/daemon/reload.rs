@@ -49,9 +49,9 @@ pub struct Roll {
     pub outgoing: Option<usize>,
 }
 
-fn hash_of(text: &str) -> u64 {
+fn hash_of(bytes: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
-    text.hash(&mut h);
+    bytes.hash(&mut h);
     h.finish()
 }
 
@@ -77,8 +77,8 @@ fn watch_dirs(path: &Path) -> Vec<PathBuf> {
 
 impl Daemon {
     pub(super) fn watch_start(&mut self) {
-        if let Ok(text) = std::fs::read_to_string(&self.config.path) {
-            self.watcher.last_hash = Some(hash_of(&text));
+        if let Ok(bytes) = config::read_file(&self.config.path) {
+            self.watcher.last_hash = Some(hash_of(&bytes));
         }
         if self.opts.no_watch || !self.config.settings.watch {
             return;
@@ -164,11 +164,20 @@ impl Daemon {
         if gen != self.watcher.debounce_gen || self.phase != super::Phase::Running {
             return;
         }
-        let text = match std::fs::read_to_string(&self.config.path) {
+        let text = match config::read_file(&self.config.path) {
             Ok(t) => t,
-            Err(e) => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Mid-swap: the next event brings it back.
                 log::debug!("config changed but cannot be read yet: {e}");
+                return;
+            }
+            Err(e) => {
+                // Not a regular file, or too large: never read, so never blocking.
+                log::error!(
+                    "reload: cannot read {}: {e}; keeping the running config",
+                    self.config.path.display()
+                );
+                self.watch_refresh();
                 return;
             }
         };
@@ -180,7 +189,7 @@ impl Daemon {
         }
         self.watcher.last_hash = Some(h);
         log::info!("{} changed on disk: reloading", self.config.path.display());
-        match config::parse_str(&self.config.path, &text) {
+        match config::parse_bytes(&self.config.path, &text) {
             Ok(new) => {
                 if let Err(e) = self.apply_config(new) {
                     log::error!("reload failed: {e}; keeping the running config");
@@ -200,11 +209,11 @@ impl Daemon {
             return Err("shutting down".into());
         }
         let path = self.config.path.clone();
-        let text = std::fs::read_to_string(&path)
+        let text = config::read_file(&path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))
             .inspect_err(|e| log::error!("reload ({why}): {e}; keeping the running config"))?;
         self.watcher.last_hash = Some(hash_of(&text));
-        let new = config::parse_str(&path, &text).map_err(|errors| {
+        let new = config::parse_bytes(&path, &text).map_err(|errors| {
             log::error!(
                 "reload ({why}): {} is invalid; keeping the running config:\n{errors}",
                 path.display()
