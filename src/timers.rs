@@ -6,7 +6,20 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How far ahead [`deadline`] puts a deadline that `now + d` cannot represent: about
+/// 100 years, "never" for a daemon.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// `now + d`, saturating: a sum that overflows `Instant` (which panics with `+`)
+/// gives a far-future instant instead. Every deadline computed from a configured
+/// duration goes through here.
+pub fn deadline(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FAR_FUTURE.min(d)))
+        .unwrap_or(now)
+}
 
 #[derive(Debug)]
 pub struct Timers<K> {
@@ -87,7 +100,19 @@ impl<K> Timers<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    #[test]
+    fn deadline_saturates_instead_of_panicking() {
+        let now = Instant::now();
+        assert_eq!(
+            deadline(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        let far = deadline(now, Duration::MAX);
+        assert!(far >= now + Duration::from_secs(365 * 24 * 3600), "{far:?}");
+        // And again from there: still no panic.
+        assert!(deadline(far, Duration::MAX) >= far);
+    }
 
     #[test]
     fn fires_in_deadline_order_then_arming_order() {

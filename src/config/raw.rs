@@ -99,7 +99,12 @@ pub(crate) struct RawRoute {
     pub ordered: Option<bool>,
 }
 
-/// A humantime duration string.
+/// The longest duration any key accepts: 365 days. Far beyond any sensible timeout,
+/// and small enough that every deadline `now + d` (and a backoff delay spread by
+/// jitter, at most twice `max`) stays far from overflowing.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// A humantime duration string, at most [`MAX_DURATION`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Dur(pub Duration);
 
@@ -119,12 +124,19 @@ impl Visitor<'_> for DurVisitor {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
-        humantime::parse_duration(v.trim()).map(Dur).map_err(|_| {
+        let d = humantime::parse_duration(v.trim()).map_err(|_| {
             E::custom(format!(
                 "expected a duration such as \"250ms\" or \"1m 30s\", found {}",
                 super::source::quote(v)
             ))
-        })
+        })?;
+        if d > MAX_DURATION {
+            return Err(E::custom(format!(
+                "expected a duration of at most 365 days, found {}",
+                super::source::quote(v)
+            )));
+        }
+        Ok(Dur(d))
     }
 }
 

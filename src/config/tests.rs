@@ -426,6 +426,69 @@ fn duration_of_wrong_type() {
     }
 }
 
+/// Issue 12: every duration key is capped at 365 days (a larger one passed --check,
+/// then overflowed `Instant + Duration` at run time).
+#[test]
+fn durations_are_capped_at_365_days() {
+    const HUGE: &str = "18446744073709551615s";
+    let keys = [
+        ("[orchd]\ndrain_timeout = \"{}\"\n", "orchd.drain_timeout"),
+        ("stop_timeout = \"{}\"\n", "pool.web.stop_timeout"),
+        (
+            "backoff = { initial = \"{}\", max = \"365d\" }\n",
+            "pool.web.backoff.initial",
+        ),
+        ("backoff = { max = \"{}\" }\n", "pool.web.backoff.max"),
+        (
+            "backoff = { reset_after = \"{}\" }\n",
+            "pool.web.backoff.reset_after",
+        ),
+        (
+            "give_up = { restarts = 1, within = \"{}\" }\n",
+            "pool.web.give_up.within",
+        ),
+        (
+            "give_up = { restarts = 1, within = \"1s\", cooldown = \"{}\" }\n",
+            "pool.web.give_up.cooldown",
+        ),
+        (
+            "[[route]]\nfrom = \"stdin\"\nto = \"web\"\ntimeout = \"{}\"\n",
+            "route[1].timeout",
+        ),
+    ];
+    for (template, key) in keys {
+        // The value's position: WEB takes lines 1-2.
+        let (i, text) = template
+            .lines()
+            .enumerate()
+            .find(|(_, l)| l.contains("{}"))
+            .unwrap();
+        let (line, column) = (i + 3, text.find("\"{}\"").unwrap() + 1);
+        for bad in [HUGE, "366d", "365d 1ns", "1000000h"] {
+            one(
+                &with_web(&template.replace("{}", bad)),
+                line,
+                column,
+                key,
+                &format!("expected a duration of at most 365 days, found \"{bad}\""),
+            );
+        }
+        for good in ["365d", "8760h", "1s"] {
+            ok(&with_web(&template.replace("{}", good)));
+        }
+    }
+    // The backoff initial/max comparison is skipped for a rejected key: one error.
+    one(
+        &with_web(&format!(
+            "backoff = {{ initial = \"{HUGE}\", max = \"1s\" }}\n"
+        )),
+        3,
+        23,
+        "pool.web.backoff.initial",
+        "at most 365 days",
+    );
+}
+
 #[test]
 fn error_display_matches_the_documented_format() {
     let text =

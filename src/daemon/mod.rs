@@ -27,7 +27,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::config::Config;
-use crate::timers::Timers;
+use crate::timers::{deadline, Timers};
 
 pub use supervise::Instance;
 
@@ -299,7 +299,7 @@ impl Daemon {
                 if self.router_idle() {
                     self.stop_everything();
                 } else {
-                    let at = self.now + self.config.settings.drain_timeout;
+                    let at = deadline(self.now, self.config.settings.drain_timeout);
                     log::info!(
                         "waiting up to {} for in-flight messages",
                         humantime::format_duration(self.config.settings.drain_timeout)

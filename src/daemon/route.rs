@@ -38,6 +38,7 @@ use crate::framing::{Fill, Frame, LineBuf};
 use crate::router::reorder::Reorder;
 use crate::router::strategy::{self, Candidate};
 use crate::sys::{self, FdKind};
+use crate::timers::deadline;
 
 /// A client with this many messages awaiting replies is not read from.
 pub const MAX_OUTSTANDING: u32 = 10_000;
@@ -895,7 +896,7 @@ impl Daemon {
         let rt = &self.instances[k].rt;
         let m = *rt.inflight.front()?;
         let since = rt.head_since?;
-        self.router.msgs[m].timeout.map(|t| since + t)
+        self.router.msgs[m].timeout.map(|t| deadline(since, t))
     }
 
     fn arm_head_deadline(&mut self, k: usize) {
@@ -1116,7 +1117,7 @@ impl Daemon {
         let Some(t) = msg.timeout else {
             return;
         };
-        let at = since.max(msg.queued_at) + t;
+        let at = deadline(since.max(msg.queued_at), t);
         if q.expire_at.is_none_or(|cur| at < cur) {
             let gen = self.gen();
             let q = &mut self.pools[pool].q;
@@ -1148,7 +1149,7 @@ impl Daemon {
             .into_iter()
             .filter_map(|m| {
                 let msg = &self.router.msgs[m];
-                msg.timeout.map(|t| since.max(msg.queued_at) + t)
+                msg.timeout.map(|t| deadline(since.max(msg.queued_at), t))
             })
             .min();
         let gen = self.gen();
@@ -1177,7 +1178,7 @@ impl Daemon {
             .filter(|&m| {
                 let msg = &self.router.msgs[m];
                 msg.timeout
-                    .is_some_and(|t| since.max(msg.queued_at) + t <= now)
+                    .is_some_and(|t| deadline(since.max(msg.queued_at), t) <= now)
             })
             .collect();
         if !expired.is_empty() {

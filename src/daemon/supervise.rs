@@ -20,6 +20,7 @@ use crate::framing::{log_pieces, Fill, Frame, LineBuf};
 use crate::supervisor::lifecycle::{AfterExit, Lifecycle, State};
 use crate::supervisor::spawn::{self, Credentials};
 use crate::sys::{self, Exit};
+use crate::timers::deadline;
 
 /// Worker log lines longer than this are split into several records.
 const LOG_LINE_MAX: usize = 16 * 1024;
@@ -324,7 +325,7 @@ impl Daemon {
                     let gen = self.gen();
                     self.lingering.insert(pgid, gen);
                     self.timers
-                        .arm(now + stop_timeout, TimerKey::Group { pgid, gen });
+                        .arm(deadline(now, stop_timeout), TimerKey::Group { pgid, gen });
                 }
                 self.route_instance_down(key);
                 self.after_exit(key, Ok(exit), ran_for);
@@ -387,7 +388,7 @@ impl Daemon {
                 // Always through the timer, never recursively: a zero delay fires in
                 // this same loop turn, after the events at hand.
                 self.timers
-                    .arm(now + delay, TimerKey::Instance { key, gen });
+                    .arm(deadline(now, delay), TimerKey::Instance { key, gen });
             }
             AfterExit::Stay => {
                 let level = if exit.is_some_and(Exit::success) {
@@ -422,7 +423,8 @@ impl Daemon {
                 let gen = self.gen();
                 self.instances[key].gen = gen;
                 if let Some(c) = cooldown {
-                    self.timers.arm(now + c, TimerKey::Instance { key, gen });
+                    self.timers
+                        .arm(deadline(now, c), TimerKey::Instance { key, gen });
                 }
                 self.route_instance_gone(key);
             }
@@ -517,7 +519,7 @@ impl Daemon {
                     pid: Some(pid),
                     pgid: inst.pgid,
                     since: now,
-                    kill_at: now + timeout,
+                    kill_at: deadline(now, timeout),
                 };
                 log::info!("stopping {} (pid {pid}) with {}", inst.label, sig.name);
                 if let Err(e) = sys::kill_group(inst.pgid, sig.number) {
@@ -526,7 +528,7 @@ impl Daemon {
                     }
                 }
                 self.timers
-                    .arm(now + timeout, TimerKey::Instance { key, gen });
+                    .arm(deadline(now, timeout), TimerKey::Instance { key, gen });
                 self.close_worker_stdin(key);
                 self.route_instance_down(key);
             }

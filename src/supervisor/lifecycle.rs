@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Backoff, GiveUp, Pool, RestartPolicy};
 use crate::sys::Exit;
+use crate::timers::deadline;
 
 /// An instance counts as `starting` (for status) until it has been up this long.
 pub const START_GRACE: Duration = Duration::from_secs(1);
@@ -138,7 +139,10 @@ pub fn backoff_delay(b: &Backoff, n: u32, rand01: f64) -> Duration {
         b.max.as_secs_f64()
     };
     let spread = 1.0 + b.jitter * (2.0 * rand01 - 1.0);
-    Duration::from_secs_f64((capped * spread).max(0.0))
+    // `from_secs_f64` panics on overflow and NaN; validation caps durations at 365
+    // days (so this is at most twice that), but the arithmetic must not rely on it.
+    let secs = (capped * spread).max(0.0);
+    Duration::try_from_secs_f64(secs).unwrap_or(if secs.is_nan() { b.max } else { Duration::MAX })
 }
 
 /// Whether `policy` restarts after `exit` (None: the spawn itself failed).
@@ -176,7 +180,7 @@ impl Lifecycle {
         if let Some(give_up) = pool.give_up {
             if self.note_restart_gives_up(&give_up, now) {
                 self.state = State::Failed {
-                    until: give_up.cooldown.map(|c| now + c),
+                    until: give_up.cooldown.map(|c| deadline(now, c)),
                 };
                 return AfterExit::GiveUp {
                     cooldown: give_up.cooldown,
@@ -191,7 +195,9 @@ impl Lifecycle {
             backoff.max = backoff.max.max(backoff.initial);
         }
         let delay = backoff_delay(&backoff, self.consecutive, rand01);
-        self.state = State::Backoff { until: now + delay };
+        self.state = State::Backoff {
+            until: deadline(now, delay),
+        };
         AfterExit::Restart {
             delay,
             attempt: self.consecutive,
@@ -307,6 +313,48 @@ mod tests {
     fn huge_exponent_does_not_overflow() {
         let b = pool(RestartPolicy::Always, None).backoff;
         assert_eq!(backoff_delay(&b, u32::MAX, 0.5), Duration::from_secs(1));
+    }
+
+    /// Issue 12: durations the config cannot hold any more (past the 365-day cap), a
+    /// huge factor and full jitter: no panic in the float conversion or in `now + d`.
+    #[test]
+    fn extreme_backoff_and_give_up_durations_do_not_panic() {
+        let cap = Duration::from_secs(365 * 24 * 3600);
+        for top in [cap, Duration::MAX] {
+            let b = Backoff {
+                initial: top,
+                max: top,
+                factor: f64::MAX,
+                jitter: 1.0,
+                reset_after: top,
+            };
+            for n in [1, 2, 1025, u32::MAX] {
+                for r in [0.0, 0.5, 0.999_999] {
+                    let d = backoff_delay(&b, n, r);
+                    assert!(d <= top.saturating_mul(2), "{d:?}");
+                }
+            }
+            let mut p = pool(RestartPolicy::Always, None);
+            p.backoff = b;
+            p.stop_timeout = top;
+            let mut l = Lifecycle::default();
+            let now = Instant::now();
+            let r = l.exited(Some(Exit::Code(1)), MS(1), now, &p, 0.999_999);
+            assert!(matches!(r, AfterExit::Restart { .. }), "{r:?}");
+            assert!(matches!(l.state, State::Backoff { until } if until > now));
+            // The spawn-failure floor and a give-up with a cooldown at the top.
+            let r = l.exited(None, Duration::ZERO, now, &p, 0.5);
+            assert!(matches!(r, AfterExit::Restart { .. }), "{r:?}");
+            p.give_up = Some(GiveUp {
+                restarts: 0,
+                within: top,
+                cooldown: Some(top),
+            });
+            let mut l = Lifecycle::default();
+            let r = l.exited(Some(Exit::Code(1)), MS(1), now, &p, 0.5);
+            assert!(matches!(r, AfterExit::GiveUp { .. }), "{r:?}");
+            assert!(matches!(l.state, State::Failed { until: Some(u) } if u > now));
+        }
     }
 
     #[test]

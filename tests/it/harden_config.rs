@@ -183,3 +183,152 @@ fn oversize_config_is_refused_by_check_start_up_and_plan() {
     assert!(err.contains("larger than 16 MiB"), "{err}");
     assert_eq!(o.stop(), 0);
 }
+
+// ---- durations -------------------------------------------------------------------
+
+const HUGE: &str = "18446744073709551615s";
+
+#[test]
+fn check_rejects_every_overflowing_duration_with_its_key() {
+    let dir = TempDir::new("hc-dur");
+    let toml = format!(
+        r#"
+[orchd]
+drain_timeout = "{HUGE}"
+
+[pool.web]
+command = ["cat"]
+backoff = {{ initial = "{HUGE}", max = "{HUGE}", reset_after = "{HUGE}" }}
+give_up = {{ restarts = 3, within = "{HUGE}", cooldown = "{HUGE}" }}
+stop_timeout = "{HUGE}"
+
+[[route]]
+from = "unix:web.sock"
+to = "web"
+timeout = "{HUGE}"
+"#
+    );
+    let cfg = dir.write("pool.toml", &toml);
+    let (code, _, err) = run_orchd(&["--check", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    for (marker, key, n) in [
+        ("drain_timeout", "orchd.drain_timeout", 1),
+        ("backoff", "pool.web.backoff.initial", 1),
+        ("backoff", "pool.web.backoff.max", 2),
+        ("backoff", "pool.web.backoff.reset_after", 3),
+        ("give_up", "pool.web.give_up.within", 1),
+        ("give_up", "pool.web.give_up.cooldown", 2),
+        ("stop_timeout", "pool.web.stop_timeout", 1),
+        ("timeout =", "route[1].timeout", 1),
+    ] {
+        let (i, line) = toml
+            .lines()
+            .enumerate()
+            .find(|(_, l)| l.starts_with(marker))
+            .unwrap();
+        let col = line
+            .match_indices(&format!("\"{HUGE}\""))
+            .nth(n - 1)
+            .unwrap()
+            .0
+            + 1;
+        let want = format!(
+            "{}:{}:{col}: {key}: expected a duration of at most 365 days, found \"{HUGE}\"",
+            cfg.display(),
+            i + 1
+        );
+        assert!(err.lines().any(|l| l == want), "no {want:?} in:\n{err}");
+    }
+    // Every error is one of those eight.
+    assert_eq!(
+        err.lines().filter(|l| l.contains(".toml:")).count(),
+        8,
+        "{err}"
+    );
+
+    // Start-up refuses it too, instead of panicking later.
+    let mut o = Orchd::start(&cfg);
+    assert_eq!(o.wait_exit(DEADLINE), 2);
+}
+
+#[test]
+fn durations_at_the_cap_run_restart_and_shut_down_cleanly() {
+    let dir = TempDir::new("hc-dur-cap");
+    let cap = "365d";
+    let toml = format!(
+        r#"
+[orchd]
+drain_timeout = "{cap}"
+control = "ctl.sock"
+
+[pool.echo]
+command = ["cat"]
+count = 2
+backoff = {{ initial = "{cap}", max = "{cap}", factor = 1e300, jitter = 1.0, reset_after = "{cap}" }}
+stop_timeout = "{cap}"
+
+[pool.quitter]
+command = ["sleep", "1000"]
+give_up = {{ restarts = 0, within = "{cap}", cooldown = "{cap}" }}
+stop_timeout = "{cap}"
+
+[pool.mute]
+command = ["tail", "-f", "/dev/null"]
+stop_timeout = "{cap}"
+
+[[route]]
+from = "unix:echo.sock"
+to = "echo"
+timeout = "{cap}"
+
+[[route]]
+from = "unix:mute.sock"
+to = "mute"
+timeout = "{cap}"
+"#
+    );
+    let cfg = dir.write("pool.toml", &toml);
+    let (code, _, err) = run_orchd(&["--check", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let mut o = Orchd::start(&cfg);
+    o.wait_ready();
+    let mut c = Client::connect(&dir.join("echo.sock"));
+    assert_eq!(c.request("hello"), "hello");
+    assert_eq!(c.request("again"), "again");
+    // Kill one worker of each pool: a restart in 365 days (the other `echo` instance
+    // keeps serving), and a give-up with a 365-day cooldown.
+    let running = |prog: &str| {
+        let prog = format!("{prog}\0");
+        wait_for(&format!("a running {prog}"), DEADLINE, || {
+            o.children().into_iter().find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| c.starts_with(&prog))
+            })
+        })
+    };
+    for pid in [running("cat"), running("sleep")] {
+        // SAFETY: plain kill(2) on a worker of our orchd.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    o.wait_log("failed", 1);
+    o.wait_log("restarting in", 1);
+    assert_eq!(c.request("still"), "still");
+    drop(c);
+    // A message that is never answered (365-day timeout) makes shutdown wait for
+    // drain_timeout; a second SIGTERM ends the wait.
+    let mut m = Client::connect(&dir.join("mute.sock"));
+    m.send("never answered");
+    let sock = dir.join("ctl.sock");
+    wait_for("the message in flight", DEADLINE, || {
+        let v = ask(&sock, "status");
+        let pools = v["pools"].as_array()?.clone();
+        let mute = pools.iter().find(|p| p["name"] == "mute")?;
+        (mute["instances"][0]["inflight"] == 1).then_some(())
+    });
+    o.signal(libc::SIGTERM);
+    o.wait_log("waiting up to", 1);
+    o.signal(libc::SIGTERM);
+    assert_eq!(m.recv(), "ERR shutting down");
+    assert_eq!(o.wait_exit(DEADLINE), 0, "{}", o.log());
+    assert!(!o.log().contains("panicked"), "{}", o.log());
+}
