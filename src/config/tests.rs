@@ -277,6 +277,51 @@ fn command_errors_name_both_forms() {
     }
 }
 
+/// Issue 12: exec cannot pass a NUL byte; --check said the command was fine.
+#[test]
+fn nul_in_a_command_is_an_error() {
+    one(
+        "[pool.web]\ncommand = [\"prog\", \"a\\u0000b\"]\n",
+        2,
+        20,
+        "pool.web.command[2]",
+        "expected a string without a NUL character",
+    );
+    one(
+        "[pool.web]\ncommand = [\"pr\\u0000og\"]\n",
+        2,
+        12,
+        "pool.web.command[1]",
+        "without a NUL character",
+    );
+    one(
+        "[pool.web]\ncommand = \"echo \\u0000\"\n",
+        2,
+        11,
+        "pool.web.command",
+        "without a NUL character",
+    );
+    // Every bad element is reported.
+    let e = errs("[pool.web]\ncommand = [\"a\", \"\\u0000\", \"b\", \"\\u0000\"]\n");
+    let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["pool.web.command[2]", "pool.web.command[4]"]);
+    // NUL in env names and values, cwd, user and group was already refused.
+    one(
+        &with_web("cwd = \"a\\u0000b\"\n"),
+        3,
+        7,
+        "pool.web.cwd",
+        "NUL",
+    );
+    one(
+        &with_web("env = { \"A\\u0000B\" = \"x\" }\n"),
+        3,
+        9,
+        "pool.web.env.\"A\\0B\"",
+        "NUL",
+    );
+}
+
 #[test]
 fn missing_command_is_reported_at_the_table_header() {
     one(
@@ -1289,6 +1334,110 @@ fn route_socket_must_not_be_the_control_socket() {
         "route[1].from",
         "control socket",
     );
+}
+
+/// Issue 12: one socket file written two ways made two listeners on one path.
+#[test]
+fn one_unix_socket_written_two_ways_is_an_error() {
+    let e = one(
+        &route("from = \"unix:s.sock\"\nto = \"web\"\n[[route]]\nfrom = \"unix:sub/../s.sock\"\nto = \"web\"\n"),
+        7,
+        8,
+        "route[2].from",
+        "unix:/etc/orchd/sub/../s.sock is the same socket as route[1]'s unix:/etc/orchd/s.sock",
+    );
+    assert!(e.message.contains("write it the same way"), "{e}");
+    // Through an absolute path, and beyond the root.
+    one(
+        &route("from = \"unix:/run/x/s\"\nto = \"web\"\n[[route]]\nfrom = \"unix:/../run/y/../x/s\"\nto = \"web\"\n"),
+        7,
+        8,
+        "route[2].from",
+        "same socket as route[1]",
+    );
+    // The control socket written another way.
+    one(
+        &route("from = \"unix:x/../c.sock\"\nto = \"web\"\n[orchd]\ncontrol = \"c.sock\"\n"),
+        4,
+        8,
+        "route[1].from",
+        "control socket",
+    );
+    // Written the same way (up to "." and doubled slashes), it is one shared listener.
+    let c = ok(&route(
+        "from = \"unix:s.sock\"\nto = \"web\"\n[[route]]\nfrom = \"unix:.//s.sock\"\nto = \"web\"\n",
+    ));
+    assert_eq!(c.routes[0].from, c.routes[1].from);
+    // Different files are fine.
+    ok(&route(
+        "from = \"unix:a/../s.sock\"\nto = \"web\"\n[[route]]\nfrom = \"unix:a/s.sock\"\nto = \"web\"\n",
+    ));
+}
+
+#[test]
+fn a_symlinked_directory_is_seen_through() {
+    let dir = std::env::temp_dir().join(format!("orchd-config-link-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("real")).unwrap();
+    std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).unwrap();
+    let text = route(
+        "from = \"unix:real/s.sock\"\nto = \"web\"\n[[route]]\nfrom = \"unix:link/s.sock\"\nto = \"web\"\n",
+    );
+    let e = parse_str(&dir.join("pool.toml"), &text).unwrap_err();
+    assert_eq!(e.len(), 1, "{e}");
+    assert_eq!(e.0[0].key, "route[2].from");
+    assert!(e.0[0].message.contains("same socket as route[1]"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 12: a wildcard address beside a specific one on the same port passed
+/// --check, then the second listener failed with "address in use".
+#[test]
+fn overlapping_tcp_listeners_are_an_error() {
+    let conflicts = [
+        ("127.0.0.1:7070", "0.0.0.0:7070"),
+        ("0.0.0.0:7070", "10.1.2.3:7070"),
+        ("[::1]:7070", "[::]:7070"),
+        ("[::]:7070", "[fe80::1]:7070"),
+        ("[::]:7070", "127.0.0.1:7070"),
+        ("0.0.0.0:7070", "[::]:7070"),
+        ("[::]:7070", "0.0.0.0:7070"),
+        ("[::ffff:127.0.0.1]:7070", "127.0.0.1:7070"),
+    ];
+    for (a, b) in conflicts {
+        let e = one(
+            &route(&format!(
+                "from = \"tcp://{a}\"\nto = \"web\"\n[[route]]\nfrom = \"tcp://{b}\"\nto = \"web\"\n"
+            )),
+            7,
+            8,
+            "route[2].from",
+            &format!("tcp://{b} overlaps tcp://{a} of route[1]"),
+        );
+        assert!(e.message.contains("wildcard"), "{e}");
+    }
+    let fine = [
+        ("127.0.0.1:7070", "127.0.0.1:7070"),
+        ("127.0.0.1:7070", "localhost:7070"),
+        ("127.0.0.1:7070", "127.0.0.2:7070"),
+        ("127.0.0.1:7070", "0.0.0.0:7071"),
+        ("[::1]:7070", "127.0.0.1:7070"),
+        ("0.0.0.0:7070", "[::1]:7070"),
+        ("0.0.0.0:0", "127.0.0.1:0"),
+        ("[::]:0", "0.0.0.0:0"),
+    ];
+    for (a, b) in fine {
+        ok(&route(&format!(
+            "from = \"tcp://{a}\"\nto = \"web\"\n[[route]]\nfrom = \"tcp://{b}\"\nto = \"web\"\n"
+        )));
+    }
+    // Several routes on the wildcard itself are one listener; each route on the
+    // specific address is reported once.
+    let e = errs(&route(
+        "from = \"tcp://0.0.0.0:7070\"\nto = \"web\"\n[[route]]\nfrom = \"tcp://0.0.0.0:7070\"\nto = \"web\"\n[[route]]\nfrom = \"tcp://127.0.0.1:7070\"\nto = \"web\"\n[[route]]\nfrom = \"tcp://127.0.0.1:7070\"\nto = \"web\"\n",
+    ));
+    let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["route[3].from", "route[4].from"]);
 }
 
 // ---------------------------------------------------------------- many errors

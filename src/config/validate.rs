@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -79,6 +79,54 @@ pub(crate) fn resolve(dir: &Path, p: &str) -> PathBuf {
         normalize(p)
     } else {
         normalize(&dir.join(p))
+    }
+}
+
+/// `p` with `..` taken lexically (`/a/b/../c` is `/a/c`); only to compare paths.
+fn lexical(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) {
+                    out.pop();
+                } else if !out.has_root() {
+                    out.push(c);
+                }
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The file a unix socket path names, to tell that two paths written differently
+/// (`s.sock`, `sub/../s.sock`, a symlinked directory) are one socket: its directory
+/// resolved by the file system when it exists, else `..` taken lexically.
+fn socket_identity(p: &Path) -> PathBuf {
+    if let (Some(dir), Some(name)) = (p.parent(), p.file_name()) {
+        if let Ok(real) = std::fs::canonicalize(dir) {
+            return real.join(name);
+        }
+    }
+    lexical(p)
+}
+
+/// Whether listening on `a` and on `b` (two different addresses) conflicts: on the
+/// same port, a wildcard address takes every address of its family, and `[::]` also
+/// every IPv4 address (Linux's default dual-stack sockets, net.ipv6.bindv6only = 0,
+/// which orchd does not change); an IPv4-mapped IPv6 address is its IPv4 address.
+/// Port 0 never conflicts (each gets a port of its own).
+pub(crate) fn tcp_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 || a == b {
+        return false;
+    }
+    match (a.ip().to_canonical(), b.ip().to_canonical()) {
+        (x, y) if x == y => true,
+        (IpAddr::V4(x), IpAddr::V4(y)) => x.is_unspecified() || y.is_unspecified(),
+        (IpAddr::V6(x), IpAddr::V6(y)) => x.is_unspecified() || y.is_unspecified(),
+        (IpAddr::V6(x), IpAddr::V4(_)) | (IpAddr::V4(_), IpAddr::V6(x)) => x.is_unspecified(),
     }
 }
 
@@ -471,8 +519,19 @@ impl<'a, 'i> Checker<'a, 'i> {
         }
         let (raw, failed) = self.section::<RawPool>(&base, value)?;
 
+        const NUL: &str = "expected a string without a NUL character (exec cannot pass one)";
         let command = match raw.command {
-            Some(RawCommand::Argv(v)) => Some(Command::Argv(v)),
+            Some(RawCommand::Argv(v)) => {
+                let bad: Vec<usize> = (0..v.len()).filter(|&i| v[i].contains('\0')).collect();
+                for &i in &bad {
+                    self.at_value(&base.key("command").index(i), NUL);
+                }
+                bad.is_empty().then_some(Command::Argv(v))
+            }
+            Some(RawCommand::Shell(s)) if s.contains('\0') => {
+                self.at_value(&base.key("command"), NUL);
+                None
+            }
             Some(RawCommand::Shell(s)) => Some(Command::Shell(s)),
             None => {
                 if !failed.has(&["command"]) {
@@ -841,18 +900,39 @@ impl<'a, 'i> Checker<'a, 'i> {
         built
     }
 
-    /// Unix sockets shared by several routes must agree on `mode`, and none may be the
-    /// control socket.
+    /// Unix sockets shared by several routes must agree on `mode`, be written the same
+    /// way, and none may be the control socket; TCP listeners must not overlap.
     fn cross_route_checks(&mut self, routes: &[BuiltRoute], settings: Option<&Settings>) {
-        let control = settings.and_then(|s| s.control.as_ref());
-        let mut seen: BTreeMap<&PathBuf, (usize, u32)> = BTreeMap::new();
+        let control = settings
+            .and_then(|s| s.control.as_deref())
+            .map(socket_identity);
+        // By socket identity: (first route, its mode, its path as resolved).
+        let mut seen: BTreeMap<PathBuf, (usize, u32, &PathBuf)> = BTreeMap::new();
+        let mut tcp: Vec<(SocketAddr, usize)> = Vec::new();
         for b in routes {
             let Some(route) = &b.route else { continue };
-            let Source::Unix(p) = &route.from else {
-                continue;
-            };
             let base = KeyPath::root().key("route").index(b.index);
-            if control == Some(p) {
+            let p = match &route.from {
+                Source::Unix(p) => p,
+                Source::Tcp(a) => {
+                    if let Some(&(other, first)) = tcp.iter().find(|(o, _)| tcp_overlap(*a, *o)) {
+                        self.at_value(
+                            &base.key("from"),
+                            format!(
+                                "{} overlaps tcp://{other} of route[{}]: on one port a wildcard address (0.0.0.0, or [::] which also takes IPv4) excludes every other address; use the same address in both",
+                                route.from,
+                                first + 1
+                            ),
+                        );
+                    } else if !tcp.iter().any(|(o, _)| o == a) {
+                        tcp.push((*a, b.index));
+                    }
+                    continue;
+                }
+                Source::Stdin => continue,
+            };
+            let id = socket_identity(p);
+            if control.as_ref() == Some(&id) {
                 self.at_value(
                     &base.key("from"),
                     format!(
@@ -861,11 +941,22 @@ impl<'a, 'i> Checker<'a, 'i> {
                     ),
                 );
             }
-            match seen.get(p) {
+            match seen.get(&id) {
                 None => {
-                    seen.insert(p, (b.index, route.mode));
+                    seen.insert(id, (b.index, route.mode, p));
                 }
-                Some(&(first, first_mode)) if first_mode != route.mode => {
+                Some(&(first, _, first_path)) if first_path != p => {
+                    self.at_value(
+                        &base.key("from"),
+                        format!(
+                            "{} is the same socket as route[{}]'s unix:{}; write it the same way in both (routes that share a socket share its listener)",
+                            route.from,
+                            first + 1,
+                            first_path.display()
+                        ),
+                    );
+                }
+                Some(&(first, first_mode, _)) if first_mode != route.mode => {
                     let at = if b.mode_given { "mode" } else { "from" };
                     self.at_value(
                         &base.key(at),

@@ -332,3 +332,86 @@ timeout = "{cap}"
     assert_eq!(o.wait_exit(DEADLINE), 0, "{}", o.log());
     assert!(!o.log().contains("panicked"), "{}", o.log());
 }
+
+// ---- --check refuses what cannot run ---------------------------------------------
+
+fn check(dir: &TempDir, toml: &str) -> (PathBuf, i32, String) {
+    let cfg = dir.write("pool.toml", toml);
+    let (code, _, err) = run_orchd(&["--check", cfg.to_str().unwrap()]);
+    (cfg, code, err)
+}
+
+#[test]
+fn check_rejects_nul_in_a_command() {
+    let dir = TempDir::new("hc-nul");
+    let toml = r#"
+[pool.argv]
+command = ["echo", "a\u0000b"]
+
+[pool.shell]
+command = "echo a\u0000b"
+"#;
+    let (cfg, code, err) = check(&dir, toml);
+    assert_eq!(code, 1, "{err}");
+    let c = cfg.display();
+    for want in [
+        format!("{c}:3:20: pool.argv.command[2]: expected a string without a NUL character (exec cannot pass one)"),
+        format!("{c}:6:11: pool.shell.command: expected a string without a NUL character (exec cannot pass one)"),
+    ] {
+        assert!(err.lines().any(|l| l == want), "no {want:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn check_rejects_one_unix_socket_written_two_ways() {
+    let dir = TempDir::new("hc-dotdot");
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    let toml = r#"
+[pool.web]
+command = ["cat"]
+
+[[route]]
+from = "unix:web.sock"
+to = "web"
+
+[[route]]
+from = "unix:sub/../web.sock"
+to = "web"
+"#;
+    let (cfg, code, err) = check(&dir, toml);
+    assert_eq!(code, 1, "{err}");
+    let want = format!("{}:10:8: route[2].from: ", cfg.display());
+    let line = err
+        .lines()
+        .find(|l| l.starts_with(&want))
+        .unwrap_or_else(|| panic!("no {want:?} in:\n{err}"));
+    assert!(line.contains("same socket as route[1]"), "{line}");
+}
+
+#[test]
+fn check_rejects_a_specific_address_beside_the_wildcard_on_one_port() {
+    let dir = TempDir::new("hc-wild");
+    let toml = r#"
+[pool.web]
+command = ["cat"]
+
+[[route]]
+from = "tcp://127.0.0.1:7171"
+to = "web"
+
+[[route]]
+from = "tcp://0.0.0.0:7171"
+to = "web"
+"#;
+    let (cfg, code, err) = check(&dir, toml);
+    assert_eq!(code, 1, "{err}");
+    let want = format!("{}:10:8: route[2].from: ", cfg.display());
+    let line = err
+        .lines()
+        .find(|l| l.starts_with(&want))
+        .unwrap_or_else(|| panic!("no {want:?} in:\n{err}"));
+    assert!(
+        line.contains("overlaps") && line.contains("route[1]"),
+        "{line}"
+    );
+}
