@@ -22,7 +22,8 @@ use notify::{EventKind, RecursiveMode, Watcher as _};
 
 use super::{notify_systemd, Daemon, TimerKey};
 use crate::config::{self, Config};
-use crate::reload::{diff, Plan, PoolChange};
+use crate::reload::diff::{diff_running, same_process, RunningPool, RunningSpec};
+use crate::reload::{Plan, PoolChange};
 use crate::supervisor::lifecycle::{State, START_GRACE};
 
 /// Quiet time after the last file event before the file is read.
@@ -221,13 +222,36 @@ impl Daemon {
     /// What reloading `path` would change now.
     pub(super) fn plan_for(&self, path: &Path) -> Result<Plan, String> {
         let new = config::load(path).map_err(|e| e.to_string())?;
-        Ok(diff(&self.config, &new))
+        Ok(self.plan(&new))
+    }
+
+    /// The diff from what runs now to `new`: replacement is decided per instance, from
+    /// the spec each one was started with (SPEC 6), not from the previous config.
+    fn plan(&self, new: &Config) -> Plan {
+        diff_running(&self.config, new, |name| {
+            let p = &self.pools[*self.pool_names.get(name)?];
+            let spec_of = |k: usize| {
+                self.instances.get(k).map(|i| RunningSpec {
+                    spec: &i.spec,
+                    routed: i.stdin_pipe,
+                })
+            };
+            Some(RunningPool {
+                slots: p.slots.iter().filter_map(|&k| spec_of(k)).collect(),
+                rolling: p.roll.is_some(),
+                incoming: p
+                    .roll
+                    .as_ref()
+                    .and_then(|r| r.incoming)
+                    .and_then(|(_, k)| spec_of(k)),
+            })
+        })
     }
 
     /// Apply a valid config as a diff. Listeners are opened first: if one cannot be,
     /// nothing changes.
     fn apply_config(&mut self, new: Config) -> Result<String, String> {
-        let plan = diff(&self.config, &new);
+        let plan = self.plan(&new);
         notify_systemd("RELOADING=1");
         let result = self.apply_plan(&plan, new);
         notify_systemd("READY=1");
@@ -261,10 +285,12 @@ impl Daemon {
                     name,
                     resize,
                     replace,
+                    cancel,
                     ..
                 } => {
                     if let Some(p) = new.pool(name) {
-                        self.pool_change(p.clone(), new.is_routed(name), *resize, *replace);
+                        let routed = new.is_routed(name);
+                        self.pool_change(p.clone(), routed, *resize, *replace, *cancel);
                     }
                 }
             }
@@ -347,7 +373,8 @@ impl Daemon {
         cfg: crate::config::Pool,
         routed: bool,
         resize: Option<(u32, u32)>,
-        replace: bool,
+        replace: u32,
+        cancel: bool,
     ) {
         let Some(&key) = self.pool_names.get(&cfg.name) else {
             return;
@@ -362,10 +389,13 @@ impl Daemon {
             p.cfg = cfg;
             p.routed = routed;
         }
-        if replace {
-            // A roll in progress started instances of the previous spec: start over.
+        if cancel || replace > 0 {
+            // A roll in progress started instances of the previous spec: it ends (its
+            // waiting replacement is stopped); a new one starts below if some instance
+            // does not run the new spec.
             if let Some(roll) = self.pools[key].roll.take() {
                 if let Some((_, k)) = roll.incoming {
+                    log::info!("{}: pending replacement cancelled", self.instances[k].label);
                     self.retire(k);
                 }
             }
@@ -389,16 +419,13 @@ impl Daemon {
                 self.instance_add(key);
             }
         }
-        if replace {
-            let old = self.pools[key].slots.len();
-            if old > 0 {
-                log::info!(
-                    "pool {}: replacing {old} instance(s) one at a time",
-                    self.pools[key].cfg.name
-                );
-                self.pools[key].roll = Some(Roll::default());
-                self.roll_step(key);
-            }
+        if replace > 0 && !self.pools[key].slots.is_empty() {
+            log::info!(
+                "pool {}: replacing {replace} instance(s) one at a time",
+                self.pools[key].cfg.name
+            );
+            self.pools[key].roll = Some(Roll::default());
+            self.roll_step(key);
         }
         // More room (max_inflight, queue) may let waiting work go.
         self.pool_refresh(key);
@@ -445,7 +472,17 @@ impl Daemon {
             if roll.incoming.is_some() || roll.outgoing.is_some() {
                 return;
             }
-            let index = roll.next;
+            // Instances that already run the pool's spec stay (SPEC 6: decided per
+            // running instance).
+            let mut index = roll.next;
+            while p.slots.get(index as usize).is_some_and(|&k| {
+                self.instances
+                    .get(k)
+                    .is_some_and(|i| same_process(&i.spec, i.stdin_pipe, &p.spec, p.routed))
+            }) {
+                index += 1;
+            }
+            roll.next = index;
             if index as usize >= p.slots.len() {
                 p.roll = None;
                 log::info!("pool {}: replacement done", p.cfg.name);

@@ -8,6 +8,7 @@ mod docs;
 mod misc;
 
 mod check;
+mod harden_reload;
 mod reload;
 mod routing;
 mod smoke;
