@@ -267,11 +267,16 @@ impl Daemon {
 
     /// Returns how many failed instances got a fresh start.
     fn apply_plan(&mut self, plan: &Plan, new: Config) -> Result<usize, String> {
-        self.listeners_open(&new).map_err(|e| {
+        // Everything that can fail is opened first; nothing is committed before.
+        let control = self
+            .control_prepare(new.settings.control.as_deref())
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = self.listeners_open(&new) {
             // Undo: close what this attempt opened.
             self.listeners_close_unused(&self.config.clone());
-            e.to_string()
-        })?;
+            self.control_discard(control);
+            return Err(e.to_string());
+        }
         for change in &plan.pools {
             match change {
                 PoolChange::Unchanged { .. } => {}
@@ -297,6 +302,7 @@ impl Daemon {
         }
         self.router_install(&new);
         self.listeners_close_unused(&new);
+        self.control_commit(control);
         let old_settings = std::mem::replace(&mut self.config, new).settings;
         self.settings_changed(&old_settings);
         Ok(self.restart_failed())
@@ -304,12 +310,6 @@ impl Daemon {
 
     fn settings_changed(&mut self, old: &config::Settings) {
         let new = self.config.settings.clone();
-        if old.control != new.control {
-            self.control_close();
-            if let Err(e) = self.control_open() {
-                log::error!("control socket: {e}");
-            }
-        }
         if old.watch != new.watch && !self.opts.no_watch {
             if new.watch {
                 self.watch_start();

@@ -3,6 +3,7 @@
 //! directory that is deleted and re-created.
 
 use std::collections::BTreeMap;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use crate::common::*;
@@ -14,9 +15,9 @@ fn status(cfg: &Path) -> serde_json::Value {
     serde_json::from_str(&out).expect("status JSON")
 }
 
-/// Every instance of `pool` in the status: slots, retiring ones and replacements.
-fn instances(cfg: &Path, pool: &str) -> Vec<serde_json::Value> {
-    status(cfg)["pools"]
+/// Every instance of `pool` in a status object: slots, retiring ones and replacements.
+fn instances_in(status: &serde_json::Value, pool: &str) -> Vec<serde_json::Value> {
+    status["pools"]
         .as_array()
         .unwrap()
         .iter()
@@ -25,13 +26,32 @@ fn instances(cfg: &Path, pool: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// index → pid of the running slot instances of `pool`.
-fn pids(cfg: &Path, pool: &str) -> BTreeMap<u64, u64> {
-    instances(cfg, pool)
+fn instances(cfg: &Path, pool: &str) -> Vec<serde_json::Value> {
+    instances_in(&status(cfg), pool)
+}
+
+/// index → pid of the running slot instances of `pool` in a status object.
+fn pids_in(status: &serde_json::Value, pool: &str) -> BTreeMap<u64, u64> {
+    instances_in(status, pool)
         .iter()
         .filter(|i| i["retiring"] == false && i["replacement"] == false && i["pid"].is_u64())
         .map(|i| (i["index"].as_u64().unwrap(), i["pid"].as_u64().unwrap()))
         .collect()
+}
+
+fn pids(cfg: &Path, pool: &str) -> BTreeMap<u64, u64> {
+    pids_in(&status(cfg), pool)
+}
+
+/// One command on a control socket, its JSON answer.
+fn ask(sock: &Path, cmd: &str) -> serde_json::Value {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = UnixStream::connect(sock).expect("connect to the control socket");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(format!("{cmd}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).expect("JSON answer")
 }
 
 /// Defect 6: a rolling replacement to a command that cannot start never takes a slot;
@@ -102,4 +122,58 @@ fn undoing_a_broken_command_keeps_the_healthy_instances() {
     assert_eq!(o.log_count("failed to start"), failures, "{}", o.log());
     assert_eq!(c.request("d"), "d");
     assert_eq!(o.stop(), 0);
+}
+
+fn ctl_config(control: &str, count: u32, extra: &str) -> String {
+    format!(
+        "[orchd]\ncontrol = \"{control}\"\n[pool.p]\ncommand = [\"cat\"]\ncount = {count}\n[[route]]\nfrom = \"unix:s.sock\"\nto = \"p\"\n{extra}"
+    )
+}
+
+/// Defect 7: a reload whose new control socket cannot be opened fails as a whole;
+/// the old control socket keeps answering and nothing else changes.
+#[test]
+fn unopenable_control_socket_fails_the_reload_and_keeps_the_old_one() {
+    let dir = TempDir::new("hr-ctl");
+    let cfg = dir.write("pool.toml", &ctl_config("ctl.sock", 1, ""));
+    let mut o = Orchd::start(&cfg);
+    o.wait_ready();
+    let before = pids(&cfg, "p");
+    let ctl = dir.join("ctl.sock");
+    dir.write("plain-file", "not a socket\n");
+    let extra_route = "[[route]]\nfrom = \"unix:new.sock\"\nto = \"p\"\n";
+    for (n, bad) in ["plain-file", "no-such-dir/ctl.sock"].iter().enumerate() {
+        // Also a count change and a new listener: none of it may happen.
+        dir.write("pool.toml", &ctl_config(bad, 2, extra_route));
+        o.signal(libc::SIGHUP);
+        o.wait_log("reload (SIGHUP) failed", n + 1);
+        let st = ask(&ctl, "status");
+        assert_eq!(st["ok"], true, "old control socket lost");
+        assert!(ctl.exists());
+        assert!(!dir.join("new.sock").exists(), "new listener left open");
+        assert_eq!(
+            pids_in(&st, "p"),
+            before,
+            "the failed reload changed pool p"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("plain-file")).unwrap(),
+            "not a socket\n"
+        );
+    }
+    // The same through the control socket's own `reload`.
+    let v = ask(&ctl, "reload");
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("no-such-dir"), "{v}");
+    assert_eq!(ask(&ctl, "status")["ok"], true);
+    // A control path that works moves the socket.
+    dir.write("pool.toml", &ctl_config("ctl2.sock", 1, ""));
+    let v = ask(&ctl, "reload");
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(!ctl.exists(), "old control socket left behind");
+    let st = ask(&dir.join("ctl2.sock"), "status");
+    assert_eq!(st["ok"], true);
+    assert_eq!(pids_in(&st, "p"), before);
+    assert_eq!(o.stop(), 0);
+    assert!(!dir.join("ctl2.sock").exists());
 }
