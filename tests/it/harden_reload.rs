@@ -3,8 +3,10 @@
 //! directory that is deleted and re-created.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::process::{Command, Stdio};
 
 use crate::common::*;
 
@@ -52,6 +54,14 @@ fn ask(sock: &Path, cmd: &str) -> serde_json::Value {
     let mut line = String::new();
     BufReader::new(&s).read_line(&mut line).unwrap();
     serde_json::from_str(&line).expect("JSON answer")
+}
+
+fn mode_of(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
 }
 
 /// Defect 6: a rolling replacement to a command that cannot start never takes a slot;
@@ -176,4 +186,124 @@ fn unopenable_control_socket_fails_the_reload_and_keeps_the_old_one() {
     assert_eq!(pids_in(&st, "p"), before);
     assert_eq!(o.stop(), 0);
     assert!(!dir.join("ctl2.sock").exists());
+}
+
+/// Directory events (IN_CREATE, IN_ATTRIB) seen by an inotify watch.
+struct DirWatch(i32);
+
+impl DirWatch {
+    fn new(dir: &Path) -> DirWatch {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+        // SAFETY: plain syscalls on a fresh fd and a valid C string.
+        unsafe {
+            let fd = libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC);
+            assert!(fd >= 0, "inotify_init1");
+            let wd = libc::inotify_add_watch(fd, c.as_ptr(), libc::IN_CREATE | libc::IN_ATTRIB);
+            assert!(wd >= 0, "inotify_add_watch");
+            DirWatch(fd)
+        }
+    }
+
+    /// (mask, name) of every event so far.
+    fn events(&self) -> Vec<(u32, String)> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            // SAFETY: reading into a buffer we own, of its length.
+            let n = unsafe { libc::read(self.0, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return out;
+            }
+            let mut off = 0usize;
+            while off + 16 <= n as usize {
+                let mask = u32::from_ne_bytes(buf[off + 4..off + 8].try_into().unwrap());
+                let len = u32::from_ne_bytes(buf[off + 12..off + 16].try_into().unwrap()) as usize;
+                let name = &buf[off + 16..off + 16 + len];
+                let name = String::from_utf8_lossy(name)
+                    .trim_end_matches('\0')
+                    .to_string();
+                out.push((mask, name));
+                off += 16 + len;
+            }
+        }
+    }
+}
+
+impl Drop for DirWatch {
+    fn drop(&mut self) {
+        // SAFETY: closing the fd we opened.
+        unsafe {
+            libc::close(self.0);
+        }
+    }
+}
+
+/// Defect 10: under `umask 000` the sockets get exactly their configured modes, set when
+/// the file is created and never changed afterwards (no chmod by path: the file is never
+/// wider for an instant, and a symlink swapped in cannot redirect a chmod).
+#[test]
+fn sockets_are_created_with_their_final_mode_under_umask_000() {
+    let dir = TempDir::new("hr-umask");
+    let cfg = dir.write(
+        "pool.toml",
+        "[orchd]\ncontrol = \"ctl.sock\"\n[pool.p]\ncommand = [\"cat\"]\n[[route]]\nfrom = \"unix:a.sock\"\nto = \"p\"\n[[route]]\nfrom = \"unix:b.sock\"\nmode = \"0640\"\nto = \"p\"\n",
+    );
+    let watch = DirWatch::new(dir.path());
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("umask 000; exec \"$0\" --no-watch \"$1\"")
+        .arg(BIN)
+        .arg(&cfg)
+        .stdin(Stdio::null());
+    let mut o = Orchd::spawn(cmd, &cfg);
+    o.wait_ready();
+    assert_eq!(mode_of(&dir.join("ctl.sock")), 0o600, "control socket");
+    assert_eq!(mode_of(&dir.join("a.sock")), 0o660, "default route mode");
+    assert_eq!(mode_of(&dir.join("b.sock")), 0o640, "configured route mode");
+    let events = watch.events();
+    for name in ["ctl.sock", "a.sock", "b.sock"] {
+        assert!(
+            events
+                .iter()
+                .any(|(m, n)| n == name && m & libc::IN_CREATE != 0),
+            "{name} not created? {events:?}"
+        );
+        assert!(
+            !events
+                .iter()
+                .any(|(m, n)| n == name && m & libc::IN_ATTRIB != 0),
+            "{name} had its mode changed after it was created: {events:?}"
+        );
+    }
+    // A worker still gets orchd's own umask (000 here), not the one used for binding.
+    let pid = pids(&cfg, "p")[&0];
+    let umask = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_string()));
+    assert_eq!(umask.as_deref(), Some("0000"));
+    assert_eq!(o.stop(), 0);
+}
+
+/// Defect 10: a symlink at the socket path is neither followed nor replaced.
+#[test]
+fn symlink_at_the_control_path_is_not_followed() {
+    let dir = TempDir::new("hr-symlink");
+    let target = dir.write("target", "secret\n");
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::symlink(&target, dir.join("ctl.sock")).unwrap();
+    let cfg = dir.write(
+        "pool.toml",
+        "[orchd]\ncontrol = \"ctl.sock\"\n[pool.p]\ncommand = [\"cat\"]\n",
+    );
+    let mut o = Orchd::start(&cfg);
+    assert_eq!(o.wait_exit(DEADLINE), 1, "{}", o.log());
+    assert!(o.log().contains("not a socket"), "{}", o.log());
+    assert_eq!(mode_of(&target), 0o644, "the symlink's target was chmodded");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "secret\n");
+    assert!(std::fs::symlink_metadata(dir.join("ctl.sock"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
 }
