@@ -7,6 +7,12 @@
 //! reloaded only if its content hash changed (editors and ConfigMap swaps produce
 //! bursts of events, some for unrelated files in the directory).
 //!
+//! A watched directory that is deleted loses its watch (and one re-created at the
+//! same path is a new inode that was never watched): each settled burst re-checks
+//! every watched directory's identity. One that is gone is replaced by a watch on its
+//! nearest existing ancestor, whose events announce its re-creation; then it is
+//! watched again. No polling: an idle orchd stays idle.
+//!
 //! Retiring an instance (scale-down, replacement, pool removal): it takes no new
 //! messages, finishes its in-flight and backlog, then is stopped and forgotten.
 //! Replacement rolls one index at a time: the new instance starts; once it runs it takes
@@ -33,7 +39,11 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 pub struct Watcher {
     watcher: Option<notify::RecommendedWatcher>,
     rx: Option<mpsc::Receiver<notify::Result<notify::Event>>>,
-    watched: Vec<PathBuf>,
+    /// Watched directories, each with the identity (device, inode) it had when
+    /// the watch was added.
+    watched: Vec<(PathBuf, Option<(u64, u64)>)>,
+    /// Directories of the config that are gone: an ancestor is watched instead.
+    gone: Vec<PathBuf>,
     debounce_gen: u64,
     /// Hash of the config content last loaded (or tried).
     last_hash: Option<u64>,
@@ -76,6 +86,25 @@ fn watch_dirs(path: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// Device and inode of a directory, if it exists.
+fn dir_id(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir).ok().filter(|m| m.is_dir())?;
+    Some((m.dev(), m.ino()))
+}
+
+/// The nearest existing ancestor of a directory that is gone.
+fn existing_ancestor(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors().skip(1).find_map(|a| {
+        let a = if a.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            a
+        };
+        a.is_dir().then(|| a.to_path_buf())
+    })
+}
+
 impl Daemon {
     pub(super) fn watch_start(&mut self) {
         if let Ok(text) = std::fs::read_to_string(&self.config.path) {
@@ -108,34 +137,88 @@ impl Daemon {
         self.watcher.watcher = None;
         self.watcher.rx = None;
         self.watcher.watched.clear();
+        self.watcher.gone.clear();
     }
 
     /// Watch the directories the config path currently involves (a ConfigMap swap
-    /// changes where its symlink resolves).
+    /// changes where its symlink resolves), re-attaching to any that was deleted and
+    /// re-created, and watching the nearest existing ancestor of any that is gone.
+    ///
+    /// Passes repeat until one changes nothing: a directory re-created just before
+    /// its ancestor's watch was added made no event, so the next pass must see it.
     fn watch_refresh(&mut self) {
-        let Some(w) = self.watcher.watcher.as_mut() else {
-            return;
-        };
-        let want = watch_dirs(&self.config.path);
-        for old in std::mem::take(&mut self.watcher.watched) {
-            if !want.contains(&old) {
-                let _ = w.unwatch(&old);
-            } else {
-                self.watcher.watched.push(old);
+        for _ in 0..8 {
+            if !self.watch_refresh_pass() {
+                return;
             }
         }
-        for dir in want {
-            if self.watcher.watched.contains(&dir) {
+    }
+
+    /// One pass of [`Self::watch_refresh`]; whether it added or removed a watch.
+    fn watch_refresh_pass(&mut self) -> bool {
+        let Some(w) = self.watcher.watcher.as_mut() else {
+            return false;
+        };
+        let mut changed = false;
+        let gone = &mut self.watcher.gone;
+        let mut want: Vec<(PathBuf, Option<(u64, u64)>)> = Vec::new();
+        for dir in watch_dirs(&self.config.path) {
+            let target = match dir_id(&dir) {
+                Some(id) => {
+                    if let Some(i) = gone.iter().position(|g| *g == dir) {
+                        gone.swap_remove(i);
+                        log::info!("watching {} again", dir.display());
+                    }
+                    Some((dir, Some(id)))
+                }
+                None => {
+                    let up = existing_ancestor(&dir);
+                    if !gone.contains(&dir) {
+                        match &up {
+                            Some(a) => log::warn!(
+                                "{} is gone; watching {} until it comes back",
+                                dir.display(),
+                                a.display()
+                            ),
+                            None => log::warn!("{} is gone; cannot watch for it", dir.display()),
+                        }
+                        gone.push(dir);
+                    }
+                    up.map(|a| {
+                        let id = dir_id(&a);
+                        (a, id)
+                    })
+                }
+            };
+            if let Some(t) = target {
+                if !want.contains(&t) {
+                    want.push(t);
+                }
+            }
+        }
+        for old in std::mem::take(&mut self.watcher.watched) {
+            if want.contains(&old) {
+                self.watcher.watched.push(old);
+            } else {
+                // Fails harmlessly when the directory's deletion removed the watch.
+                let _ = w.unwatch(&old.0);
+                changed = true;
+            }
+        }
+        for (dir, id) in want {
+            if self.watcher.watched.iter().any(|(d, _)| *d == dir) {
                 continue;
             }
             match w.watch(&dir, RecursiveMode::NonRecursive) {
                 Ok(()) => {
                     log::debug!("watching {}", dir.display());
-                    self.watcher.watched.push(dir);
+                    self.watcher.watched.push((dir, id));
+                    changed = true;
                 }
                 Err(e) => log::warn!("cannot watch {}: {e}", dir.display()),
             }
         }
+        changed
     }
 
     /// The waker fired: drain the watcher's channel.
@@ -165,6 +248,9 @@ impl Daemon {
         if gen != self.watcher.debounce_gen || self.phase != super::Phase::Running {
             return;
         }
+        // First, so that a change made while a directory was being re-created is
+        // either read below or seen by the new watch.
+        self.watch_refresh();
         let text = match std::fs::read_to_string(&self.config.path) {
             Ok(t) => t,
             Err(e) => {
@@ -176,7 +262,6 @@ impl Daemon {
         let h = hash_of(&text);
         if self.watcher.last_hash == Some(h) {
             log::debug!("config directory changed; config content did not");
-            self.watch_refresh();
             return;
         }
         self.watcher.last_hash = Some(h);
@@ -192,7 +277,6 @@ impl Daemon {
                 self.config.path.display()
             ),
         }
-        self.watch_refresh();
     }
 
     /// SIGHUP or `reload` on the control socket. Returns the summary or the error.

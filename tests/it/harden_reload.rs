@@ -307,3 +307,44 @@ fn symlink_at_the_control_path_is_not_followed() {
         .file_type()
         .is_symlink());
 }
+
+fn watched_config(count: u32) -> String {
+    format!(
+        "[orchd]\ncontrol = \"../ctl.sock\"\n[pool.p]\ncommand = [\"cat\"]\ncount = {count}\n[[route]]\nfrom = \"unix:../s.sock\"\nto = \"p\"\n"
+    )
+}
+
+/// Defect 11: the config directory is deleted and re-created (slowly, then at once):
+/// the watch re-attaches and the new config is loaded.
+#[test]
+fn deleted_and_recreated_config_directory_is_watched_again() {
+    let dir = TempDir::new("hr-watchdir");
+    let conf = dir.join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let cfg = conf.join("pool.toml");
+    std::fs::write(&cfg, watched_config(1)).unwrap();
+    let mut o = Orchd::start_with(&cfg, &[], Stdio::null());
+    o.wait_ready();
+    o.wait_log("watching ", 1);
+
+    // Gone for a while: orchd notices, then sees it come back.
+    std::fs::remove_dir_all(&conf).unwrap();
+    o.wait_log("is gone; watching ", 1);
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(&cfg, watched_config(2)).unwrap();
+    o.wait_log(" again", 1);
+    o.wait_log("reload: ~p count 1→2", 1);
+    wait_for("2 instances", DEADLINE, || {
+        (pids(&cfg, "p").len() == 2).then_some(())
+    });
+
+    // Deleted and re-created before orchd looks: a new directory all the same.
+    std::fs::remove_dir_all(&conf).unwrap();
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(&cfg, watched_config(3)).unwrap();
+    o.wait_log("reload: ~p count 2→3", 1);
+    // Still watched after that: a plain edit reloads.
+    std::fs::write(&cfg, watched_config(1)).unwrap();
+    o.wait_log("reload: ~p count 3→1", 1);
+    assert_eq!(o.stop(), 0);
+}
