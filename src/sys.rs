@@ -126,6 +126,85 @@ pub fn group_alive(pgid: u32) -> bool {
     }
 }
 
+/// Bind a listening unix stream socket at `path` whose file has exactly the
+/// permission bits `mode` (at most 0o777) from the instant it exists, and is never
+/// changed afterwards.
+///
+/// Why this way: bind(2) creates the file with the socket inode's mode minus the
+/// umask. `chmod(path)` after bind leaves the file reachable with the wider
+/// default mode (0777 under `umask 000`) until the chmod, and the chmod follows a
+/// symlink swapped in at `path` meanwhile. Instead the mode is decided inside the
+/// bind call itself: on Linux an `fchmod` of the socket before bind sets the inode
+/// mode bind starts from (so the file is never wider than `mode`, whatever the umask
+/// or a directory's default ACL), and a umask of `!mode` during bind keeps exactly
+/// `mode` (a stricter process umask would otherwise narrow it). No path-based call
+/// follows: bind itself never follows a symlink (an existing path is EADDRINUSE).
+///
+/// The umask is process-wide: this is sound because orchd creates files and forks
+/// workers only on its event-loop thread, the caller; its other threads (the file
+/// watcher's) create no files. The previous umask is restored before returning, so
+/// workers keep orchd's own.
+pub fn bind_unix_mode(
+    path: &std::path::Path,
+    mode: u32,
+) -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    // One byte stays for the terminating NUL.
+    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is not a usable unix socket path (empty, over {} bytes, or with a NUL)",
+                path.display(),
+                addr.sun_path.len() - 1
+            ),
+        ));
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: socket(2) with constant arguments; the fd is owned right below.
+    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mode = (mode & 0o777) as libc::mode_t;
+    // SAFETY: fchmod on an fd we own. Where it is refused (not Linux), the umask
+    // below still decides the mode.
+    unsafe { libc::fchmod(fd.as_raw_fd(), mode) };
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    // SAFETY: umask only swaps the file creation mask and cannot fail; bind gets a
+    // pointer to a sockaddr_un that lives across the call and its true length.
+    let (rc, err) = unsafe {
+        let old = libc::umask(!mode & 0o777);
+        let rc = libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
+            len,
+        );
+        let err = io::Error::last_os_error();
+        libc::umask(old);
+        (rc, err)
+    };
+    if rc != 0 {
+        return Err(err);
+    }
+    // SAFETY: listen(2) on a bound socket we own.
+    if unsafe { libc::listen(fd.as_raw_fd(), libc::SOMAXCONN) } != 0 {
+        let err = io::Error::last_os_error();
+        let _ = std::fs::remove_file(path);
+        return Err(err);
+    }
+    Ok(std::os::unix::net::UnixListener::from(fd))
+}
+
 /// Make orchd a child subreaper, so orphaned grandchildren are reparented to it and
 /// reaped instead of escaping to init. Linux only; elsewhere a no-op.
 pub fn become_subreaper() -> io::Result<()> {
@@ -425,5 +504,57 @@ pub fn write_fd(fd: i32, buf: &[u8]) -> io::Result<usize> {
         Err(io::Error::last_os_error())
     } else {
         Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode_of(p: &std::path::Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// The only test here that touches the process umask (tests run in parallel).
+    #[test]
+    fn bind_unix_mode_gives_exactly_the_mode_whatever_the_umask() {
+        let dir = std::env::temp_dir().join(format!("orchd-sys-bind-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("s.sock");
+        for umask in [0o000, 0o077, 0o022] {
+            for mode in [0o600, 0o640, 0o660, 0o777, 0o000] {
+                // SAFETY: umask cannot fail.
+                let before = unsafe { libc::umask(umask) };
+                let l = bind_unix_mode(&sock, mode);
+                // SAFETY: as above; restores the test process's umask.
+                let during = unsafe { libc::umask(before) };
+                assert_eq!(during, umask, "umask restored after binding");
+                let l = l.unwrap();
+                assert_eq!(mode_of(&sock), mode, "umask {umask:o}, mode {mode:o}");
+                drop(l);
+                std::fs::remove_file(&sock).unwrap();
+            }
+        }
+        // A symlink at the path is neither followed nor replaced.
+        let target = dir.join("target");
+        std::fs::write(&target, "x").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::symlink(&target, &sock).unwrap();
+        let err = bind_unix_mode(&sock, 0o600).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE), "{err}");
+        assert_eq!(mode_of(&target), 0o644);
+        assert!(std::fs::symlink_metadata(&sock)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // Too long a path is a clear error, not a truncated bind.
+        let long = dir.join("x".repeat(200));
+        assert_eq!(
+            bind_unix_mode(&long, 0o600).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -21,6 +21,16 @@ const MAX_COMMAND: usize = 64 * 1024;
 /// Unread replies kept for one control connection before it is dropped.
 const MAX_PENDING: usize = 64 << 20;
 
+/// What a reload does to the control socket, prepared before it commits.
+pub(super) enum ControlSwap {
+    /// `control` did not change.
+    Keep,
+    /// `control` was removed: the socket closes at commit.
+    Close,
+    /// The new socket, bound and registered; it replaces the old one at commit.
+    Open(UnixListener, PathBuf),
+}
+
 #[derive(Default)]
 pub struct Control {
     listener: Option<(UnixListener, PathBuf)>,
@@ -52,6 +62,55 @@ impl Daemon {
         log::info!("control socket {}", path.display());
         self.control.listener = Some((l, path));
         Ok(())
+    }
+
+    /// A reload's first step for `[orchd] control`: open and register the new socket
+    /// before anything is committed, so that a path that cannot be bound fails the
+    /// whole reload and the old socket keeps working (like route listeners).
+    pub(super) fn control_prepare(&mut self, new: Option<&Path>) -> io::Result<ControlSwap> {
+        if new == self.config.settings.control.as_deref() {
+            return Ok(ControlSwap::Keep);
+        }
+        let Some(path) = new else {
+            return Ok(ControlSwap::Close);
+        };
+        let mut l = bind_unix(path, 0o600)
+            .map_err(|e| io::Error::new(e.kind(), format!("control socket: {e}")))?;
+        // Under the same token as the old one: both are registered only until this
+        // reload commits or is undone, with no poll in between.
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut l, CONTROL, Interest::READABLE)
+        {
+            let _ = std::fs::remove_file(path);
+            return Err(io::Error::new(e.kind(), format!("control socket: {e}")));
+        }
+        Ok(ControlSwap::Open(l, path.to_path_buf()))
+    }
+
+    /// The reload is committed: the prepared control socket replaces the old one.
+    pub(super) fn control_commit(&mut self, swap: ControlSwap) {
+        match swap {
+            ControlSwap::Keep => {}
+            ControlSwap::Close => {
+                self.control_close();
+                log::info!("control socket closed");
+            }
+            ControlSwap::Open(l, path) => {
+                self.control_close();
+                log::info!("control socket {}", path.display());
+                self.control.listener = Some((l, path));
+            }
+        }
+    }
+
+    /// The reload failed: remove the socket it opened.
+    pub(super) fn control_discard(&mut self, swap: ControlSwap) {
+        if let ControlSwap::Open(mut l, path) = swap {
+            let _ = self.poll.registry().deregister(&mut l);
+            let _ = std::fs::remove_file(&path);
+        }
     }
 
     pub(super) fn control_close(&mut self) {

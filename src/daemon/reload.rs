@@ -7,6 +7,12 @@
 //! reloaded only if its content hash changed (editors and ConfigMap swaps produce
 //! bursts of events, some for unrelated files in the directory).
 //!
+//! A watched directory that is deleted loses its watch (and one re-created at the
+//! same path is a new inode that was never watched): each settled burst re-checks
+//! every watched directory's identity. One that is gone is replaced by a watch on its
+//! nearest existing ancestor, whose events announce its re-creation; then it is
+//! watched again. No polling: an idle orchd stays idle.
+//!
 //! Retiring an instance (scale-down, replacement, pool removal): it takes no new
 //! messages, finishes its in-flight and backlog, then is stopped and forgotten.
 //! Replacement rolls one index at a time: the new instance starts; once it runs it takes
@@ -22,7 +28,8 @@ use notify::{EventKind, RecursiveMode, Watcher as _};
 
 use super::{notify_systemd, Daemon, TimerKey};
 use crate::config::{self, Config};
-use crate::reload::{diff, Plan, PoolChange};
+use crate::reload::diff::{diff_running, same_process, RunningPool, RunningSpec};
+use crate::reload::{Plan, PoolChange};
 use crate::supervisor::lifecycle::{State, START_GRACE};
 
 /// Quiet time after the last file event before the file is read.
@@ -32,7 +39,11 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 pub struct Watcher {
     watcher: Option<notify::RecommendedWatcher>,
     rx: Option<mpsc::Receiver<notify::Result<notify::Event>>>,
-    watched: Vec<PathBuf>,
+    /// Watched directories, each with the identity (device, inode) it had when
+    /// the watch was added.
+    watched: Vec<(PathBuf, Option<(u64, u64)>)>,
+    /// Directories of the config that are gone: an ancestor is watched instead.
+    gone: Vec<PathBuf>,
     debounce_gen: u64,
     /// Hash of the config content last loaded (or tried).
     last_hash: Option<u64>,
@@ -75,6 +86,25 @@ fn watch_dirs(path: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// Device and inode of a directory, if it exists.
+fn dir_id(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir).ok().filter(|m| m.is_dir())?;
+    Some((m.dev(), m.ino()))
+}
+
+/// The nearest existing ancestor of a directory that is gone.
+fn existing_ancestor(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors().skip(1).find_map(|a| {
+        let a = if a.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            a
+        };
+        a.is_dir().then(|| a.to_path_buf())
+    })
+}
+
 impl Daemon {
     pub(super) fn watch_start(&mut self) {
         if let Ok(bytes) = config::read_file(&self.config.path) {
@@ -107,34 +137,88 @@ impl Daemon {
         self.watcher.watcher = None;
         self.watcher.rx = None;
         self.watcher.watched.clear();
+        self.watcher.gone.clear();
     }
 
     /// Watch the directories the config path currently involves (a ConfigMap swap
-    /// changes where its symlink resolves).
+    /// changes where its symlink resolves), re-attaching to any that was deleted and
+    /// re-created, and watching the nearest existing ancestor of any that is gone.
+    ///
+    /// Passes repeat until one changes nothing: a directory re-created just before
+    /// its ancestor's watch was added made no event, so the next pass must see it.
     fn watch_refresh(&mut self) {
-        let Some(w) = self.watcher.watcher.as_mut() else {
-            return;
-        };
-        let want = watch_dirs(&self.config.path);
-        for old in std::mem::take(&mut self.watcher.watched) {
-            if !want.contains(&old) {
-                let _ = w.unwatch(&old);
-            } else {
-                self.watcher.watched.push(old);
+        for _ in 0..8 {
+            if !self.watch_refresh_pass() {
+                return;
             }
         }
-        for dir in want {
-            if self.watcher.watched.contains(&dir) {
+    }
+
+    /// One pass of [`Self::watch_refresh`]; whether it added or removed a watch.
+    fn watch_refresh_pass(&mut self) -> bool {
+        let Some(w) = self.watcher.watcher.as_mut() else {
+            return false;
+        };
+        let mut changed = false;
+        let gone = &mut self.watcher.gone;
+        let mut want: Vec<(PathBuf, Option<(u64, u64)>)> = Vec::new();
+        for dir in watch_dirs(&self.config.path) {
+            let target = match dir_id(&dir) {
+                Some(id) => {
+                    if let Some(i) = gone.iter().position(|g| *g == dir) {
+                        gone.swap_remove(i);
+                        log::info!("watching {} again", dir.display());
+                    }
+                    Some((dir, Some(id)))
+                }
+                None => {
+                    let up = existing_ancestor(&dir);
+                    if !gone.contains(&dir) {
+                        match &up {
+                            Some(a) => log::warn!(
+                                "{} is gone; watching {} until it comes back",
+                                dir.display(),
+                                a.display()
+                            ),
+                            None => log::warn!("{} is gone; cannot watch for it", dir.display()),
+                        }
+                        gone.push(dir);
+                    }
+                    up.map(|a| {
+                        let id = dir_id(&a);
+                        (a, id)
+                    })
+                }
+            };
+            if let Some(t) = target {
+                if !want.contains(&t) {
+                    want.push(t);
+                }
+            }
+        }
+        for old in std::mem::take(&mut self.watcher.watched) {
+            if want.contains(&old) {
+                self.watcher.watched.push(old);
+            } else {
+                // Fails harmlessly when the directory's deletion removed the watch.
+                let _ = w.unwatch(&old.0);
+                changed = true;
+            }
+        }
+        for (dir, id) in want {
+            if self.watcher.watched.iter().any(|(d, _)| *d == dir) {
                 continue;
             }
             match w.watch(&dir, RecursiveMode::NonRecursive) {
                 Ok(()) => {
                     log::debug!("watching {}", dir.display());
-                    self.watcher.watched.push(dir);
+                    self.watcher.watched.push((dir, id));
+                    changed = true;
                 }
                 Err(e) => log::warn!("cannot watch {}: {e}", dir.display()),
             }
         }
+        changed
     }
 
     /// The waker fired: drain the watcher's channel.
@@ -164,6 +248,9 @@ impl Daemon {
         if gen != self.watcher.debounce_gen || self.phase != super::Phase::Running {
             return;
         }
+        // First, so that a change made while a directory was being re-created is
+        // either read below or seen by the new watch.
+        self.watch_refresh();
         let text = match config::read_file(&self.config.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -184,7 +271,6 @@ impl Daemon {
         let h = hash_of(&text);
         if self.watcher.last_hash == Some(h) {
             log::debug!("config directory changed; config content did not");
-            self.watch_refresh();
             return;
         }
         self.watcher.last_hash = Some(h);
@@ -200,7 +286,6 @@ impl Daemon {
                 self.config.path.display()
             ),
         }
-        self.watch_refresh();
     }
 
     /// SIGHUP or `reload` on the control socket. Returns the summary or the error.
@@ -230,13 +315,36 @@ impl Daemon {
     /// What reloading `path` would change now.
     pub(super) fn plan_for(&self, path: &Path) -> Result<Plan, String> {
         let new = config::load(path).map_err(|e| e.to_string())?;
-        Ok(diff(&self.config, &new))
+        Ok(self.plan(&new))
+    }
+
+    /// The diff from what runs now to `new`: replacement is decided per instance, from
+    /// the spec each one was started with (SPEC 6), not from the previous config.
+    fn plan(&self, new: &Config) -> Plan {
+        diff_running(&self.config, new, |name| {
+            let p = &self.pools[*self.pool_names.get(name)?];
+            let spec_of = |k: usize| {
+                self.instances.get(k).map(|i| RunningSpec {
+                    spec: &i.spec,
+                    routed: i.stdin_pipe,
+                })
+            };
+            Some(RunningPool {
+                slots: p.slots.iter().filter_map(|&k| spec_of(k)).collect(),
+                rolling: p.roll.is_some(),
+                incoming: p
+                    .roll
+                    .as_ref()
+                    .and_then(|r| r.incoming)
+                    .and_then(|(_, k)| spec_of(k)),
+            })
+        })
     }
 
     /// Apply a valid config as a diff. Listeners are opened first: if one cannot be,
     /// nothing changes.
     fn apply_config(&mut self, new: Config) -> Result<String, String> {
-        let plan = diff(&self.config, &new);
+        let plan = self.plan(&new);
         notify_systemd("RELOADING=1");
         let result = self.apply_plan(&plan, new);
         notify_systemd("READY=1");
@@ -252,11 +360,16 @@ impl Daemon {
 
     /// Returns how many failed instances got a fresh start.
     fn apply_plan(&mut self, plan: &Plan, new: Config) -> Result<usize, String> {
-        self.listeners_open(&new).map_err(|e| {
+        // Everything that can fail is opened first; nothing is committed before.
+        let control = self
+            .control_prepare(new.settings.control.as_deref())
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = self.listeners_open(&new) {
             // Undo: close what this attempt opened.
             self.listeners_close_unused(&self.config.clone());
-            e.to_string()
-        })?;
+            self.control_discard(control);
+            return Err(e.to_string());
+        }
         for change in &plan.pools {
             match change {
                 PoolChange::Unchanged { .. } => {}
@@ -270,16 +383,19 @@ impl Daemon {
                     name,
                     resize,
                     replace,
+                    cancel,
                     ..
                 } => {
                     if let Some(p) = new.pool(name) {
-                        self.pool_change(p.clone(), new.is_routed(name), *resize, *replace);
+                        let routed = new.is_routed(name);
+                        self.pool_change(p.clone(), routed, *resize, *replace, *cancel);
                     }
                 }
             }
         }
         self.router_install(&new);
         self.listeners_close_unused(&new);
+        self.control_commit(control);
         let old_settings = std::mem::replace(&mut self.config, new).settings;
         self.settings_changed(&old_settings);
         Ok(self.restart_failed())
@@ -287,12 +403,6 @@ impl Daemon {
 
     fn settings_changed(&mut self, old: &config::Settings) {
         let new = self.config.settings.clone();
-        if old.control != new.control {
-            self.control_close();
-            if let Err(e) = self.control_open() {
-                log::error!("control socket: {e}");
-            }
-        }
         if old.watch != new.watch && !self.opts.no_watch {
             if new.watch {
                 self.watch_start();
@@ -356,7 +466,8 @@ impl Daemon {
         cfg: crate::config::Pool,
         routed: bool,
         resize: Option<(u32, u32)>,
-        replace: bool,
+        replace: u32,
+        cancel: bool,
     ) {
         let Some(&key) = self.pool_names.get(&cfg.name) else {
             return;
@@ -371,10 +482,13 @@ impl Daemon {
             p.cfg = cfg;
             p.routed = routed;
         }
-        if replace {
-            // A roll in progress started instances of the previous spec: start over.
+        if cancel || replace > 0 {
+            // A roll in progress started instances of the previous spec: it ends (its
+            // waiting replacement is stopped); a new one starts below if some instance
+            // does not run the new spec.
             if let Some(roll) = self.pools[key].roll.take() {
                 if let Some((_, k)) = roll.incoming {
+                    log::info!("{}: pending replacement cancelled", self.instances[k].label);
                     self.retire(k);
                 }
             }
@@ -398,16 +512,13 @@ impl Daemon {
                 self.instance_add(key);
             }
         }
-        if replace {
-            let old = self.pools[key].slots.len();
-            if old > 0 {
-                log::info!(
-                    "pool {}: replacing {old} instance(s) one at a time",
-                    self.pools[key].cfg.name
-                );
-                self.pools[key].roll = Some(Roll::default());
-                self.roll_step(key);
-            }
+        if replace > 0 && !self.pools[key].slots.is_empty() {
+            log::info!(
+                "pool {}: replacing {replace} instance(s) one at a time",
+                self.pools[key].cfg.name
+            );
+            self.pools[key].roll = Some(Roll::default());
+            self.roll_step(key);
         }
         // More room (max_inflight, queue) may let waiting work go.
         self.pool_refresh(key);
@@ -454,7 +565,17 @@ impl Daemon {
             if roll.incoming.is_some() || roll.outgoing.is_some() {
                 return;
             }
-            let index = roll.next;
+            // Instances that already run the pool's spec stay (SPEC 6: decided per
+            // running instance).
+            let mut index = roll.next;
+            while p.slots.get(index as usize).is_some_and(|&k| {
+                self.instances
+                    .get(k)
+                    .is_some_and(|i| same_process(&i.spec, i.stdin_pipe, &p.spec, p.routed))
+            }) {
+                index += 1;
+            }
+            roll.next = index;
             if index as usize >= p.slots.len() {
                 p.roll = None;
                 log::info!("pool {}: replacement done", p.cfg.name);

@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -1779,12 +1779,17 @@ pub(super) fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
         }
         std::fs::remove_file(path)?;
     }
-    let l = UnixListener::bind(path).map_err(|e| {
+    // Created with exactly `mode`, never wider and never chmodded by path: see
+    // sys::bind_unix_mode.
+    let l = sys::bind_unix_mode(path, mode).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("cannot listen on unix:{}: {e}", path.display()),
         )
     })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    Ok(l)
+    if let Err(e) = l.set_nonblocking(true) {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(UnixListener::from_std(l))
 }

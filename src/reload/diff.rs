@@ -1,8 +1,14 @@
-//! `diff(old, new) -> Plan`: what a reload changes, decided from the two configs alone.
+//! `diff(old, new) -> Plan`: what a reload changes, decided from the two configs and
+//! what each instance actually runs.
 //!
 //! What an instance *is* (command, cwd, env, user, group, whether its stdin is a route
 //! target) decides between "untouched" and "replace one at a time"; `count` adds or
 //! retires the highest indexes; every other pool setting applies in place.
+//!
+//! Replacement is decided per instance, against the spec it was started with, not
+//! against the previous config: after a rolling replacement to a broken command (whose
+//! new instances never take their slot), putting the old command back leaves the
+//! instances that ran it all along untouched and only cancels the pending replacement.
 
 use std::fmt;
 
@@ -28,8 +34,14 @@ pub enum PoolChange {
         name: String,
         /// `count` went from .0 to .1.
         resize: Option<(u32, u32)>,
-        /// The process spec changed: running instances are replaced one at a time.
-        replace: bool,
+        /// How many of the instances that stay run another spec than the new one: they
+        /// are replaced one at a time. 0 when they all run it already (or a rolling
+        /// replacement to it is under way and simply goes on).
+        replace: u32,
+        /// A replacement started for an earlier spec (waiting to take its slot) is
+        /// cancelled: its instance is stopped; the instances it was to replace stay
+        /// unless `replace` counts them.
+        cancel: bool,
         /// Names of settings applied in place (restart, backoff, ...).
         settings: Vec<&'static str>,
     },
@@ -60,6 +72,39 @@ pub struct Plan {
     pub settings: Vec<&'static str>,
 }
 
+/// The spec one instance was started with, and whether its stdin is a route pipe.
+#[derive(Debug, Clone, Copy)]
+pub struct RunningSpec<'a> {
+    pub spec: &'a Pool,
+    pub routed: bool,
+}
+
+/// What one pool runs now, instance by instance.
+#[derive(Debug, Clone, Default)]
+pub struct RunningPool<'a> {
+    /// The instance of each slot (index order).
+    pub slots: Vec<RunningSpec<'a>>,
+    /// A rolling replacement toward the pool's current spec is under way.
+    pub rolling: bool,
+    /// The replacement instance of that roll waiting to take its slot, if any.
+    pub incoming: Option<RunningSpec<'a>>,
+}
+
+impl<'a> RunningPool<'a> {
+    /// What a pool of `cfg` runs when every instance runs `cfg` (no reload in progress).
+    pub fn as_configured(cfg: &'a Pool, routed: bool) -> RunningPool<'a> {
+        RunningPool {
+            slots: vec![RunningSpec { spec: cfg, routed }; cfg.count as usize],
+            rolling: false,
+            incoming: None,
+        }
+    }
+
+    fn runs(s: &RunningSpec<'_>, cfg: &Pool, routed: bool) -> bool {
+        same_process(s.spec, s.routed, cfg, routed)
+    }
+}
+
 /// Whether two pools run the same process (same command, cwd, env, user, group, and
 /// stdin wiring). If not, instances must be replaced.
 pub fn same_process(a: &Pool, a_routed: bool, b: &Pool, b_routed: bool) -> bool {
@@ -88,7 +133,21 @@ fn changed_names(fields: &[(&'static str, bool)]) -> Vec<&'static str> {
     fields.iter().filter(|(_, c)| *c).map(|(n, _)| *n).collect()
 }
 
+/// The plan when every instance runs what `old` says (no replacement under way).
 pub fn diff(old: &Config, new: &Config) -> Plan {
+    diff_running(old, new, |name| {
+        old.pool(name)
+            .map(|p| RunningPool::as_configured(p, old.is_routed(name)))
+    })
+}
+
+/// The plan for `new`, given the running `old` config and what each pool of it runs now
+/// (`running(name)`; `None` counts as "as configured").
+pub fn diff_running<'a>(
+    old: &Config,
+    new: &Config,
+    running: impl Fn(&str) -> Option<RunningPool<'a>>,
+) -> Plan {
     let mut plan = Plan::default();
     for p in &new.pools {
         let change = match old.pool(&p.name) {
@@ -97,10 +156,23 @@ pub fn diff(old: &Config, new: &Config) -> Plan {
                 count: p.count,
             },
             Some(o) => {
-                let replace = !same_process(o, old.is_routed(&o.name), p, new.is_routed(&p.name));
+                let (o_routed, p_routed) = (old.is_routed(&o.name), new.is_routed(&p.name));
+                let r = running(&p.name).unwrap_or_else(|| RunningPool::as_configured(o, o_routed));
+                let same_target = same_process(o, o_routed, p, p_routed);
+                // Slots past the new count are retired whatever they run.
+                let keep = r.slots.len().min(p.count as usize);
+                let stale = r.slots[..keep]
+                    .iter()
+                    .filter(|s| !RunningPool::runs(s, p, p_routed))
+                    .count() as u32;
+                // A roll toward this very spec goes on by itself.
+                let replace = if same_target && r.rolling { 0 } else { stale };
+                let cancel = r
+                    .incoming
+                    .is_some_and(|s| !RunningPool::runs(&s, p, p_routed));
                 let resize = (o.count != p.count).then_some((o.count, p.count));
                 let settings = settings_changed(o, p);
-                if !replace && resize.is_none() && settings.is_empty() {
+                if replace == 0 && !cancel && resize.is_none() && settings.is_empty() {
                     PoolChange::Unchanged {
                         name: p.name.clone(),
                     }
@@ -109,6 +181,7 @@ pub fn diff(old: &Config, new: &Config) -> Plan {
                         name: p.name.clone(),
                         resize,
                         replace,
+                        cancel,
                         settings,
                     }
                 }
@@ -182,14 +255,18 @@ impl Plan {
                     name,
                     resize,
                     replace,
+                    cancel,
                     settings,
                 } => {
                     let mut what = Vec::new();
                     if let Some((a, b)) = resize {
                         what.push(format!("count {a}→{b}"));
                     }
-                    if *replace {
-                        what.push("replace (rolling)".into());
+                    if *replace > 0 {
+                        what.push(format!("replace {replace} (rolling)"));
+                    }
+                    if *cancel {
+                        what.push("cancel pending replacement".into());
                     }
                     if !settings.is_empty() {
                         what.push(settings.join("+"));
@@ -234,6 +311,7 @@ impl fmt::Display for Plan {
                     name,
                     resize,
                     replace,
+                    cancel,
                     settings,
                 } => {
                     let mut what = Vec::new();
@@ -244,8 +322,16 @@ impl fmt::Display for Plan {
                             format!("count {a}→{b}: drain and stop {} instance(s)", a - b)
                         });
                     }
-                    if *replace {
-                        what.push("process changed: replace instances one at a time".into());
+                    if *replace > 0 {
+                        what.push(format!(
+                            "process changed: replace {replace} instance(s) one at a time"
+                        ));
+                    }
+                    if *cancel {
+                        what.push(
+                            "cancel the pending replacement (the running instances already run this spec and stay)"
+                                .into(),
+                        );
                     }
                     if !settings.is_empty() {
                         what.push(format!("apply in place: {}", settings.join(", ")));
@@ -317,7 +403,8 @@ to = "a"
             &PoolChange::Changed {
                 name: "a".into(),
                 resize: Some((2, 5)),
-                replace: false,
+                replace: 0,
+                cancel: false,
                 settings: vec![]
             }
         );
@@ -340,8 +427,9 @@ to = "a"
                 matches!(
                     change_of(&p, "a"),
                     PoolChange::Changed {
-                        replace: true,
+                        replace: 2,
                         resize: None,
+                        cancel: false,
                         ..
                     }
                 ),
@@ -356,11 +444,11 @@ to = "a"
         let p = diff(&cfg(BASE), &cfg(&new));
         assert!(matches!(
             change_of(&p, "a"),
-            PoolChange::Changed { replace: true, .. }
+            PoolChange::Changed { replace: 2, .. }
         ));
         assert!(matches!(
             change_of(&p, "b"),
-            PoolChange::Changed { replace: true, .. }
+            PoolChange::Changed { replace: 1, .. }
         ));
         assert!(p.routes_changed);
     }
@@ -374,7 +462,7 @@ to = "a"
         let p = diff(&cfg(BASE), &cfg(&new));
         match change_of(&p, "a") {
             PoolChange::Changed {
-                replace: false,
+                replace: 0,
                 resize: None,
                 settings,
                 ..
@@ -441,7 +529,142 @@ to = "a"
             .replace("cat", "cat -u");
         let text = diff(&cfg(BASE), &cfg(&new)).to_string();
         assert!(text.contains("count 2→1: drain and stop 1"), "{text}");
-        assert!(text.contains("replace instances one at a time"), "{text}");
+        assert!(
+            text.contains("replace 1 instance(s) one at a time"),
+            "{text}"
+        );
         assert!(text.contains("pool b: unchanged"), "{text}");
+    }
+
+    /// Pool `a` of `running` runs `slots` (specs taken from the given configs), with a
+    /// roll under way when `incoming` is given or `rolling` is set.
+    fn running<'a>(
+        slots: &[&'a Config],
+        rolling: bool,
+        incoming: Option<&'a Config>,
+    ) -> RunningPool<'a> {
+        let spec = |c: &'a Config| RunningSpec {
+            spec: c.pool("a").expect("pool a"),
+            routed: c.is_routed("a"),
+        };
+        RunningPool {
+            slots: slots.iter().map(|c| spec(c)).collect(),
+            rolling: rolling || incoming.is_some(),
+            incoming: incoming.map(spec),
+        }
+    }
+
+    fn plan_with(old: &Config, new: &Config, r: RunningPool<'_>) -> Plan {
+        diff_running(old, new, |name| (name == "a").then(|| r.clone()))
+    }
+
+    fn broken() -> String {
+        BASE.replace("command = \"cat\"", "command = [\"/nonexistent\"]")
+    }
+
+    #[test]
+    fn undoing_a_broken_edit_only_cancels_the_pending_replacement() {
+        // Running: both slots still run `cat` (the broken replacement never took a
+        // slot); the config says /nonexistent; the new config says `cat` again.
+        let (good, bad) = (cfg(BASE), cfg(&broken()));
+        let p = plan_with(&bad, &good, running(&[&good, &good], true, Some(&bad)));
+        assert_eq!(
+            change_of(&p, "a"),
+            &PoolChange::Changed {
+                name: "a".into(),
+                resize: None,
+                replace: 0,
+                cancel: true,
+                settings: vec![],
+            }
+        );
+        assert_eq!(p.summary(), "~a cancel pending replacement");
+        let text = p.to_string();
+        assert!(
+            !text.contains("replace 1") && !text.contains("replace 2"),
+            "{text}"
+        );
+        assert!(text.contains("already run this spec and stay"), "{text}");
+        // With no replacement waiting (already given up), there is nothing to do.
+        let p = plan_with(&bad, &good, running(&[&good, &good], false, None));
+        assert!(p.is_empty(), "{p}");
+    }
+
+    #[test]
+    fn the_old_config_alone_would_replace_everything() {
+        // The bug this module had: deciding from the configs alone.
+        let (good, bad) = (cfg(BASE), cfg(&broken()));
+        assert!(matches!(
+            change_of(&diff(&bad, &good), "a"),
+            PoolChange::Changed { replace: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn a_roll_toward_the_same_spec_goes_on_untouched() {
+        let (a, b) = (cfg(BASE), cfg(&BASE.replace("\"cat\"", "\"cat -u\"")));
+        // Index 0 already replaced, index 1's replacement waiting: reloading B again.
+        let p = plan_with(&b, &b, running(&[&b, &a], true, Some(&b)));
+        assert!(p.is_empty(), "{p}");
+    }
+
+    #[test]
+    fn half_done_roll_then_a_third_spec_replaces_every_instance() {
+        let (a, b) = (cfg(BASE), cfg(&BASE.replace("\"cat\"", "\"cat -u\"")));
+        let c = cfg(&BASE.replace("\"cat\"", "\"cat -v\""));
+        let p = plan_with(&b, &c, running(&[&b, &a], true, Some(&b)));
+        assert!(matches!(
+            change_of(&p, "a"),
+            PoolChange::Changed {
+                replace: 2,
+                cancel: true,
+                ..
+            }
+        ));
+        // Back to A instead: only the already replaced index 0 goes back.
+        let p = plan_with(&b, &a, running(&[&b, &a], true, Some(&b)));
+        assert!(matches!(
+            change_of(&p, "a"),
+            PoolChange::Changed {
+                replace: 1,
+                cancel: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn an_abandoned_replacement_is_retried_by_a_reload() {
+        // The roll gave up (its replacement stopped for good): the slots still run A
+        // although the config says B. Reloading B replaces them, like `failed`
+        // instances get a fresh start.
+        let (a, b) = (cfg(BASE), cfg(&BASE.replace("\"cat\"", "\"cat -u\"")));
+        let p = plan_with(&b, &b, running(&[&a, &a], false, None));
+        assert!(matches!(
+            change_of(&p, "a"),
+            PoolChange::Changed {
+                replace: 2,
+                cancel: false,
+                resize: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn slots_past_the_new_count_are_retired_not_replaced() {
+        let a = cfg(&BASE.replace("count = 2", "count = 3"));
+        let b = cfg(&BASE
+            .replace("\"cat\"", "\"cat -u\"")
+            .replace("count = 2", "count = 1"));
+        let p = plan_with(&a, &b, running(&[&a, &a, &a], false, None));
+        assert!(matches!(
+            change_of(&p, "a"),
+            PoolChange::Changed {
+                replace: 1,
+                resize: Some((3, 1)),
+                ..
+            }
+        ));
     }
 }
