@@ -201,6 +201,9 @@ pub fn raise_nofile_limit() -> io::Result<libc::rlim_t> {
 
 /// In the child between fork and exec: ask the kernel to SIGKILL us if orchd dies, so
 /// a SIGKILLed orchd does not leave its workers behind. Async-signal-safe.
+///
+/// Must come after [`child_set_ids`]: a uid/gid change clears the setting. If orchd
+/// died before the call, the child is no longer ours and exits at once.
 pub fn child_set_parent_death_signal(parent: u32) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
@@ -220,7 +223,8 @@ pub fn child_set_parent_death_signal(parent: u32) -> io::Result<()> {
 }
 
 /// In the child between fork and exec: drop to `uid`/`gid` (supplementary groups
-/// reset to `gid` only). Async-signal-safe.
+/// reset to `gid` only). Async-signal-safe. Clears the parent-death signal: call
+/// [`child_set_parent_death_signal`] afterwards.
 pub fn child_set_ids(uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
     // SAFETY: setgroups/setgid/setuid read only the one gid we pass by pointer.
     unsafe {

@@ -12,3 +12,4 @@ mod reload;
 mod routing;
 mod smoke;
 mod supervisor;
+mod harden_logproc;
