@@ -69,5 +69,8 @@ fn run(args: &cli::Args) -> u8 {
     let opts = daemon::Options {
         no_watch: args.no_watch,
     };
-    daemon::run(config, opts).clamp(0, 255) as u8
+    let code = daemon::run(config, opts).clamp(0, 255) as u8;
+    // Logging never blocks the loop; the last lines get a bounded wait.
+    logging::final_flush(std::time::Duration::from_secs(2));
+    code
 }

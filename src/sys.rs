@@ -431,3 +431,89 @@ pub fn write_fd(fd: i32, buf: &[u8]) -> io::Result<usize> {
         Ok(n as usize)
     }
 }
+
+/// The file type bits (`S_IFMT` part of `st_mode`) of what `fd` refers to.
+pub fn fd_file_type(fd: i32) -> io::Result<libc::mode_t> {
+    // SAFETY: all-zero is a valid `stat`; fstat writes into it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on an fd number writes only into `st`.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_mode & libc::S_IFMT)
+}
+
+/// Whether `fd` is open.
+pub fn fd_is_open(fd: i32) -> bool {
+    // SAFETY: fcntl F_GETFD on an fd number; fails with EBADF if it is not open.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+/// Put `/dev/null` on `fd`, which must be closed (a standard fd orchd was started
+/// without), so that no file orchd opens later takes that number by accident.
+pub fn dev_null_onto(fd: i32) -> io::Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&null);
+    if raw == fd {
+        // The lowest free number was `fd` itself: keep it open (without CLOEXEC, like
+        // any standard fd).
+        std::mem::forget(null);
+        // SAFETY: F_SETFD on the fd we just opened.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        return Ok(());
+    }
+    // SAFETY: dup2 onto a closed fd number; `null` stays owned and is closed on drop.
+    if unsafe { libc::dup2(raw, fd) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A close-on-exec duplicate of `fd` (sharing its open file description).
+pub fn dup_cloexec(fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new fd number or -1.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` was just returned by fcntl and nothing else owns it.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(new) })
+}
+
+/// `send(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL`: never blocks, never raises SIGPIPE,
+/// whatever the socket's own flags are.
+pub fn send_nonblocking(fd: i32, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: send reads at most buf.len() bytes from buf.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Wait up to `timeout` for `fd` to become writable (`poll(2)`, POLLOUT).
+pub fn wait_writable(fd: i32, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: poll reads and writes the one pollfd we pass.
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n > 0 && p.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0)
+}

@@ -8,8 +8,8 @@ mod docs;
 mod misc;
 
 mod check;
+mod harden_logproc;
 mod reload;
 mod routing;
 mod smoke;
 mod supervisor;
-mod harden_logproc;
