@@ -8,7 +8,7 @@
 //! Logging never blocks the event loop. Records go to a [`Sink`] that writes what
 //! stderr takes at once and keeps the rest in a buffer of at most [`LOG_BUFFER`] bytes;
 //! when the buffer is full, whole records are dropped and counted, and once the buffer
-//! has room again a warning says how many (`N log line(s) dropped`). How stderr is
+//! is down to half full a warning says how many (`N log line(s) dropped`). How stderr is
 //! written depends on what fd 2 is, checked once at start-up:
 //! - pipe, FIFO, terminal or other character device: orchd opens `/proc/self/fd/2`
 //!   again (`O_WRONLY|O_NONBLOCK|O_NOCTTY`) and writes to that. The new open file
@@ -341,7 +341,7 @@ impl Write for SinkWriter {
     }
 }
 
-/// Once the backlog has room again, say how many records were dropped (as a normal
+/// Once the backlog is down to half full, say how many records were dropped (as a normal
 /// record, in the configured format).
 fn report_dropped(l: &env_logger::Logger) {
     let n = {
