@@ -449,29 +449,6 @@ pub fn fd_is_open(fd: i32) -> bool {
     unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
 }
 
-/// Put `/dev/null` on `fd`, which must be closed (a standard fd orchd was started
-/// without), so that no file orchd opens later takes that number by accident.
-pub fn dev_null_onto(fd: i32) -> io::Result<()> {
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")?;
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&null);
-    if raw == fd {
-        // The lowest free number was `fd` itself: keep it open (without CLOEXEC, like
-        // any standard fd).
-        std::mem::forget(null);
-        // SAFETY: F_SETFD on the fd we just opened.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
-        return Ok(());
-    }
-    // SAFETY: dup2 onto a closed fd number; `null` stays owned and is closed on drop.
-    if unsafe { libc::dup2(raw, fd) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// A close-on-exec duplicate of `fd` (sharing its open file description).
 pub fn dup_cloexec(fd: i32) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC returns a new fd number or -1.

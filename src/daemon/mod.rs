@@ -47,6 +47,10 @@ const FINAL_FLUSH: Duration = Duration::from_secs(2);
 pub struct Options {
     /// `--no-watch`: do not reload on file changes even if `watch = true`.
     pub no_watch: bool,
+    /// orchd was started with stdout closed (Rust's start-up code then puts
+    /// `/dev/null` there): batch replies would have nowhere to go, so a
+    /// `from = "stdin"` route cannot start.
+    pub stdout_closed: bool,
 }
 
 /// What an I/O token refers to.
@@ -146,7 +150,8 @@ pub fn run(config: Config, opts: Options) -> i32 {
                 }
             };
             d.finish();
-            code
+            // finish() may still fail (the last batch replies could not be written).
+            code.max(d.exit_code)
         }
         Err(e) => {
             log::error!("cannot start: {e}");

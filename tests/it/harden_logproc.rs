@@ -264,3 +264,87 @@ fn dropped_log_lines_are_counted_once_stderr_drains() {
     o.signal_term();
     assert_eq!(o.wait_exit(DEADLINE), Some(0));
 }
+
+const BATCH: &str = r#"
+[pool.echo]
+command = "while read -r l; do echo \"got $l\"; done"
+
+[[route]]
+from = "stdin"
+to = "echo"
+"#;
+
+/// Run `sh -c SCRIPT` (which runs orchd) to completion within a deadline, feeding
+/// `input` on stdin; stdout as `stdout`. Returns (exit code, stderr).
+fn run_sh(script: &str, cfg: &std::path::Path, input: &str, stdout: Stdio) -> (i32, String) {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(BIN)
+        .arg(cfg)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sh");
+    // The reader of stdout (if piped) is gone before orchd writes anything.
+    drop(child.stdout.take());
+    let mut w = child.stdin.take().unwrap();
+    let input = input.to_string();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = w.write_all(input.as_bytes());
+    });
+    let mut err = child.stderr.take().unwrap();
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = wait_for_some(DEADLINE, || child.try_wait().ok().flatten());
+    let Some(status) = status else {
+        for pid in descendants(child.id()) {
+            sigkill(pid);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("orchd did not exit within {DEADLINE:?}");
+    };
+    feeder.join().unwrap();
+    (status.code().unwrap_or(-1), err_t.join().unwrap())
+}
+
+#[test]
+fn batch_with_stdout_closed_is_an_error() {
+    let dir = TempDir::new("h-batch-closed");
+    let cfg = dir.write("pool.toml", BATCH);
+    let (code, log) = run_sh(
+        r#"exec "$1" --no-watch "$2" >&-"#,
+        &cfg,
+        "a\nb\n",
+        Stdio::null(),
+    );
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("stdout is closed"), "{log}");
+    // Nothing was started for replies that could never be written.
+    assert!(!log.contains("echo[0] started"), "{log}");
+}
+
+#[test]
+fn batch_with_stdout_reader_gone_is_an_error() {
+    let dir = TempDir::new("h-batch-epipe");
+    let cfg = dir.write("pool.toml", BATCH);
+    let (code, log) = run_sh(
+        r#"exec "$1" --no-watch "$2""#,
+        &cfg,
+        "a\nb\n",
+        Stdio::piped(),
+    );
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains("ERROR") && log.contains("cannot write replies to stdout"),
+        "{log}"
+    );
+}
