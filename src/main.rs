@@ -14,6 +14,7 @@ use orchd::{config, daemon, logging, sys};
 /// looks like `>/dev/null`.
 static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 
+#[cfg(target_os = "linux")]
 extern "C" fn record_closed_stdout() {
     STDOUT_CLOSED.store(!sys::fd_is_open(1), Ordering::Relaxed);
 }
