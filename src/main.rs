@@ -4,9 +4,26 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use orchd::cli::{self, Mode};
-use orchd::{config, daemon, logging};
+use orchd::{config, daemon, logging, sys};
+
+/// Whether orchd was started with stdout closed. Recorded before `main`: Rust's
+/// start-up code puts `/dev/null` on closed standard fds, after which a closed stdout
+/// looks like `>/dev/null`.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+#[cfg(target_os = "linux")]
+extern "C" fn record_closed_stdout() {
+    STDOUT_CLOSED.store(!sys::fd_is_open(1), Ordering::Relaxed);
+}
+
+/// Run by the C runtime before Rust's start-up code (ELF `.init_array`).
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static RECORD_CLOSED_STDOUT: extern "C" fn() = record_closed_stdout;
 
 fn main() -> ExitCode {
     let args = match cli::parse(std::env::args_os().skip(1)) {
@@ -68,6 +85,10 @@ fn run(args: &cli::Args) -> u8 {
     );
     let opts = daemon::Options {
         no_watch: args.no_watch,
+        stdout_closed: STDOUT_CLOSED.load(Ordering::Relaxed),
     };
-    daemon::run(config, opts).clamp(0, 255) as u8
+    let code = daemon::run(config, opts).clamp(0, 255) as u8;
+    // Logging never blocks the loop; the last lines get a bounded wait.
+    logging::final_flush(std::time::Duration::from_secs(2));
+    code
 }

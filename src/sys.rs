@@ -280,6 +280,9 @@ pub fn raise_nofile_limit() -> io::Result<libc::rlim_t> {
 
 /// In the child between fork and exec: ask the kernel to SIGKILL us if orchd dies, so
 /// a SIGKILLed orchd does not leave its workers behind. Async-signal-safe.
+///
+/// Must come after [`child_set_ids`]: a uid/gid change clears the setting. If orchd
+/// died before the call, the child is no longer ours and exits at once.
 pub fn child_set_parent_death_signal(parent: u32) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
@@ -299,7 +302,8 @@ pub fn child_set_parent_death_signal(parent: u32) -> io::Result<()> {
 }
 
 /// In the child between fork and exec: drop to `uid`/`gid` (supplementary groups
-/// reset to `gid` only). Async-signal-safe.
+/// reset to `gid` only). Async-signal-safe. Clears the parent-death signal: call
+/// [`child_set_parent_death_signal`] afterwards.
 pub fn child_set_ids(uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
     // SAFETY: setgroups/setgid/setuid read only the one gid we pass by pointer.
     unsafe {
@@ -505,6 +509,69 @@ pub fn write_fd(fd: i32, buf: &[u8]) -> io::Result<usize> {
     } else {
         Ok(n as usize)
     }
+}
+
+/// The file type bits (`S_IFMT` part of `st_mode`) of what `fd` refers to.
+pub fn fd_file_type(fd: i32) -> io::Result<libc::mode_t> {
+    // SAFETY: all-zero is a valid `stat`; fstat writes into it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on an fd number writes only into `st`.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_mode & libc::S_IFMT)
+}
+
+/// Whether `fd` is open.
+pub fn fd_is_open(fd: i32) -> bool {
+    // SAFETY: fcntl F_GETFD on an fd number; fails with EBADF if it is not open.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+/// A close-on-exec duplicate of `fd` (sharing its open file description).
+pub fn dup_cloexec(fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new fd number or -1.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` was just returned by fcntl and nothing else owns it.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(new) })
+}
+
+/// `send(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL`: never blocks, never raises SIGPIPE,
+/// whatever the socket's own flags are.
+pub fn send_nonblocking(fd: i32, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: send reads at most buf.len() bytes from buf.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Wait up to `timeout` for `fd` to become writable (`poll(2)`, POLLOUT).
+pub fn wait_writable(fd: i32, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: poll reads and writes the one pollfd we pass.
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n > 0 && p.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0)
 }
 
 #[cfg(test)]

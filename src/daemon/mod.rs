@@ -21,6 +21,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
@@ -34,6 +35,8 @@ pub use supervise::Instance;
 const SIGNALS: Token = Token(0);
 const WAKER: Token = Token(1);
 const CONTROL: Token = Token(2);
+/// orchd's stderr, polled for WRITABLE only while log output is waiting.
+const LOG: Token = Token(3);
 /// Tokens below this are fixed singletons; the rest index `Daemon::io`.
 const FIRST_IO: usize = 16;
 /// At the end of shutdown, how long replies may take to reach slow clients.
@@ -44,6 +47,10 @@ const FINAL_FLUSH: Duration = Duration::from_secs(2);
 pub struct Options {
     /// `--no-watch`: do not reload on file changes even if `watch = true`.
     pub no_watch: bool,
+    /// orchd was started with stdout closed (Rust's start-up code then puts
+    /// `/dev/null` there): batch replies would have nowhere to go, so a
+    /// `from = "stdin"` route cannot start.
+    pub stdout_closed: bool,
 }
 
 /// What an I/O token refers to.
@@ -125,6 +132,8 @@ pub struct Daemon {
     ready_sent: bool,
     /// Shutdown: when to stop waiting for clients to take their last replies.
     flush_deadline: Option<Instant>,
+    /// The stderr fd registered for WRITABLE while log output waits for room.
+    log_fd: Option<i32>,
     exit_code: i32,
 }
 
@@ -141,7 +150,8 @@ pub fn run(config: Config, opts: Options) -> i32 {
                 }
             };
             d.finish();
-            code
+            // finish() may still fail (the last batch replies could not be written).
+            code.max(d.exit_code)
         }
         Err(e) => {
             log::error!("cannot start: {e}");
@@ -199,6 +209,7 @@ impl Daemon {
             starting_up: true,
             ready_sent: false,
             flush_deadline: None,
+            log_fd: None,
             exit_code: 0,
         };
         d.control_open()?;
@@ -225,6 +236,7 @@ impl Daemon {
             if self.finished() {
                 return Ok(());
             }
+            self.flush_log();
             let timeout = self
                 .timers
                 .next_deadline()
@@ -248,6 +260,8 @@ impl Daemon {
             SIGNALS => self.on_signals(),
             WAKER => self.on_wake(),
             CONTROL => self.control_accept(),
+            // Stderr has room: the next turn's flush_log writes.
+            LOG => {}
             Token(t) if t >= FIRST_IO => {
                 // A token freed earlier in this batch has no entry (or a new owner,
                 // which then sees a spurious readiness and reads WouldBlock).
@@ -427,6 +441,29 @@ impl Daemon {
         }
         if token.0 >= FIRST_IO && self.io.contains(token.0 - FIRST_IO) {
             self.io.remove(token.0 - FIRST_IO);
+        }
+    }
+
+    /// Write what stderr takes of the log backlog; poll it for WRITABLE only while
+    /// some is left (logging never blocks the loop, see `logging`). Must not log.
+    fn flush_log(&mut self) {
+        let want = crate::logging::flush();
+        if want == self.log_fd {
+            return;
+        }
+        if let Some(fd) = self.log_fd.take() {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        }
+        if let Some(fd) = want {
+            let registered =
+                self.poll
+                    .registry()
+                    .register(&mut SourceFd(&fd), LOG, Interest::WRITABLE);
+            // Not pollable (should not happen for the fds `logging` returns): the
+            // backlog is then written whenever something else wakes the loop.
+            if registered.is_ok() {
+                self.log_fd = Some(fd);
+            }
         }
     }
 

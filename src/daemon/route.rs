@@ -68,6 +68,8 @@ pub struct Router {
     batch: Option<usize>,
     /// Error replies written to the batch client.
     batch_errors: u64,
+    /// Writing batch replies to stdout failed: replies were lost.
+    batch_output_failed: bool,
     /// Shutdown began: read nothing new.
     stopped_reading: bool,
     /// Scratch buffers for choosing an instance (see `fill_candidates`).
@@ -484,6 +486,12 @@ impl Daemon {
 
     /// Batch mode: orchd's stdin and stdout form one client.
     fn batch_client_open(&mut self, listener: usize) -> io::Result<()> {
+        if self.opts.stdout_closed {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "stdout is closed: batch replies (from = \"stdin\") have nowhere to go",
+            ));
+        }
         let input = sys::fd_kind(0)?;
         let output = sys::fd_kind(1)?;
         if input == FdKind::Stream {
@@ -1362,7 +1370,12 @@ impl Daemon {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    log::debug!("client {}: write: {e}", c.label);
+                    if self.router.batch == Some(key) {
+                        log::error!("batch: cannot write replies to stdout: {e}");
+                        self.router.batch_output_failed = true;
+                    } else {
+                        log::debug!("client {}: write: {e}", c.label);
+                    }
                     failed = true;
                     break;
                 }
@@ -1468,7 +1481,10 @@ impl Daemon {
                 self.router.batch_errors += 1;
             }
             let errors = self.router.batch_errors;
-            if errors > 0 {
+            if self.router.batch_output_failed {
+                log::error!("batch failed: replies could not be written to stdout");
+                self.exit_code = 1;
+            } else if errors > 0 {
                 log::warn!("batch done: {errors} message(s) got an error reply");
                 self.exit_code = 1;
             } else {
@@ -1584,7 +1600,10 @@ impl Daemon {
                 }
                 let rest = &c.out[c.out_pos..];
                 if !rest.is_empty() {
-                    let _ = write_all_fd(1, rest);
+                    if let Err(e) = write_all_fd(1, rest) {
+                        log::error!("batch: cannot write the last replies to stdout: {e}");
+                        self.exit_code = 1;
+                    }
                 }
                 if input == FdKind::Stream {
                     let _ = sys::set_fd_nonblocking(0, false);

@@ -78,8 +78,10 @@ pub fn spawn(pool: &Pool, index: u32, with_stdin: bool, creds: Credentials) -> i
     // setgroups, setgid, setuid) and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            sys::child_set_parent_death_signal(parent)?;
-            sys::child_set_ids(creds.uid, creds.gid)
+            // Credentials first: the kernel clears the parent-death signal when the
+            // uid or gid changes, so setting it before would leave it unset.
+            sys::child_set_ids(creds.uid, creds.gid)?;
+            sys::child_set_parent_death_signal(parent)
         });
     }
     let mut child = cmd.spawn()?;

@@ -9,6 +9,7 @@ mod misc;
 
 mod check;
 mod harden_config;
+mod harden_logproc;
 mod harden_reload;
 mod reload;
 mod routing;
