@@ -199,6 +199,25 @@ pub fn raise_nofile_limit() -> io::Result<libc::rlim_t> {
     Ok(lim.rlim_cur)
 }
 
+/// Make freed memory go back to the system. glibc raises its mmap threshold each
+/// time a large block is freed, after which 1 MiB message and line buffers come from
+/// the heap and stay there when clients leave (measured: 100 clients sending a 1 MiB
+/// line left orchd 100 MB larger for good). A fixed threshold stops that: large
+/// buffers are mapped and unmapped, and the heap top is trimmed past 128 KiB.
+/// No-op outside glibc.
+pub fn malloc_tuning() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        /// Allocations of this size and up get their own mapping, unmapped when freed.
+        const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+        // SAFETY: mallopt only sets allocator parameters; called before any thread of
+        // ours allocates concurrently (and glibc locks internally anyway).
+        if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) } != 1 {
+            log::debug!("mallopt(M_MMAP_THRESHOLD) failed");
+        }
+    }
+}
+
 /// In the child between fork and exec: ask the kernel to SIGKILL us if orchd dies, so
 /// a SIGKILLed orchd does not leave its workers behind. Async-signal-safe.
 pub fn child_set_parent_death_signal(parent: u32) -> io::Result<()> {
