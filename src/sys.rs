@@ -218,6 +218,18 @@ pub fn malloc_tuning() {
     }
 }
 
+/// Give free heap memory back to the system, also from the middle of the heap.
+/// No-op outside glibc.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only returns free pages of the allocator to the kernel.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 /// In the child between fork and exec: ask the kernel to SIGKILL us if orchd dies, so
 /// a SIGKILLed orchd does not leave its workers behind. Async-signal-safe.
 pub fn child_set_parent_death_signal(parent: u32) -> io::Result<()> {

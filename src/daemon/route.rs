@@ -1742,6 +1742,13 @@ impl Daemon {
             }
         }
         log::debug!("client {} closed", c.label);
+        if self.router.clients.is_empty() && self.router.clients.capacity() >= 1024 {
+            // The last client of a burst left: give its memory back (once per burst,
+            // not periodically; a trim takes well under a millisecond here).
+            self.router.clients.shrink_to_fit();
+            self.io.shrink_to_fit();
+            sys::release_free_memory();
+        }
         if self.router.batch == Some(key) {
             self.router.batch = None;
             if c.dead && c.outstanding > 0 {
