@@ -384,8 +384,9 @@ impl Daemon {
         }
     }
 
-    /// Close listeners whose address no route uses any more. Their connections stay
-    /// until their replies are written; new lines on them get `no route`.
+    /// Close listeners whose address no route uses any more. Their connections read
+    /// no more messages and stay until their replies are written (a message read but
+    /// stalled on a full pool gets `no route`).
     pub(super) fn listeners_close_unused(&mut self, config: &Config) {
         let unused: Vec<usize> = self
             .router
