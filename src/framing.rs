@@ -4,12 +4,17 @@
 //! A [`LineBuf`] reads big chunks and hands out complete lines; a line longer than its
 //! limit is reported once as [`Frame::TooLong`] and the stream resynchronises at the
 //! next newline, so one bad line never costs the lines after it. Memory per buffer is
-//! bounded by the limit plus one read chunk.
+//! bounded by the limit plus one read chunk. A fresh buffer reads small chunks that
+//! grow while reads fill them, so a client that sends one short line costs a few KiB,
+//! not a full chunk; [`LineBuf::release`] frees an idle buffer.
 
 use std::io::{self, Read};
 
-/// How much one `read` asks for.
+/// How much one `read` asks for at most.
 pub const READ_CHUNK: usize = 64 * 1024;
+/// How much the first `read` of a buffer asks for; doubled each time a read fills
+/// the room it was given, up to [`READ_CHUNK`].
+const FIRST_CHUNK: usize = 4 * 1024;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
@@ -40,6 +45,8 @@ pub struct LineBuf {
     max: usize,
     /// Skipping the rest of an over-long line.
     discarding: bool,
+    /// How much the next `read` asks for (see [`FIRST_CHUNK`]).
+    chunk: usize,
 }
 
 impl LineBuf {
@@ -52,6 +59,7 @@ impl LineBuf {
             scanned: 0,
             max,
             discarding: false,
+            chunk: FIRST_CHUNK,
         }
     }
 
@@ -66,12 +74,17 @@ impl LineBuf {
     /// Read once from `r` into the buffer. `WouldBlock` and other errors are returned
     /// as errors; `Interrupted` is retried.
     pub fn fill(&mut self, r: &mut impl Read) -> io::Result<Fill> {
-        self.reserve(READ_CHUNK);
+        self.reserve(self.chunk);
         loop {
+            let room = self.buf.len() - self.end;
             match r.read(&mut self.buf[self.end..]) {
                 Ok(0) => return Ok(Fill::Eof),
                 Ok(n) => {
                     self.end += n;
+                    if n == room {
+                        // More may be waiting: ask for more next time.
+                        self.chunk = (self.chunk * 2).min(READ_CHUNK);
+                    }
                     return Ok(Fill::Data(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -169,6 +182,24 @@ impl LineBuf {
         self.discarding = false;
     }
 
+    /// Release what an idle buffer holds (a client between messages): an empty one is
+    /// freed, a mostly consumed one keeps only its partial line. The chunk size learned
+    /// so far is kept, so a busy stream still reads big chunks.
+    pub fn release(&mut self) {
+        let partial = self.end - self.pos;
+        if partial == 0 {
+            self.buf = Vec::new();
+            self.pos = 0;
+            self.end = 0;
+            self.scanned = 0;
+        } else if self.buf.capacity() > 4 * partial.max(FIRST_CHUNK) {
+            // Rare: a growing long line keeps its buffer (no copy per read).
+            self.buf = self.buf[self.pos..self.end].to_vec();
+            self.pos = 0;
+            self.end = partial;
+        }
+    }
+
     /// Release memory held by a large, now empty buffer.
     pub fn shrink(&mut self) {
         if self.pos == self.end && self.buf.len() > 4 * READ_CHUNK {
@@ -247,6 +278,45 @@ mod tests {
         let mut lb = LineBuf::new(10);
         lb.extend(&[0, 255, 13, 10]);
         assert_eq!(frames(&mut lb), vec![Ok(vec![0, 255, 13])]);
+    }
+
+    #[test]
+    fn starts_small_grows_while_reads_fill_it_and_release_frees_it() {
+        let mut lb = LineBuf::new(1 << 20);
+        let mut src: &[u8] = b"hello\n";
+        lb.fill(&mut src).unwrap();
+        assert!(lb.buf.capacity() <= FIRST_CHUNK, "{}", lb.buf.capacity());
+        assert_eq!(frames(&mut lb), vec![Ok(b"hello".to_vec())]);
+        lb.release();
+        assert_eq!(lb.buf.capacity(), 0);
+        // A long line: reads grow to READ_CHUNK and the line arrives whole.
+        let long = vec![b'x'; 300_000];
+        let mut data = long.clone();
+        data.push(b'\n');
+        let mut src: &[u8] = &data;
+        let mut reads = 0;
+        while lb.fill(&mut src).unwrap() != Fill::Eof {
+            reads += 1;
+        }
+        assert!(reads < 20, "{reads} reads for 300 kB");
+        assert_eq!(lb.chunk, READ_CHUNK);
+        assert_eq!(frames(&mut lb), vec![Ok(long)]);
+        lb.release();
+        assert_eq!(lb.buf.capacity(), 0);
+    }
+
+    #[test]
+    fn release_keeps_a_partial_line_in_a_small_buffer() {
+        let mut lb = LineBuf::new(1 << 20);
+        let mut data = vec![b'y'; 200_000];
+        data.extend_from_slice(b"\npart");
+        let mut src: &[u8] = &data;
+        while lb.fill(&mut src).unwrap() != Fill::Eof {}
+        assert_eq!(frames(&mut lb).len(), 1);
+        lb.release();
+        assert!(lb.buf.capacity() < 1024, "{}", lb.buf.capacity());
+        lb.extend(b"ial\n");
+        assert_eq!(frames(&mut lb), vec![Ok(b"partial".to_vec())]);
     }
 
     #[test]

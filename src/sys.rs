@@ -278,6 +278,37 @@ pub fn raise_nofile_limit() -> io::Result<libc::rlim_t> {
     Ok(lim.rlim_cur)
 }
 
+/// Make freed memory go back to the system. glibc raises its mmap threshold each
+/// time a large block is freed, after which 1 MiB message and line buffers come from
+/// the heap and stay there when clients leave (measured: 100 clients sending a 1 MiB
+/// line left orchd 100 MB larger for good). A fixed threshold stops that: large
+/// buffers are mapped and unmapped, and the heap top is trimmed past 128 KiB.
+/// No-op outside glibc.
+pub fn malloc_tuning() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        /// Allocations of this size and up get their own mapping, unmapped when freed.
+        const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+        // SAFETY: mallopt only sets allocator parameters; called before any thread of
+        // ours allocates concurrently (and glibc locks internally anyway).
+        if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) } != 1 {
+            log::debug!("mallopt(M_MMAP_THRESHOLD) failed");
+        }
+    }
+}
+
+/// Give free heap memory back to the system, also from the middle of the heap.
+/// No-op outside glibc.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only returns free pages of the allocator to the kernel.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 /// In the child between fork and exec: ask the kernel to SIGKILL us if orchd dies, so
 /// a SIGKILLed orchd does not leave its workers behind. Async-signal-safe.
 ///

@@ -33,12 +33,13 @@ pub fn describe(config: &Config) -> String {
         .map_or_else(|| "none".to_string(), |p| word(&p.to_string_lossy()));
     let _ = writeln!(
         out,
-        "settings: log_level={} control={} drain_timeout={} watch={} error_prefix={:?}",
+        "settings: log_level={} control={} drain_timeout={} watch={} error_prefix={:?} max_clients={}",
         s.log_level,
         control,
         dur(s.drain_timeout),
         s.watch,
-        s.error_prefix
+        s.error_prefix,
+        s.max_clients
     );
 
     for p in &config.pools {

@@ -48,7 +48,12 @@ pub struct Settings {
     pub watch: bool,
     /// `error_prefix`, default "ERR ".
     pub error_prefix: String,
+    /// `max_clients`, default [`DEFAULT_MAX_CLIENTS`]: connections over all routes.
+    pub max_clients: u32,
 }
+
+/// Default of `[orchd] max_clients`.
+pub const DEFAULT_MAX_CLIENTS: u32 = 10_000;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -58,6 +63,7 @@ impl Default for Settings {
             drain_timeout: Duration::from_secs(10),
             watch: true,
             error_prefix: "ERR ".into(),
+            max_clients: DEFAULT_MAX_CLIENTS,
         }
     }
 }

@@ -22,7 +22,7 @@ pub(crate) const COMMAND_EXPECTED: &str = "a command: a non-empty array of strin
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a table such as [orchd] with log_level, control, drain_timeout, watch, error_prefix"
+    expecting = "a table such as [orchd] with log_level, control, drain_timeout, watch, error_prefix, max_clients"
 )]
 pub(crate) struct RawSettings {
     pub log_level: Option<String>,
@@ -30,6 +30,7 @@ pub(crate) struct RawSettings {
     pub drain_timeout: Option<Dur>,
     pub watch: Option<bool>,
     pub error_prefix: Option<String>,
+    pub max_clients: Option<UInt>,
 }
 
 /// `[pool.NAME]`

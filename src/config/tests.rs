@@ -89,6 +89,7 @@ fn settings_defaults() {
     assert_eq!(s.drain_timeout, Duration::from_secs(10));
     assert!(s.watch);
     assert_eq!(s.error_prefix, "ERR ");
+    assert_eq!(s.max_clients, 10_000);
 }
 
 #[test]
@@ -856,6 +857,14 @@ fn settings_checks() {
     assert_eq!(s.control, Some(PathBuf::from("/run/orchd.sock")));
     assert!(!s.watch);
     assert_eq!(s.error_prefix, "");
+    assert_eq!(ok("[orchd]\nmax_clients = 5\n").settings.max_clients, 5);
+    one(
+        "[orchd]\nmax_clients = 0\n",
+        2,
+        15,
+        "orchd.max_clients",
+        "expected an integer >= 1, found 0",
+    );
 }
 
 #[test]
@@ -1526,7 +1535,7 @@ fn describe_is_stable_and_readable() {
                 [[route]]\nfrom = \"unix:/run/in.sock\"\nmode = \"0600\"\nto = \"upper\"\nstrategy = \"hash\"\ntimeout = \"0s\"\n";
     let out = describe(&ok(text));
     let expected = "\
-settings: log_level=info control=/run/o.sock drain_timeout=10s watch=true error_prefix=\"ERR \"
+settings: log_level=info control=/run/o.sock drain_timeout=10s watch=true error_prefix=\"ERR \" max_clients=10000
 pool upper: command=[\"python3\", \"upper.py\"] count=4 cwd=/srv/up restart=always
   backoff: initial=100ms max=30s factor=2 jitter=0.1 reset_after=10s
   give_up: restarts=10 within=1m cooldown=5m

@@ -503,6 +503,14 @@ impl<'a, 'i> Checker<'a, 'i> {
                 s.error_prefix = p;
             }
         }
+        match raw.max_clients {
+            Some(UInt(0)) => self.at_value(
+                &base.key("max_clients"),
+                "expected an integer >= 1, found 0 (no client could ever connect)",
+            ),
+            Some(UInt(n)) => s.max_clients = n,
+            None => {}
+        }
         Some(s)
     }
 

@@ -82,6 +82,8 @@ enum TimerKey {
     Debounce { gen: u64 },
     /// Accepting failed for lack of fds; try again.
     Accept { listener: usize, gen: u64 },
+    /// A half-closed client has not closed its side in time.
+    Linger { client: usize, id: u64 },
     /// A rolling replacement has stayed up long enough to take its slot.
     Promote { key: usize, gen: u64 },
 }
@@ -162,6 +164,7 @@ pub fn run(config: Config, opts: Options) -> i32 {
 
 impl Daemon {
     fn new(config: Config, opts: Options) -> io::Result<Daemon> {
+        crate::sys::malloc_tuning();
         crate::sys::cloexec_inherited_fds();
         if let Err(e) = crate::sys::become_subreaper() {
             log::warn!("cannot become a child subreaper ({e}); orphaned grandchildren go to init");
@@ -401,7 +404,8 @@ impl Daemon {
                     }
                 }
                 TimerKey::Debounce { gen } => self.on_debounce(gen),
-                TimerKey::Accept { listener, .. } => self.on_accept_timer(listener),
+                TimerKey::Accept { listener, gen } => self.on_accept_timer(listener, gen),
+                TimerKey::Linger { client, id } => self.on_linger_timer(client, id),
                 TimerKey::Promote { key, gen } => self.on_promote_timer(key, gen),
             }
         }

@@ -17,7 +17,13 @@
 //! - memory is bounded: a pool holds at most `queue` waiting messages and
 //!   [`POOL_MAX_BYTES`] of messages; a client has at most [`MAX_OUTSTANDING`] messages
 //!   and [`MAX_CLIENT_OUT`] bytes of replies pending (written or held for ordering)
-//!   before orchd stops reading from it.
+//!   before orchd stops reading from it; an idle client holds no buffers; at most
+//!   `max_clients` connections exist: past it no listener is watched, and waiting
+//!   connections stay in the kernel's backlog until a client leaves;
+//! - orchd never closes a connection with unread input (that sends a reset, and the
+//!   peer loses replies it has not read yet): when it stops reading from a client that
+//!   has not closed, it half-closes once the replies are out and discards input until
+//!   the peer closes, or [`LINGER`] is over.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -51,6 +57,8 @@ pub const MAX_CLIENT_OUT: usize = 4 << 20;
 pub const POOL_MAX_BYTES: usize = 32 << 20;
 /// How long to wait before accepting again after EMFILE/ENFILE.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// How long a connection orchd has half-closed may take to close its side.
+const LINGER: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 pub struct Router {
@@ -75,6 +83,11 @@ pub struct Router {
     /// Scratch buffers for choosing an instance (see `fill_candidates`).
     cand_keys: Vec<usize>,
     cands: Vec<Candidate>,
+    /// `max_clients` was reached: since when (logged once per episode, which ends
+    /// when every waiting connection has been accepted).
+    cap_since: Option<Instant>,
+    /// Listeners are not watched because of `max_clients`.
+    cap_paused: bool,
 }
 
 struct RouteRt {
@@ -84,10 +97,17 @@ struct RouteRt {
 
 struct Listener {
     source: Source,
+    /// For logs: `source` with the port actually bound (`tcp://…:0`).
+    label: String,
     kind: ListenerKind,
+    /// Set while the listener is watched for new connections.
     token: Option<Token>,
     /// Indexes into `Router::routes`, in file order.
     routes: Vec<usize>,
+    /// Accepting failed (out of fds): the generation of the one pending retry timer.
+    retry: Option<u64>,
+    /// The current out-of-fds episode: when it began and how many retries failed.
+    starved: Option<(Instant, u32)>,
 }
 
 enum ListenerKind {
@@ -128,6 +148,10 @@ struct Client {
     want_write: bool,
     /// The peer is gone; close as soon as possible.
     dead: bool,
+    /// The peer closed its side (EOF), so no unread input can remain.
+    peer_closed: bool,
+    /// Half-closed by orchd: input is discarded until the peer closes (or [`LINGER`]).
+    lingering: bool,
     /// Batch mode, stdout a pipe/socket: its token while WRITABLE interest is needed.
     out_token: Option<Token>,
     /// Batch mode, stdin a terminal: bytes are known to be readable without blocking.
@@ -287,22 +311,33 @@ impl Daemon {
     }
 
     fn listener_open(&mut self, source: &Source, mode: u32) -> io::Result<Listener> {
+        let mut label = source.to_string();
         let kind = match source {
-            Source::Tcp(addr) => ListenerKind::Tcp(TcpListener::bind(*addr).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot listen on tcp://{addr}: {e}"))
-            })?),
+            Source::Tcp(addr) => {
+                let l = TcpListener::bind(*addr).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot listen on tcp://{addr}: {e}"))
+                })?;
+                // Port 0 asks the kernel for one: log the port clients must use.
+                if let Ok(bound) = l.local_addr() {
+                    label = format!("tcp://{bound}");
+                }
+                ListenerKind::Tcp(l)
+            }
             Source::Unix(path) => {
                 let l = bind_unix(path, mode)?;
                 ListenerKind::Unix(l, path.clone())
             }
             Source::Stdin => ListenerKind::Stdin,
         };
-        log::info!("listening on {source}");
+        log::info!("listening on {label}");
         Ok(Listener {
             source: source.clone(),
+            label,
             kind,
             token: None,
             routes: Vec::new(),
+            retry: None,
+            starved: None,
         })
     }
 
@@ -352,8 +387,9 @@ impl Daemon {
         }
     }
 
-    /// Close listeners whose address no route uses any more. Their connections stay
-    /// until their replies are written; new lines on them get `no route`.
+    /// Close listeners whose address no route uses any more. Their connections read
+    /// no more messages and stay until their replies are written (a message read but
+    /// stalled on a full pool gets `no route`).
     pub(super) fn listeners_close_unused(&mut self, config: &Config) {
         let unused: Vec<usize> = self
             .router
@@ -380,7 +416,8 @@ impl Daemon {
         if let ListenerKind::Unix(_, path) = &l.kind {
             let _ = std::fs::remove_file(path);
         }
-        // Its connections read nothing more and close once their replies are out.
+        // Its connections read nothing more and close once their replies are out (and
+        // their peers have closed: see `client_maybe_close`).
         let clients: Vec<usize> = self
             .router
             .clients
@@ -394,7 +431,7 @@ impl Daemon {
             cl.read_done = true;
             self.client_maybe_close(c);
         }
-        log::info!("stopped listening on {}", l.source);
+        log::info!("stopped listening on {}", l.label);
     }
 
     // ----- listeners and clients ----------------------------------------------------
@@ -404,9 +441,17 @@ impl Daemon {
             return;
         }
         loop {
+            if self.clients_at_cap() {
+                self.cap_reached();
+                return;
+            }
             let Some(l) = self.router.listeners.get_mut(key) else {
                 return;
             };
+            if l.retry.is_some() {
+                // A readiness event from before the pause; the retry timer is pending.
+                return;
+            }
             let accepted = match &l.kind {
                 ListenerKind::Tcp(s) => s.accept().map(|(c, peer)| {
                     let _ = c.set_nodelay(true);
@@ -423,20 +468,179 @@ impl Daemon {
                         log::warn!("cannot watch a new connection: {e}");
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_recovered(key);
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The peer gave up before we accepted: next one.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
-                    // EMFILE/ENFILE: the pending connection stays in the backlog; try
-                    // again shortly rather than spin on a readiness we cannot serve.
-                    log::warn!("accept on {}: {e}; retrying in 100ms", l.source);
-                    let gen = self.gen();
-                    self.timers.arm(
-                        self.now + ACCEPT_RETRY,
-                        TimerKey::Accept { listener: key, gen },
-                    );
+                    self.accept_failed(key, &e);
                     return;
                 }
             }
+        }
+    }
+
+    /// EMFILE/ENFILE (or another error that retrying right away would repeat): the
+    /// pending connection stays in the backlog. Stop watching this listener and try
+    /// again after [`ACCEPT_RETRY`], with one timer and one warning per episode.
+    fn accept_failed(&mut self, key: usize, e: &io::Error) {
+        let gen = self.gen();
+        let Some(l) = self.router.listeners.get_mut(key) else {
+            return;
+        };
+        match &mut l.starved {
+            Some((_, n)) => *n += 1,
+            None => {
+                let why = match e.raw_os_error() {
+                    Some(libc::EMFILE) | Some(libc::ENFILE) => "out of file descriptors",
+                    _ => "failing",
+                };
+                log::warn!(
+                    "accept on {}: {why} ({e}); not accepting there until it works again \
+                     (retrying every {}ms)",
+                    l.label,
+                    ACCEPT_RETRY.as_millis()
+                );
+                l.starved = Some((self.now, 1));
+            }
+        }
+        l.retry = Some(gen);
+        self.timers.arm(
+            self.now + ACCEPT_RETRY,
+            TimerKey::Accept { listener: key, gen },
+        );
+        self.listener_watch(key, false);
+    }
+
+    /// Every waiting connection has been accepted: end the listener's out-of-fds
+    /// episode, if any. (Not at the first success: at the limit, fds come and go as
+    /// clients do, and that is one episode, not one per client.)
+    fn accept_recovered(&mut self, key: usize) {
+        let Some(l) = self.router.listeners.get_mut(key) else {
+            return;
+        };
+        if let Some((since, n)) = l.starved.take() {
+            log::info!(
+                "accepting on {} again after {} failed retr{} over {}",
+                l.label,
+                n,
+                if n == 1 { "y" } else { "ies" },
+                humantime::format_duration(round_ms(self.now.saturating_duration_since(since)))
+            );
+        }
+    }
+
+    pub(super) fn on_accept_timer(&mut self, listener: usize, gen: u64) {
+        let Some(l) = self.router.listeners.get_mut(listener) else {
+            return;
+        };
+        if l.retry != Some(gen) {
+            return;
+        }
+        l.retry = None;
+        if !self.router.cap_paused {
+            self.listener_watch(listener, true);
+        }
+        self.on_listener(listener);
+    }
+
+    /// Watch a listener for new connections, or stop. A listener not watched keeps
+    /// its socket: new connections wait in the kernel's backlog and cost no wake-up.
+    fn listener_watch(&mut self, key: usize, on: bool) {
+        let Some(l) = self.router.listeners.get_mut(key) else {
+            return;
+        };
+        match (on, l.token) {
+            (true, None) => {
+                let r = match &mut l.kind {
+                    ListenerKind::Tcp(s) => {
+                        register(&self.poll, &mut self.io, s, IoTarget::Listener(key))
+                    }
+                    ListenerKind::Unix(s, _) => {
+                        register(&self.poll, &mut self.io, s, IoTarget::Listener(key))
+                    }
+                    ListenerKind::Stdin => return,
+                };
+                match r {
+                    Ok(t) => l.token = Some(t),
+                    Err(e) => log::error!("cannot watch {} again: {e}", l.label),
+                }
+            }
+            (false, Some(token)) => {
+                l.token = None;
+                let r = match &mut l.kind {
+                    ListenerKind::Tcp(s) => self.poll.registry().deregister(s),
+                    ListenerKind::Unix(s, _) => self.poll.registry().deregister(s),
+                    ListenerKind::Stdin => Ok(()),
+                };
+                if let Err(e) = r {
+                    log::debug!("deregister {}: {e}", l.label);
+                }
+                if self.io.contains(token.0 - super::FIRST_IO) {
+                    self.io.remove(token.0 - super::FIRST_IO);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Connections over all routes (the batch client is not one).
+    fn clients_at_cap(&self) -> bool {
+        let n = self.router.clients.len() - usize::from(self.router.batch.is_some());
+        n >= self.config.settings.max_clients as usize
+    }
+
+    /// `max_clients` reached: stop watching every listener (no accept-and-close, no
+    /// wake-ups) until a client leaves.
+    fn cap_reached(&mut self) {
+        if self.router.cap_since.is_none() {
+            self.router.cap_since = Some(self.now);
+            log::warn!(
+                "max_clients = {} reached: not accepting new connections until a client leaves",
+                self.config.settings.max_clients
+            );
+        }
+        if !self.router.cap_paused {
+            self.router.cap_paused = true;
+            let keys: Vec<usize> = self.router.listeners.iter().map(|(k, _)| k).collect();
+            for k in keys {
+                self.listener_watch(k, false);
+            }
+        }
+    }
+
+    /// Below `max_clients` again: watch the listeners and take waiting connections.
+    fn cap_resume_if_room(&mut self) {
+        if !self.router.cap_paused || self.router.stopped_reading || self.clients_at_cap() {
+            return;
+        }
+        self.router.cap_paused = false;
+        let keys: Vec<usize> = self.router.listeners.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            if self
+                .router
+                .listeners
+                .get(k)
+                .is_some_and(|l| l.retry.is_none())
+            {
+                self.listener_watch(k, true);
+                self.on_listener(k);
+            }
+        }
+        if self.router.cap_paused {
+            return; // full again: the episode goes on
+        }
+        // Every waiting connection has been accepted: the episode is over.
+        if let Some(since) = self.router.cap_since.take() {
+            log::info!(
+                "accepting connections again: {} connected, max_clients = {}, full for {}",
+                self.router.clients.len() - usize::from(self.router.batch.is_some()),
+                self.config.settings.max_clients,
+                humantime::format_duration(round_ms(self.now.saturating_duration_since(since)))
+            );
         }
     }
 
@@ -476,6 +680,8 @@ impl Daemon {
             read_paused: false,
             want_write: false,
             dead: false,
+            peer_closed: false,
+            lingering: false,
             out_token: None,
             tty_ready: false,
             pump_queued: false,
@@ -519,6 +725,10 @@ impl Daemon {
     }
 
     pub(super) fn on_client(&mut self, key: usize, event: &Event) {
+        if self.router.clients.get(key).is_some_and(|c| c.lingering) {
+            self.client_discard_input(key);
+            return;
+        }
         if event.is_readable() {
             if let Some(c) = self.router.clients.get_mut(key) {
                 c.tty_ready = true;
@@ -587,6 +797,7 @@ impl Daemon {
                 Ok(Fill::Data(_)) => continue,
                 Ok(Fill::Eof) => {
                     c.read_done = true;
+                    c.peer_closed = true;
                     c.read_paused = false;
                     // An unterminated last line is still a message.
                     if let Some(rest) = inbuf.take_partial() {
@@ -614,7 +825,8 @@ impl Daemon {
             }
         }
         if let Some(c) = self.router.clients.get_mut(key) {
-            inbuf.shrink();
+            // Idle until the next readiness: keep no read buffer.
+            inbuf.release();
             c.inbuf = inbuf;
         }
         self.client_maybe_close(key);
@@ -1382,10 +1594,11 @@ impl Daemon {
             }
         }
         if c.out_pos == c.out.len() {
-            c.out.clear();
+            // Everything written: an idle client keeps no output buffer.
+            c.out = Vec::new();
             c.out_pos = 0;
-            if c.out.capacity() > MAX_CLIENT_OUT {
-                c.out = Vec::new();
+            if c.outstanding == 0 {
+                c.order.release();
             }
         } else if c.out_pos > (1 << 16) && c.out_pos * 2 > c.out.len() {
             c.out.drain(..c.out_pos);
@@ -1450,15 +1663,88 @@ impl Daemon {
     }
 
     /// Close a client that is finished: peer gone, or input done and every reply out.
+    /// A peer that has not closed its side gets a half-close first (see [`LINGER`]).
     fn client_maybe_close(&mut self, key: usize) {
         let Some(c) = self.router.clients.get(key) else {
             return;
         };
         let done =
             c.read_done && c.outstanding == 0 && c.out_pos == c.out.len() && c.stalled.is_none();
-        if !(c.dead || done) {
+        if c.lingering || !(c.dead || done) {
             return;
         }
+        if !c.dead && !c.peer_closed && self.client_linger(key) {
+            return;
+        }
+        self.client_remove(key);
+    }
+
+    /// orchd stopped reading from a client that may still be sending (its listener was
+    /// removed, or shutdown): closing now, with input unread, would send a reset that
+    /// can destroy replies the peer has not read yet. Half-close instead, and discard
+    /// input until the peer closes, at most [`LINGER`]. False if that is not possible.
+    fn client_linger(&mut self, key: usize) -> bool {
+        let c = &mut self.router.clients[key];
+        let shut = match &c.stream {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Stdio { .. } => return false,
+        };
+        if let Err(e) = shut {
+            log::debug!("client {}: shutdown: {e}", c.label);
+            return false;
+        }
+        c.lingering = true;
+        let id = c.id;
+        log::debug!("client {}: half-closed, waiting for it to close", c.label);
+        self.timers
+            .arm(self.now + LINGER, TimerKey::Linger { client: key, id });
+        self.client_discard_input(key);
+        true
+    }
+
+    /// A half-closed client: read and drop its input; close once it has closed.
+    fn client_discard_input(&mut self, key: usize) {
+        let Some(c) = self.router.clients.get_mut(key) else {
+            return;
+        };
+        let mut scratch = [0u8; 16 * 1024];
+        let closed = loop {
+            let r = match &mut c.stream {
+                Stream::Tcp(s) => s.read(&mut scratch),
+                Stream::Unix(s) => s.read(&mut scratch),
+                Stream::Stdio { .. } => Ok(0),
+            };
+            match r {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(_) => break true,
+            }
+        };
+        if closed {
+            self.client_remove(key);
+        }
+    }
+
+    pub(super) fn on_linger_timer(&mut self, key: usize, id: u64) {
+        if self
+            .router
+            .clients
+            .get(key)
+            .is_some_and(|c| c.id == id && c.lingering)
+        {
+            log::debug!(
+                "client {}: did not close within {}s; closing",
+                self.router.clients[key].label,
+                LINGER.as_secs()
+            );
+            self.client_remove(key);
+        }
+    }
+
+    fn client_remove(&mut self, key: usize) {
         let mut c = self.router.clients.remove(key);
         if let Some(t) = c.out_token.take() {
             self.deregister_io(&mut SourceFd(&1), t);
@@ -1471,6 +1757,13 @@ impl Daemon {
             }
         }
         log::debug!("client {} closed", c.label);
+        if self.router.clients.is_empty() && self.router.clients.capacity() >= 1024 {
+            // The last client of a burst left: give its memory back (once per burst,
+            // not periodically; a trim takes well under a millisecond here).
+            self.router.clients.shrink_to_fit();
+            self.io.shrink_to_fit();
+            sys::release_free_memory();
+        }
         if self.router.batch == Some(key) {
             self.router.batch = None;
             if c.dead && c.outstanding > 0 {
@@ -1508,8 +1801,10 @@ impl Daemon {
         }
     }
 
-    /// Resume clients that may read again. Called from the loop before flushing.
+    /// Resume clients that may read again, and accepting if clients left. Called from
+    /// the loop before flushing.
     pub(super) fn router_pump(&mut self) -> bool {
+        self.cap_resume_if_room();
         if self.router.to_pump.is_empty() {
             return false;
         }
@@ -1703,10 +1998,11 @@ impl Daemon {
     pub(super) fn pool_queued(&self, pool: usize) -> usize {
         self.pools.get(pool).map(|p| p.q.waiting).unwrap_or(0)
     }
+}
 
-    pub(super) fn on_accept_timer(&mut self, listener: usize) {
-        self.on_listener(listener);
-    }
+/// A duration to the millisecond, for logs.
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX))
 }
 
 /// A message as it will be written to a worker: without a trailing CR, with room for

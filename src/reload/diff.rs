@@ -224,6 +224,7 @@ pub fn diff_running<'a>(
         ("drain_timeout", a.drain_timeout != b.drain_timeout),
         ("watch", a.watch != b.watch),
         ("error_prefix", a.error_prefix != b.error_prefix),
+        ("max_clients", a.max_clients != b.max_clients),
     ]);
     plan
 }

@@ -21,6 +21,13 @@ impl<T> Default for Reorder<T> {
 }
 
 impl<T> Reorder<T> {
+    /// Free the memory of an empty buffer (a client that is idle again).
+    pub fn release(&mut self) {
+        if self.slots.is_empty() && self.slots.capacity() > 16 {
+            self.slots = VecDeque::new();
+        }
+    }
+
     /// Reserve the next position; returns its sequence number.
     pub fn reserve(&mut self) -> u64 {
         self.slots.push_back(None);
