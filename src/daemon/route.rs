@@ -429,6 +429,7 @@ impl Daemon {
             let cl = &mut self.router.clients[c];
             cl.listener = usize::MAX;
             cl.read_done = true;
+            self.client_refuse_unrouted(c, "no route");
             self.client_maybe_close(c);
         }
         log::info!("stopped listening on {}", l.label);
@@ -830,6 +831,29 @@ impl Daemon {
             c.inbuf = inbuf;
         }
         self.client_maybe_close(key);
+    }
+
+    /// A client that will read no more: the messages orchd has read from it but not
+    /// routed (one stalled on a full pool, complete lines still in its read buffer
+    /// because it was paused) are answered with `why`, in order, never dropped. An
+    /// unterminated partial line is not a message yet and is discarded.
+    fn client_refuse_unrouted(&mut self, key: usize, why: &str) {
+        let Some(c) = self.router.clients.get_mut(key) else {
+            return;
+        };
+        if c.stalled.take().is_some() {
+            self.reply_now(key, why);
+        }
+        let mut inbuf = std::mem::replace(&mut self.router.clients[key].inbuf, LineBuf::new(0));
+        while let Some(frame) = inbuf.next_frame() {
+            match frame {
+                Frame::Line(_) => self.reply_now(key, why),
+                Frame::TooLong => self.reply_now(key, "message too long"),
+            }
+        }
+        inbuf.clear();
+        inbuf.release();
+        self.router.clients[key].inbuf = inbuf;
     }
 
     /// Route one message from client `key`. Returns false when it stalled on a full
@@ -1823,6 +1847,15 @@ impl Daemon {
     /// Shutdown: accept and read nothing new.
     pub(super) fn router_stop_reading(&mut self) {
         self.router.stopped_reading = true;
+        // Clients first, so that what they sent and orchd read gets `shutting down`
+        // rather than the `no route` of a closed listener.
+        let clients: Vec<usize> = self.router.clients.iter().map(|(k, _)| k).collect();
+        for &c in &clients {
+            if let Some(cl) = self.router.clients.get_mut(c) {
+                cl.read_done = true;
+                self.client_refuse_unrouted(c, "shutting down");
+            }
+        }
         let keys: Vec<usize> = self
             .router
             .listeners
@@ -1833,15 +1866,7 @@ impl Daemon {
         for k in keys {
             self.listener_close(k);
         }
-        let clients: Vec<usize> = self.router.clients.iter().map(|(k, _)| k).collect();
         for c in clients {
-            if let Some(cl) = self.router.clients.get_mut(c) {
-                cl.read_done = true;
-                // Read but never routed: it is answered, not lost.
-                if cl.stalled.take().is_some() {
-                    self.reply_now(c, "shutting down");
-                }
-            }
             self.client_maybe_close(c);
         }
     }

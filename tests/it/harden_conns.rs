@@ -404,6 +404,86 @@ fn removing_a_listener_under_load_ends_with_eof_not_a_reset() {
     assert_eq!(c.request("b"), "b");
 }
 
+/// A pool whose one worker holds its first message until `release` exists, with room
+/// for one more message in flight and one queued: a client that sends 50 lines in one
+/// write has all of them read by orchd, three routed, the rest left in its read buffer.
+fn held_pool(dir: &TempDir, port: u16, other: u16) -> (String, std::path::PathBuf) {
+    let release = dir.join("release");
+    let worker = dir.write(
+        "hold.sh",
+        &format!(
+            "#!/bin/sh\nIFS= read -r l\necho held >&2\nwhile [ ! -e '{}' ]; do sleep 0.02; done\n\
+             printf '%s\\n' \"$l\"\nexec cat\n",
+            release.display()
+        ),
+    );
+    let cfg = format!(
+        "[orchd]\ndrain_timeout = \"500ms\"\n\n[pool.hold]\ncommand = [{:?}]\nmax_inflight = 1\nqueue = 1\n\n\
+         [[route]]\nfrom = \"tcp://127.0.0.1:{port}\"\nto = \"hold\"\n",
+        worker.to_str().unwrap()
+    );
+    let cfg = cfg + &format!("\n[[route]]\nfrom = \"tcp://127.0.0.1:{other}\"\nto = \"hold\"\n");
+    (cfg, release)
+}
+
+/// Sends 50 lines in one write, waits until the worker holds the first, runs `cut`,
+/// and returns every reply line the client gets before EOF.
+fn replies_after_cut(port: u16, o: &Orchd, cut: impl FnOnce()) -> Vec<String> {
+    let mut c = TcpClient::connect(port);
+    let batch: String = (0..50).map(|i| format!("m{i:02}\n")).collect();
+    c.send_raw(batch.as_bytes());
+    o.wait_log("held", 1);
+    cut();
+    let mut got = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match c.reader.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => got.push(line.trim_end().to_string()),
+            Err(e) => panic!("after {} replies: {e}", got.len()),
+        }
+    }
+    got
+}
+
+#[test]
+fn messages_read_before_a_listener_is_removed_are_all_answered() {
+    let dir = TempDir::new("conns-unrouted");
+    let (pa, pb) = (free_port(), free_port());
+    let (cfg, release) = held_pool(&dir, pa, pb);
+    let mut o = start(&dir, &cfg);
+    let got = replies_after_cut(pa, &o, || {
+        // Remove the client's route, then let the worker go on.
+        let only_b = cfg.replace(
+            &format!("tcp://127.0.0.1:{pa}"),
+            &format!("tcp://127.0.0.1:{pb}"),
+        );
+        dir.write("orchd.toml", &only_b);
+        o.signal(libc::SIGHUP);
+        o.wait_log("stopped listening on tcp://127.0.0.1", 1);
+        std::fs::write(&release, "").unwrap();
+    });
+    // One reply per message orchd read, in order: the two routed ones are answered by
+    // the worker, the rest could no longer be routed.
+    assert_eq!(got.len(), 50, "{got:?}\n{}", o.log());
+    assert_eq!(got[0], "m00");
+    assert!(got[2..].iter().all(|l| l == "ERR no route"), "{got:?}");
+    assert_eq!(o.stop(), 0);
+}
+
+#[test]
+fn messages_read_before_shutdown_are_all_answered() {
+    let dir = TempDir::new("conns-unrouted-term");
+    let (pa, pb) = (free_port(), free_port());
+    let (cfg, _release) = held_pool(&dir, pa, pb);
+    let mut o = start(&dir, &cfg);
+    let got = replies_after_cut(pa, &o, || o.signal(libc::SIGTERM));
+    assert_eq!(got.len(), 50, "{got:?}\n{}", o.log());
+    assert!(got.iter().all(|l| l == "ERR shutting down"), "{got:?}");
+    assert_eq!(o.wait_exit(DEADLINE), 0);
+}
+
 #[test]
 fn tcp_port_zero_logs_the_port_it_got() {
     let dir = TempDir::new("conns-port0");
