@@ -29,6 +29,7 @@ use slab::Slab;
 use crate::config::Config;
 use crate::timers::Timers;
 
+pub use control::{parse_command, ControlCommand};
 pub use supervise::Instance;
 
 const SIGNALS: Token = Token(0);
