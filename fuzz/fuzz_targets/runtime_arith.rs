@@ -71,8 +71,9 @@ fn run_lifecycle(p: &Pool, start: Instant, rand01: f64) {
             }),
             _ => Some(Exit::Code(1)),
         };
+        // A run long enough to reset the backoff (as long as a process can run).
         let ran_for = if i % 7 == 6 {
-            p.backoff.reset_after
+            p.backoff.reset_after.min(UPTIME)
         } else {
             Duration::ZERO
         };
@@ -111,12 +112,10 @@ fn check(config: &Config) {
         );
         for p in &config.pools {
             timers.arm(deadline(at, p.stop_timeout, "stop_timeout"), 1);
-            timers.arm(deadline(at, p.backoff.reset_after, "reset_after"), 2);
-            if let Some(g) = p.give_up {
-                timers.arm(deadline(at, g.within, "give_up.within"), 3);
-                if let Some(c) = g.cooldown {
-                    timers.arm(deadline(at, c, "give_up.cooldown"), 4);
-                }
+            // `reset_after` and `give_up.within` are only compared with elapsed times
+            // (run_lifecycle covers them); a cooldown is a deadline.
+            if let Some(c) = p.give_up.and_then(|g| g.cooldown) {
+                timers.arm(deadline(at, c, "give_up.cooldown"), 4);
             }
         }
         for r in &config.routes {
