@@ -31,6 +31,37 @@ pub(super) enum ControlSwap {
     Open(UnixListener, PathBuf),
 }
 
+/// One control command line, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlCommand<'a> {
+    Status,
+    Reload,
+    /// `plan PATH`: PATH as given (non-empty, trimmed), resolved by the caller.
+    Plan(&'a Path),
+    /// Not a command: the error to answer with.
+    Invalid(String),
+}
+
+/// Parses one control command line (without its newline): a verb, then for `plan` one
+/// space and a path. Surrounding whitespace is ignored; arguments after `status` and
+/// `reload` too. Pure, so it can be unit-tested and fuzzed.
+pub fn parse_command(line: &str) -> ControlCommand<'_> {
+    let line = line.trim();
+    let (verb, arg) = line
+        .split_once(' ')
+        .map(|(v, a)| (v, a.trim()))
+        .unwrap_or((line, ""));
+    match verb {
+        "status" => ControlCommand::Status,
+        "reload" => ControlCommand::Reload,
+        "plan" if !arg.is_empty() => ControlCommand::Plan(Path::new(arg)),
+        "plan" => ControlCommand::Invalid("usage: plan PATH".into()),
+        _ => ControlCommand::Invalid(format!(
+            "unknown command {verb:?}; expected status, reload or plan PATH"
+        )),
+    }
+}
+
 #[derive(Default)]
 pub struct Control {
     listener: Option<(UnixListener, PathBuf)>,
@@ -250,26 +281,19 @@ impl Daemon {
     }
 
     fn control_command(&mut self, cmd: &str) -> Value {
-        let (verb, arg) = cmd
-            .split_once(' ')
-            .map(|(v, a)| (v, a.trim()))
-            .unwrap_or((cmd, ""));
-        match verb {
-            "status" => self.status_json(),
-            "reload" => match self.reload_from_disk("control socket") {
+        match parse_command(cmd) {
+            ControlCommand::Status => self.status_json(),
+            ControlCommand::Reload => match self.reload_from_disk("control socket") {
                 Ok(summary) => json!({"ok": true, "summary": summary}),
                 Err(e) => json!({"ok": false, "error": e}),
             },
-            "plan" if !arg.is_empty() => match self.plan_for(Path::new(arg)) {
+            ControlCommand::Plan(path) => match self.plan_for(path) {
                 Ok(plan) => {
                     json!({"ok": true, "summary": plan.summary(), "plan": plan.to_string()})
                 }
                 Err(e) => json!({"ok": false, "error": e}),
             },
-            "plan" => json!({"ok": false, "error": "usage: plan PATH"}),
-            _ => {
-                json!({"ok": false, "error": format!("unknown command {verb:?}; expected status, reload or plan PATH")})
-            }
+            ControlCommand::Invalid(error) => json!({"ok": false, "error": error}),
         }
     }
 
@@ -317,5 +341,46 @@ impl Daemon {
             "uptime_ms": self.control.started.map(|s| now.duration_since(s).as_millis() as u64),
             "pools": pools,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_verbs() {
+        assert_eq!(parse_command("status"), ControlCommand::Status);
+        assert_eq!(parse_command("  reload \r"), ControlCommand::Reload);
+        assert_eq!(
+            parse_command("plan  /etc/orchd.toml "),
+            ControlCommand::Plan(Path::new("/etc/orchd.toml"))
+        );
+        assert_eq!(
+            parse_command("plan a b.toml"),
+            ControlCommand::Plan(Path::new("a b.toml"))
+        );
+        // Extra words after a verb without arguments are ignored, as before.
+        assert_eq!(parse_command("status now"), ControlCommand::Status);
+    }
+
+    #[test]
+    fn rejects_everything_else_with_a_message() {
+        assert_eq!(
+            parse_command("plan"),
+            ControlCommand::Invalid("usage: plan PATH".into())
+        );
+        assert_eq!(
+            parse_command("plan   "),
+            ControlCommand::Invalid("usage: plan PATH".into())
+        );
+        for bad in ["", "STATUS", "stat", "status\tx", "\u{0}", "reload\u{0}"] {
+            match parse_command(bad) {
+                ControlCommand::Invalid(e) => {
+                    assert!(e.starts_with("unknown command"), "{bad:?}: {e}")
+                }
+                other => panic!("{bad:?} parsed as {other:?}"),
+            }
+        }
     }
 }

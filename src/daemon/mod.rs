@@ -30,6 +30,7 @@ use slab::Slab;
 use crate::config::Config;
 use crate::timers::{deadline, Timers};
 
+pub use control::{parse_command, ControlCommand};
 pub use supervise::Instance;
 
 const SIGNALS: Token = Token(0);
