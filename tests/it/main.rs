@@ -5,6 +5,7 @@ mod common;
 
 mod control;
 mod docs;
+mod harden_loop;
 mod misc;
 
 mod check;
