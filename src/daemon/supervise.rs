@@ -320,7 +320,7 @@ impl Daemon {
                         inst.label,
                         stop_signal.name
                     );
-                    let _ = sys::kill_group(pgid, stop_signal.number);
+                    let _ = signal_group_to_stop(pgid, stop_signal.number);
                     let gen = self.gen();
                     self.lingering.insert(pgid, gen);
                     self.timers
@@ -520,7 +520,7 @@ impl Daemon {
                     kill_at: now + timeout,
                 };
                 log::info!("stopping {} (pid {pid}) with {}", inst.label, sig.name);
-                if let Err(e) = sys::kill_group(inst.pgid, sig.number) {
+                if let Err(e) = signal_group_to_stop(inst.pgid, sig.number) {
                     if e.raw_os_error() != Some(libc::ESRCH) {
                         log::warn!("{}: cannot signal group {}: {e}", inst.label, inst.pgid);
                     }
@@ -799,6 +799,17 @@ impl Daemon {
     pub(super) fn on_worker_stdin_writable(&mut self, key: usize) {
         self.flush_worker_stdin(key);
     }
+}
+
+/// Send `stop_signal` to a group, then SIGCONT: a stopped (SIGSTOP, ^Z) process
+/// only acts on the stop signal once continued, and would otherwise sit out
+/// `stop_timeout` until SIGKILL. A `stop_signal` of STOP itself is left alone.
+pub(super) fn signal_group_to_stop(pgid: u32, signal: i32) -> io::Result<()> {
+    sys::kill_group(pgid, signal)?;
+    if signal != libc::SIGSTOP && signal != libc::SIGCONT {
+        sys::kill_group(pgid, libc::SIGCONT)?;
+    }
+    Ok(())
 }
 
 /// `user`/`group` only apply when orchd runs as root: say so rather than ignore them.

@@ -150,6 +150,28 @@ fn sigstopped_worker_is_retried_and_restarted_promptly() {
     assert_eq!(c.request("again").split(' ').nth(1), Some("again"));
 }
 
+/// The only worker SIGSTOPped with a message in flight: once the message times out
+/// the worker is stopped at once (SIGCONT lets it act on SIGTERM) and restarted, and
+/// the retry gets the restarted worker's real reply, not "timed out waiting for an
+/// instance" while orchd sat out stop_timeout.
+#[test]
+fn sigstopped_only_worker_restarts_and_answers_the_retry() {
+    let dir = TempDir::new("loop-sigstop1");
+    let cfg = dir.write("pool.toml", &STOPPED.replace("count = 2", "count = 1"));
+    let o = Orchd::start(&cfg);
+    o.wait_ready();
+    let w0 = started_pid(&o, "w[0]", 0);
+    let mut c = Client::connect(&dir.join("in.sock"));
+    assert_eq!(c.request("probe"), "0 probe");
+    kill(w0, libc::SIGSTOP);
+    let t = Instant::now();
+    let reply = c.request("hello");
+    eprintln!("reply {reply:?} after {:?}", t.elapsed());
+    assert_eq!(reply, "0 hello", "the restarted worker answers the retry");
+    assert_ne!(started_pid(&o, "w[0]", 1), w0);
+    assert!(!alive(w0), "the stopped worker {w0} is still there");
+}
+
 // ----- defect 11: control socket -------------------------------------------------
 
 const CTL: &str = r#"
