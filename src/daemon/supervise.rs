@@ -174,6 +174,9 @@ impl Daemon {
         let label = format!("{}[{}]", p.cfg.name, index);
         let stdin_pipe = p.routed;
         let spec = p.spec.clone();
+        // A fresh generation: a queued start of a forgotten instance whose key this
+        // one reuses must not match it.
+        let gen = self.gen();
         self.instances.insert(Instance {
             spec,
             pool,
@@ -182,7 +185,7 @@ impl Daemon {
             life: Lifecycle::default(),
             started_at: self.now,
             pgid: 0,
-            gen: 0,
+            gen,
             retiring: false,
             killed: false,
             timed_out: false,
@@ -195,12 +198,44 @@ impl Daemon {
         })
     }
 
+    /// Start an instance now if this loop turn's spawn budget allows, else queue it
+    /// behind the others waiting (see `start_queued`).
     pub(super) fn start_instance(&mut self, key: usize) {
         if self.phase != Phase::Running {
             // Shutting down: nothing new starts.
             self.mark_stopped(key);
             return;
         }
+        let Some(inst) = self.instances.get(key) else {
+            return;
+        };
+        if self.spawn_budget == 0 || !self.start_queue.is_empty() {
+            self.start_queue.push_back((key, inst.gen));
+            return;
+        }
+        self.spawn_budget -= 1;
+        self.spawn_instance(key);
+    }
+
+    /// Start queued instances while this turn's spawn budget lasts. An entry whose
+    /// instance changed state since (stopped, retired, forgotten) is dropped.
+    pub(super) fn start_queued(&mut self) {
+        while self.spawn_budget > 0 && self.phase == Phase::Running {
+            let Some((key, gen)) = self.start_queue.pop_front() else {
+                return;
+            };
+            let due = self.instances.get(key).is_some_and(|i| {
+                i.gen == gen
+                    && !matches!(i.life.state, State::Running { .. } | State::Stopping { .. })
+            });
+            if due {
+                self.spawn_budget -= 1;
+                self.spawn_instance(key);
+            }
+        }
+    }
+
+    fn spawn_instance(&mut self, key: usize) {
         let gen = self.gen();
         let Some(inst) = self.instances.get_mut(key) else {
             return;
@@ -240,7 +275,6 @@ impl Daemon {
                 self.after_exit(key, Err(why), Duration::ZERO);
             }
         }
-        self.notify_ready_if_started();
     }
 
     /// Register a new process's pipes. Each is stored on the instance as soon as it
@@ -427,7 +461,7 @@ impl Daemon {
                 self.route_instance_gone(key);
             }
         }
-        self.route_pool_changed(self.instances[key].pool);
+        self.route_pool_lost(self.instances[key].pool);
     }
 
     pub(super) fn on_instance_timer(&mut self, key: usize, gen: u64) {
