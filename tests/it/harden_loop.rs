@@ -56,13 +56,14 @@ control = "ctl.sock"
 
 [pool.bad]
 command = ["/nonexistent"]
-count = 3000
+count = 5000
 backoff = { initial = "100ms", max = "200ms" }
 "#;
 
-/// 3,000 instances whose spawn fails: while they start (and restart), the control
+/// 5,000 instances whose spawn fails: while they start (and restart), the control
 /// socket answers, and SIGTERM ends orchd at once without spawning anything more.
-/// Before the fix, orchd spawned all 3,000 in one go before serving anything.
+/// Before the fix, orchd spawned all 5,000 in one go before serving anything
+/// (status answered after about 10 s here, 0.1 s after).
 #[test]
 fn spawn_storm_leaves_room_for_status_and_sigterm() {
     let dir = TempDir::new("loop-storm");
@@ -71,7 +72,7 @@ fn spawn_storm_leaves_room_for_status_and_sigterm() {
     o.wait_log("failed to start", 1);
     // The socket is bound before the first spawn; the loop must answer it soon.
     let t = Instant::now();
-    let status = ask_within(&dir.join("ctl.sock"), "status", Duration::from_secs(3));
+    let status = ask_within(&dir.join("ctl.sock"), "status", Duration::from_secs(4));
     assert_eq!(status["ok"], true, "{status}");
     eprintln!("status answered after {:?} during the storm", t.elapsed());
     let t = Instant::now();
@@ -252,7 +253,7 @@ fn control_client_pipelining_without_reading_is_bounded() {
     // client is still served, promptly.
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
-    let v = ask_within(&sock, "status", Duration::from_secs(3));
+    let v = ask_within(&sock, "status", Duration::from_secs(4));
     assert_eq!(v["ok"], true);
     eprintln!("second client answered in {:?}", t.elapsed());
     let hwm = vm_hwm_kib(o.pid());
