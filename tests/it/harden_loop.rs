@@ -48,6 +48,16 @@ fn vm_hwm_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes waiting to be read on a socket (FIONREAD).
+fn unread_bytes(s: &UnixStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which is valid.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) };
+    assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+    n as usize
+}
+
 // ----- defect 8: a spawn storm -----------------------------------------------------
 
 const STORM: &str = r#"
@@ -249,9 +259,10 @@ fn control_client_pipelining_without_reading_is_bounded() {
         let all = "status\n".repeat(N);
         w.write_all(all.as_bytes()).unwrap();
     });
-    // orchd has answered as much as it will (its output toward us is full): another
-    // client is still served, promptly.
-    std::thread::sleep(Duration::from_millis(500));
+    // Once replies are arriving, another client is still served, promptly.
+    wait_for("replies waiting in our socket", DEADLINE, || {
+        (unread_bytes(&s) >= 64 * 1024).then_some(())
+    });
     let t = Instant::now();
     let v = ask_within(&sock, "status", Duration::from_secs(4));
     assert_eq!(v["ok"], true);
