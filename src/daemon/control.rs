@@ -18,8 +18,9 @@ use crate::framing::{Fill, Frame, LineBuf};
 
 /// Control commands are short; anything longer is refused.
 const MAX_COMMAND: usize = 64 * 1024;
-/// Unread replies kept for one control connection before it is dropped.
-const MAX_PENDING: usize = 64 << 20;
+/// Unsent reply bytes past which no further command of a connection is read, until
+/// the peer takes its replies (a client pipelining commands without reading them).
+const MAX_UNSENT: usize = 1 << 20;
 
 /// What a reload does to the control socket, prepared before it commits.
 pub(super) enum ControlSwap {
@@ -192,35 +193,45 @@ impl Daemon {
     }
 
     pub(super) fn on_control_conn(&mut self, key: usize, _event: &Event) {
-        let Some(c) = self.control.conns.get_mut(key) else {
-            return;
-        };
-        let mut inbuf = std::mem::replace(&mut c.inbuf, LineBuf::new(0));
-        let mut commands = Vec::new();
+        self.control_serve(key);
+    }
+
+    /// Answer commands in order while the connection's unsent replies stay under
+    /// [`MAX_UNSENT`]. Past it, no more is read (the rest waits in our buffer and the
+    /// socket) until the peer has taken enough: its WRITABLE event brings us back here.
+    /// A last command cut short by EOF (no trailing newline) is answered too.
+    fn control_serve(&mut self, key: usize) {
         loop {
-            match inbuf.fill(&mut c.stream) {
-                Ok(Fill::Data(_)) => {
-                    while let Some(f) = inbuf.next_frame() {
-                        commands.push(match f {
-                            Frame::Line(l) => Some(String::from_utf8_lossy(l).trim().to_string()),
-                            Frame::TooLong => None,
-                        });
-                    }
-                }
-                Ok(Fill::Eof) => {
-                    c.eof = true;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    c.eof = true;
-                    break;
-                }
+            if !self.control_flush(key) {
+                return;
             }
-        }
-        c.inbuf = inbuf;
-        for cmd in commands {
+            let Some(c) = self.control.conns.get_mut(key) else {
+                return;
+            };
+            if c.out.len() - c.out_pos > MAX_UNSENT || c.eof {
+                return;
+            }
+            let cmd = match c.inbuf.next_frame() {
+                Some(Frame::Line(l)) => Some(String::from_utf8_lossy(l).trim().to_string()),
+                Some(Frame::TooLong) => None,
+                None => match c.inbuf.fill(&mut c.stream) {
+                    Ok(Fill::Data(_)) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        c.inbuf.shrink();
+                        return;
+                    }
+                    Ok(Fill::Eof) | Err(_) => {
+                        c.eof = true;
+                        match c.inbuf.take_partial() {
+                            Some(rest) if rest.len() > MAX_COMMAND => None,
+                            Some(rest) => Some(String::from_utf8_lossy(&rest).trim().to_string()),
+                            None => continue,
+                        }
+                    }
+                },
+            };
             let reply = match cmd {
+                Some(cmd) if cmd.is_empty() => continue,
                 Some(cmd) => self.control_command(&cmd),
                 None => json!({"ok": false, "error": "command too long"}),
             };
@@ -229,15 +240,14 @@ impl Daemon {
                 c.out.push(b'\n');
             }
         }
-        self.control_flush(key);
     }
 
     /// Write pending replies; WRITABLE interest while some are left (a status of
-    /// thousands of instances exceeds a socket buffer). A peer that lets more than
-    /// [`MAX_PENDING`] pile up, or is gone, is dropped.
-    fn control_flush(&mut self, key: usize) {
+    /// thousands of instances exceeds a socket buffer). A peer that is gone, or that
+    /// sent EOF and has all its replies, is dropped: returns false then.
+    fn control_flush(&mut self, key: usize) -> bool {
         let Some(c) = self.control.conns.get_mut(key) else {
-            return;
+            return false;
         };
         let mut close = false;
         while c.out_pos < c.out.len() {
@@ -254,13 +264,19 @@ impl Daemon {
         if c.out_pos == c.out.len() {
             c.out.clear();
             c.out_pos = 0;
+            if c.out.capacity() > 2 * MAX_UNSENT {
+                c.out = Vec::new();
+            }
+        } else if c.out_pos > MAX_UNSENT / 2 {
+            c.out.drain(..c.out_pos);
+            c.out_pos = 0;
         }
         let pending = c.out.len() - c.out_pos;
-        close |= pending > MAX_PENDING || (c.eof && pending == 0);
+        close |= c.eof && pending == 0;
         if close {
             let mut c = self.control.conns.remove(key);
             self.deregister_io(&mut c.stream, c.token);
-            return;
+            return false;
         }
         let want = pending > 0;
         if want != c.want_write {
@@ -278,6 +294,7 @@ impl Daemon {
                 log::warn!("control: cannot change interest: {e}");
             }
         }
+        true
     }
 
     fn control_command(&mut self, cmd: &str) -> Value {

@@ -42,6 +42,12 @@ const LOG: Token = Token(3);
 const FIRST_IO: usize = 16;
 /// At the end of shutdown, how long replies may take to reach slow clients.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
+/// Spawns per loop turn (a spawn costs about a millisecond): a pool of thousands
+/// starts, or restarts, over many turns, and signals, clients and shutdown are
+/// served in between. More due than this: the next poll does not wait.
+const SPAWNS_PER_TURN: usize = 64;
+/// Timers handled per loop turn, for the same reason.
+const TIMERS_PER_TURN: usize = 256;
 
 /// Command-line choices that the config file does not carry.
 #[derive(Debug, Clone, Default)]
@@ -126,6 +132,11 @@ pub struct Daemon {
     router: route::Router,
     watcher: reload::Watcher,
     control: control::Control,
+    /// Instances due to start beyond this turn's spawn budget, in order, each with
+    /// its generation at the time (a stale one was stopped or forgotten meanwhile).
+    start_queue: VecDeque<(usize, u64)>,
+    /// Spawns left in this loop turn.
+    spawn_budget: usize,
     /// Instance stdins and clients with queued output, flushed once per loop turn.
     dirty_stdin: VecDeque<usize>,
     dirty_clients: VecDeque<usize>,
@@ -208,6 +219,8 @@ impl Daemon {
             router: route::Router::default(),
             watcher: reload::Watcher::default(),
             control: control::Control::default(),
+            start_queue: VecDeque::new(),
+            spawn_budget: SPAWNS_PER_TURN,
             dirty_stdin: VecDeque::new(),
             dirty_clients: VecDeque::new(),
             starting_up: true,
@@ -241,10 +254,14 @@ impl Daemon {
                 return Ok(());
             }
             self.flush_log();
-            let timeout = self
-                .timers
-                .next_deadline()
-                .map(|at| at.saturating_duration_since(Instant::now()));
+            // A timer already due or starts left over: look at events and come back.
+            let timeout = if self.start_queue.is_empty() {
+                self.timers
+                    .next_deadline()
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -252,10 +269,13 @@ impl Daemon {
                 return Err(e);
             }
             self.now = Instant::now();
+            self.spawn_budget = SPAWNS_PER_TURN;
             for event in events.iter() {
                 self.dispatch(event);
             }
             self.fire_timers();
+            self.start_queued();
+            self.notify_ready_if_started();
         }
     }
 
@@ -313,6 +333,9 @@ impl Daemon {
                 log::info!("shutting down");
                 notify_systemd("STOPPING=1");
                 self.phase = Phase::Draining;
+                // Nothing new starts: queued starts are dropped (their instances stay
+                // in backoff or stopped, and stop_everything settles them).
+                self.start_queue.clear();
                 self.router_stop_reading();
                 if self.router_idle() {
                     self.stop_everything();
@@ -392,7 +415,10 @@ impl Daemon {
     fn fire_timers(&mut self) {
         let now = Instant::now();
         self.now = now;
-        while let Some(key) = self.timers.pop_due(now) {
+        for _ in 0..TIMERS_PER_TURN {
+            let Some(key) = self.timers.pop_due(now) else {
+                break;
+            };
             match key {
                 TimerKey::Instance { key, gen } => self.on_instance_timer(key, gen),
                 TimerKey::Inflight { key, gen } => self.on_inflight_timer(key, gen),

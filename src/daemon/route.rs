@@ -222,6 +222,11 @@ pub struct PoolQueue {
 }
 
 impl PoolQueue {
+    /// Known to have no live instance (it takes an instance starting to change that).
+    pub(super) fn none_live(&self) -> bool {
+        self.empty_since.is_some()
+    }
+
     /// No room for another message: `queue` messages wait, or the pool holds
     /// [`POOL_MAX_BYTES`]. An empty pool always takes one, however large.
     fn is_full(&self, queue: u32) -> bool {
@@ -1330,9 +1335,18 @@ impl Daemon {
         }
         self.rehome_backlog(k);
         let pool = self.instances[k].pool;
-        self.route_pool_changed(pool);
+        self.route_pool_lost(pool);
         // Room may have appeared (backlog moved or failed): stalled clients go on.
         self.pool_pump(pool);
+    }
+
+    /// An instance of `pool` is not live (any more): like `route_pool_changed`, but
+    /// a pool already known to have none live is not scanned again (stopping or
+    /// failing thousands of instances would be quadratic).
+    pub(super) fn route_pool_lost(&mut self, pool: usize) {
+        if self.pools.get(pool).is_some_and(|p| !p.q.none_live()) {
+            self.route_pool_changed(pool);
+        }
     }
 
     /// Recompute whether the pool has live instances, for queue expiry.

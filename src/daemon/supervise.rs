@@ -175,6 +175,9 @@ impl Daemon {
         let label = format!("{}[{}]", p.cfg.name, index);
         let stdin_pipe = p.routed;
         let spec = p.spec.clone();
+        // A fresh generation: a queued start of a forgotten instance whose key this
+        // one reuses must not match it.
+        let gen = self.gen();
         self.instances.insert(Instance {
             spec,
             pool,
@@ -183,7 +186,7 @@ impl Daemon {
             life: Lifecycle::default(),
             started_at: self.now,
             pgid: 0,
-            gen: 0,
+            gen,
             retiring: false,
             killed: false,
             timed_out: false,
@@ -196,12 +199,44 @@ impl Daemon {
         })
     }
 
+    /// Start an instance now if this loop turn's spawn budget allows, else queue it
+    /// behind the others waiting (see `start_queued`).
     pub(super) fn start_instance(&mut self, key: usize) {
         if self.phase != Phase::Running {
             // Shutting down: nothing new starts.
             self.mark_stopped(key);
             return;
         }
+        let Some(inst) = self.instances.get(key) else {
+            return;
+        };
+        if self.spawn_budget == 0 || !self.start_queue.is_empty() {
+            self.start_queue.push_back((key, inst.gen));
+            return;
+        }
+        self.spawn_budget -= 1;
+        self.spawn_instance(key);
+    }
+
+    /// Start queued instances while this turn's spawn budget lasts. An entry whose
+    /// instance changed state since (stopped, retired, forgotten) is dropped.
+    pub(super) fn start_queued(&mut self) {
+        while self.spawn_budget > 0 && self.phase == Phase::Running {
+            let Some((key, gen)) = self.start_queue.pop_front() else {
+                return;
+            };
+            let due = self.instances.get(key).is_some_and(|i| {
+                i.gen == gen
+                    && !matches!(i.life.state, State::Running { .. } | State::Stopping { .. })
+            });
+            if due {
+                self.spawn_budget -= 1;
+                self.spawn_instance(key);
+            }
+        }
+    }
+
+    fn spawn_instance(&mut self, key: usize) {
         let gen = self.gen();
         let Some(inst) = self.instances.get_mut(key) else {
             return;
@@ -241,7 +276,6 @@ impl Daemon {
                 self.after_exit(key, Err(why), Duration::ZERO);
             }
         }
-        self.notify_ready_if_started();
     }
 
     /// Register a new process's pipes. Each is stored on the instance as soon as it
@@ -321,7 +355,7 @@ impl Daemon {
                         inst.label,
                         stop_signal.name
                     );
-                    let _ = sys::kill_group(pgid, stop_signal.number);
+                    let _ = signal_group_to_stop(pgid, stop_signal.number);
                     let gen = self.gen();
                     self.lingering.insert(pgid, gen);
                     self.timers
@@ -429,7 +463,7 @@ impl Daemon {
                 self.route_instance_gone(key);
             }
         }
-        self.route_pool_changed(self.instances[key].pool);
+        self.route_pool_lost(self.instances[key].pool);
     }
 
     pub(super) fn on_instance_timer(&mut self, key: usize, gen: u64) {
@@ -522,7 +556,7 @@ impl Daemon {
                     kill_at: deadline(now, timeout),
                 };
                 log::info!("stopping {} (pid {pid}) with {}", inst.label, sig.name);
-                if let Err(e) = sys::kill_group(inst.pgid, sig.number) {
+                if let Err(e) = signal_group_to_stop(inst.pgid, sig.number) {
                     if e.raw_os_error() != Some(libc::ESRCH) {
                         log::warn!("{}: cannot signal group {}: {e}", inst.label, inst.pgid);
                     }
@@ -801,6 +835,17 @@ impl Daemon {
     pub(super) fn on_worker_stdin_writable(&mut self, key: usize) {
         self.flush_worker_stdin(key);
     }
+}
+
+/// Send `stop_signal` to a group, then SIGCONT: a stopped (SIGSTOP, ^Z) process
+/// only acts on the stop signal once continued, and would otherwise sit out
+/// `stop_timeout` until SIGKILL. A `stop_signal` of STOP itself is left alone.
+pub(super) fn signal_group_to_stop(pgid: u32, signal: i32) -> io::Result<()> {
+    sys::kill_group(pgid, signal)?;
+    if signal != libc::SIGSTOP && signal != libc::SIGCONT {
+        sys::kill_group(pgid, libc::SIGCONT)?;
+    }
+    Ok(())
 }
 
 /// `user`/`group` only apply when orchd runs as root: say so rather than ignore them.

@@ -6,6 +6,7 @@ mod common;
 mod control;
 mod docs;
 mod harden_conns;
+mod harden_loop;
 mod misc;
 
 mod check;
