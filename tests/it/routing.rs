@@ -719,33 +719,35 @@ retries = 10
         };
         let kills = kills.clone();
         clients.push(std::thread::spawn(move || {
-            let sent: Vec<String> = (0..PER_CLIENT)
-                .map(|i| format!("client{c} message{i} {}", "x".repeat(i % 50)))
-                .collect();
             let (mut reader, mut writer) = conn.split();
-            let to_send = sent.clone();
             let w = std::thread::spawn(move || {
+                // However fast this machine is, the traffic meets the killer: keep
+                // sending until it has struck MIN_KILLS times while we were sending
+                // (and at least PER_CLIENT messages went out).
+                let kills_at_start = kills.load(Ordering::SeqCst);
+                let mut sent = Vec::new();
                 let mut bw = BufWriter::new(&mut writer);
-                for (i, m) in to_send.iter().enumerate() {
-                    if i == PER_CLIENT / 2 {
-                        // However fast this machine is, the second half meets the
-                        // killer: wait until it has struck a few times.
-                        bw.flush().unwrap();
-                        wait_for("the killer to strike", DEADLINE, || {
-                            (kills.load(Ordering::SeqCst) >= MIN_KILLS).then_some(())
-                        });
+                for i in 0..PER_CLIENT * 100 {
+                    if i % 100 == 0
+                        && i >= PER_CLIENT
+                        && kills.load(Ordering::SeqCst) >= kills_at_start + MIN_KILLS
+                    {
+                        break;
                     }
+                    let m = format!("client{c} message{i} {}", "x".repeat(i % 50));
                     bw.write_all(m.as_bytes()).unwrap();
                     bw.write_all(b"\n").unwrap();
+                    sent.push(m);
                 }
                 bw.flush().unwrap();
                 drop(bw);
                 writer.half_close();
+                sent
             });
             // The connection closes once every reply is written: duplicates would show.
             let mut got = String::new();
             reader.read_to_string(&mut got).expect("read replies");
-            w.join().unwrap();
+            let sent = w.join().unwrap();
             (sent, got)
         }));
     }
@@ -755,10 +757,8 @@ retries = 10
     stop.store(true, Ordering::SeqCst);
     killer.join().unwrap();
     let kills = kills.load(Ordering::SeqCst);
-    eprintln!(
-        "chaos: {} messages in {elapsed:?}, {kills} workers killed",
-        CLIENTS * PER_CLIENT
-    );
+    let total: usize = results.iter().map(|(sent, _)| sent.len()).sum();
+    eprintln!("chaos: {total} messages in {elapsed:?}, {kills} workers killed");
 
     for (c, (sent, got)) in results.iter().enumerate() {
         let errors: Vec<&str> = got.lines().filter(|l| l.starts_with("ERR")).collect();
@@ -786,7 +786,8 @@ retries = 10
     assert!(kills >= MIN_KILLS, "only {kills} kills");
     assert!(
         o.log_count("unanswered message(s) again") > 0,
-        "no message was ever redelivered: the chaos missed the traffic"
+        "no message was ever redelivered: the chaos missed the traffic\n{}",
+        o.log()
     );
 }
 
