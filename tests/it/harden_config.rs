@@ -4,12 +4,10 @@
 //! a command, one unix socket written two ways, overlapping TCP listeners).
 
 use std::ffi::CString;
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::common::*;
 
@@ -21,20 +19,6 @@ fn mkfifo(path: &Path) {
 }
 
 /// One control command and its JSON answer, or None when no answer came in `timeout`.
-fn ask_within(sock: &Path, cmd: &str, timeout: Duration) -> Option<serde_json::Value> {
-    let mut s = UnixStream::connect(sock).ok()?;
-    s.set_read_timeout(Some(timeout)).unwrap();
-    s.write_all(format!("{cmd}\n").as_bytes()).ok()?;
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).ok()?;
-    serde_json::from_str(&line).ok()
-}
-
-fn ask(sock: &Path, cmd: &str) -> serde_json::Value {
-    ask_within(sock, cmd, DEADLINE)
-        .unwrap_or_else(|| panic!("no answer to {cmd:?} within {DEADLINE:?}"))
-}
-
 const CONTROLLED: &str = r#"
 [orchd]
 control = "ctl.sock"
@@ -57,7 +41,7 @@ fn plan_of_dev_zero_is_refused_at_once_and_memory_stays_small() {
     o.wait_ready();
     let sock = dir.join("ctl.sock");
     let t = Instant::now();
-    let v = ask(&sock, "plan /dev/zero");
+    let v = control(&sock, "plan /dev/zero");
     let took = t.elapsed();
     let err = error_of(&v);
     assert!(
@@ -68,7 +52,7 @@ fn plan_of_dev_zero_is_refused_at_once_and_memory_stays_small() {
     eprintln!("plan /dev/zero answered in {took:?}; orchd RSS {rss} KiB");
     assert!(rss < 64 * 1024, "orchd RSS {rss} KiB after plan /dev/zero");
     // Still serving.
-    assert_eq!(ask(&sock, "status")["ok"], true);
+    assert_eq!(control(&sock, "status")["ok"], true);
     assert_eq!(o.stop(), 0);
 }
 
@@ -81,10 +65,10 @@ fn plan_of_fifo_is_refused_and_orchd_stays_responsive() {
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
     let sock = dir.join("ctl.sock");
-    let v = ask(&sock, &format!("plan {}", fifo.display()));
+    let v = control(&sock, &format!("plan {}", fifo.display()));
     let err = error_of(&v);
     assert!(err.contains("not a regular file (fifo)"), "{err}");
-    assert_eq!(ask(&sock, "status")["ok"], true);
+    assert_eq!(control(&sock, "status")["ok"], true);
     // The client path (`orchd --plan` reads CONFIG to find the socket) refuses too.
     let (code, _, stderr) = run_orchd(&["--plan", fifo.to_str().unwrap()]);
     assert_eq!(code, 1, "{stderr}");
@@ -119,9 +103,9 @@ fn sighup_with_config_swapped_for_a_fifo_keeps_the_running_config() {
     o.wait_log("not a regular file (fifo)", 1);
     let sock = dir.join("ctl.sock");
     // The control `reload` answers the same error.
-    let err = error_of(&ask(&sock, "reload"));
+    let err = error_of(&control(&sock, "reload"));
     assert!(err.contains("not a regular file (fifo)"), "{err}");
-    let status = ask(&sock, "status");
+    let status = control(&sock, "status");
     assert_eq!(status["ok"], true, "{status}");
     let mut now = o.children();
     now.sort();
@@ -138,7 +122,7 @@ fn watched_config_swapped_for_a_fifo_keeps_the_running_config() {
     o.wait_log("watching", 1);
     swap_for_fifo_symlink(&dir, &cfg);
     o.wait_log("not a regular file (fifo)", 1);
-    let status = ask(&dir.join("ctl.sock"), "status");
+    let status = control(&dir.join("ctl.sock"), "status");
     assert_eq!(status["ok"], true, "{status}");
     assert_eq!(o.stop(), 0);
 }
@@ -176,7 +160,7 @@ fn oversize_config_is_refused_by_check_start_up_and_plan() {
     let cfg = dir.write("pool.toml", CONTROLLED);
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
-    let err = error_of(&ask(
+    let err = error_of(&control(
         &dir.join("ctl.sock"),
         &format!("plan {}", big.display()),
     ));
@@ -320,7 +304,7 @@ timeout = "{cap}"
     m.send("never answered");
     let sock = dir.join("ctl.sock");
     wait_for("the message in flight", DEADLINE, || {
-        let v = ask(&sock, "status");
+        let v = control(&sock, "status");
         let pools = v["pools"].as_array()?.clone();
         let mute = pools.iter().find(|p| p["name"] == "mute")?;
         (mute["instances"][0]["inflight"] == 1).then_some(())
@@ -339,6 +323,17 @@ fn check(dir: &TempDir, toml: &str) -> (PathBuf, i32, String) {
     let cfg = dir.write("pool.toml", toml);
     let (code, _, err) = run_orchd(&["--check", cfg.to_str().unwrap()]);
     (cfg, code, err)
+}
+
+/// `--check` fails, and the error line at `at` (`LINE:COL: KEY: `) is returned.
+fn check_error_at(dir: &TempDir, toml: &str, at: &str) -> String {
+    let (cfg, code, err) = check(dir, toml);
+    assert_eq!(code, 1, "{err}");
+    let want = format!("{}:{at}", cfg.display());
+    err.lines()
+        .find(|l| l.starts_with(&want))
+        .unwrap_or_else(|| panic!("no {want:?} in:\n{err}"))
+        .to_string()
 }
 
 #[test]
@@ -378,13 +373,7 @@ to = "web"
 from = "unix:sub/../web.sock"
 to = "web"
 "#;
-    let (cfg, code, err) = check(&dir, toml);
-    assert_eq!(code, 1, "{err}");
-    let want = format!("{}:10:8: route[2].from: ", cfg.display());
-    let line = err
-        .lines()
-        .find(|l| l.starts_with(&want))
-        .unwrap_or_else(|| panic!("no {want:?} in:\n{err}"));
+    let line = check_error_at(&dir, toml, "10:8: route[2].from: ");
     assert!(line.contains("same socket as route[1]"), "{line}");
 }
 
@@ -403,13 +392,7 @@ to = "web"
 from = "tcp://0.0.0.0:7171"
 to = "web"
 "#;
-    let (cfg, code, err) = check(&dir, toml);
-    assert_eq!(code, 1, "{err}");
-    let want = format!("{}:10:8: route[2].from: ", cfg.display());
-    let line = err
-        .lines()
-        .find(|l| l.starts_with(&want))
-        .unwrap_or_else(|| panic!("no {want:?} in:\n{err}"));
+    let line = check_error_at(&dir, toml, "10:8: route[2].from: ");
     assert!(
         line.contains("overlaps") && line.contains("route[1]"),
         "{line}"

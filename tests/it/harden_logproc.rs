@@ -120,16 +120,6 @@ impl Drop for Stalled {
 }
 
 /// One control-socket command, answered within `timeout` (None if not).
-fn ask(sock: &std::path::Path, cmd: &str, timeout: Duration) -> Option<serde_json::Value> {
-    use std::io::{BufRead, BufReader, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(sock).ok()?;
-    s.set_read_timeout(Some(timeout)).ok()?;
-    s.write_all(format!("{cmd}\n").as_bytes()).ok()?;
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).ok()?;
-    serde_json::from_str(&line).ok()
-}
-
 /// The pid of instance 0 of `pool` while it is running.
 fn running_pid(status: &serde_json::Value, pool: &str) -> Option<u64> {
     let p = status["pools"]
@@ -190,18 +180,18 @@ fn stalled_stderr_does_not_freeze_orchd() {
     wait_stalled(&dir, &o);
     let short = Duration::from_secs(5);
     // The control socket answers.
-    let status = ask(&ctl, "status", short).expect("no status answer: orchd is frozen");
+    let status = control_try(&ctl, "status", short).expect("no status answer: orchd is frozen");
     assert_eq!(status["ok"], true, "{status}");
     // Messages are routed.
     let mut c = Client::connect(&dir.join("in.sock"));
     assert_eq!(c.request("hello"), "got hello");
     // A killed worker is restarted.
     let pid = wait_for("echo running", DEADLINE, || {
-        running_pid(&ask(&ctl, "status", short)?, "echo")
+        running_pid(&control_try(&ctl, "status", short)?, "echo")
     });
     sigkill(pid as u32);
     wait_for("echo to be restarted", DEADLINE, || {
-        let now = running_pid(&ask(&ctl, "status", short)?, "echo")?;
+        let now = running_pid(&control_try(&ctl, "status", short)?, "echo")?;
         (now != pid).then_some(())
     });
     assert_eq!(c.request("again"), "got again");

@@ -10,17 +10,6 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 /// Send one control command and read its one-line JSON reply, failing after `within`.
-fn ask_within(path: &std::path::Path, cmd: &str, within: Duration) -> serde_json::Value {
-    let mut s = UnixStream::connect(path).expect("connect to the control socket");
-    s.set_read_timeout(Some(within)).unwrap();
-    s.write_all(format!("{cmd}\n").as_bytes()).unwrap();
-    let mut line = String::new();
-    BufReader::new(&s)
-        .read_line(&mut line)
-        .unwrap_or_else(|e| panic!("no reply to {cmd:?} within {within:?}: {e}"));
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
-}
-
 /// The pid a log line `LABEL started (pid N)` gave the `n`-th time (0-based).
 fn started_pid(o: &Orchd, label: &str, n: usize) -> u32 {
     let needle = format!("{label} started (pid ");
@@ -82,7 +71,7 @@ fn spawn_storm_leaves_room_for_status_and_sigterm() {
     o.wait_log("failed to start", 1);
     // The socket is bound before the first spawn; the loop must answer it soon.
     let t = Instant::now();
-    let status = ask_within(&dir.join("ctl.sock"), "status", Duration::from_secs(4));
+    let status = control_within(&dir.join("ctl.sock"), "status", Duration::from_secs(4));
     assert_eq!(status["ok"], true, "{status}");
     eprintln!("status answered after {:?} during the storm", t.elapsed());
     let t = Instant::now();
@@ -250,7 +239,7 @@ fn control_client_pipelining_without_reading_is_bounded() {
     let o = Orchd::start(&cfg);
     o.wait_ready();
     let sock = dir.join("ctl.sock");
-    let one = ask_within(&sock, "status", DEADLINE).to_string().len();
+    let one = control_within(&sock, "status", DEADLINE).to_string().len();
     let hwm_before = vm_hwm_kib(o.pid());
     let s = UnixStream::connect(&sock).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -264,7 +253,7 @@ fn control_client_pipelining_without_reading_is_bounded() {
         (unread_bytes(&s) >= 64 * 1024).then_some(())
     });
     let t = Instant::now();
-    let v = ask_within(&sock, "status", Duration::from_secs(4));
+    let v = control_within(&sock, "status", Duration::from_secs(4));
     assert_eq!(v["ok"], true);
     eprintln!("second client answered in {:?}", t.elapsed());
     let hwm = vm_hwm_kib(o.pid());

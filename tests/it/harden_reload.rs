@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -46,16 +45,6 @@ fn pids(cfg: &Path, pool: &str) -> BTreeMap<u64, u64> {
 }
 
 /// One command on a control socket, its JSON answer.
-fn ask(sock: &Path, cmd: &str) -> serde_json::Value {
-    use std::io::{BufRead, BufReader, Write};
-    let mut s = UnixStream::connect(sock).expect("connect to the control socket");
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    s.write_all(format!("{cmd}\n").as_bytes()).unwrap();
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).expect("JSON answer")
-}
-
 fn mode_of(p: &Path) -> u32 {
     std::fs::symlink_metadata(p)
         .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -157,7 +146,7 @@ fn unopenable_control_socket_fails_the_reload_and_keeps_the_old_one() {
         dir.write("pool.toml", &ctl_config(bad, 2, extra_route));
         o.signal(libc::SIGHUP);
         o.wait_log("reload (SIGHUP) failed", n + 1);
-        let st = ask(&ctl, "status");
+        let st = control(&ctl, "status");
         assert_eq!(st["ok"], true, "old control socket lost");
         assert!(ctl.exists());
         assert!(!dir.join("new.sock").exists(), "new listener left open");
@@ -172,16 +161,16 @@ fn unopenable_control_socket_fails_the_reload_and_keeps_the_old_one() {
         );
     }
     // The same through the control socket's own `reload`.
-    let v = ask(&ctl, "reload");
+    let v = control(&ctl, "reload");
     assert_eq!(v["ok"], false, "{v}");
     assert!(v["error"].as_str().unwrap().contains("no-such-dir"), "{v}");
-    assert_eq!(ask(&ctl, "status")["ok"], true);
+    assert_eq!(control(&ctl, "status")["ok"], true);
     // A control path that works moves the socket.
     dir.write("pool.toml", &ctl_config("ctl2.sock", 1, ""));
-    let v = ask(&ctl, "reload");
+    let v = control(&ctl, "reload");
     assert_eq!(v["ok"], true, "{v}");
     assert!(!ctl.exists(), "old control socket left behind");
-    let st = ask(&dir.join("ctl2.sock"), "status");
+    let st = control(&dir.join("ctl2.sock"), "status");
     assert_eq!(st["ok"], true);
     assert_eq!(pids_in(&st, "p"), before);
     assert_eq!(o.stop(), 0);

@@ -525,3 +525,29 @@ pub fn run_batch(
         .unwrap_or_else(|| panic!("batch orchd died by signal: {status:?}\n{stderr}"));
     (code, stdout, stderr)
 }
+
+/// One command on a control socket and its JSON answer line; `None` if the socket does
+/// not answer with JSON within `timeout`.
+pub fn control_try(sock: &Path, cmd: &str, timeout: Duration) -> Option<serde_json::Value> {
+    let mut s = UnixStream::connect(sock).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.write_all(format!("{cmd}\n").as_bytes()).ok()?;
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).ok()?;
+    serde_json::from_str(&line).ok()
+}
+
+/// [`control_try`] that must answer within `timeout`.
+pub fn control_within(sock: &Path, cmd: &str, timeout: Duration) -> serde_json::Value {
+    control_try(sock, cmd, timeout).unwrap_or_else(|| {
+        panic!(
+            "no answer to {cmd:?} on {} within {timeout:?}",
+            sock.display()
+        )
+    })
+}
+
+/// [`control_try`] that must answer within [`DEADLINE`].
+pub fn control(sock: &Path, cmd: &str) -> serde_json::Value {
+    control_within(sock, cmd, DEADLINE)
+}
