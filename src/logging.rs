@@ -318,8 +318,7 @@ fn sink() -> &'static SinkCell {
             pos: 0,
             dropped: 0,
         }),
-        // SAFETY: isatty has no memory effects.
-        tty: unsafe { libc::isatty(2) } == 1,
+        tty: sys::is_tty(2),
     })
 }
 

@@ -553,6 +553,12 @@ pub fn fd_file_type(fd: i32) -> io::Result<libc::mode_t> {
     Ok(st.st_mode & libc::S_IFMT)
 }
 
+/// Whether `fd` is a terminal.
+pub fn is_tty(fd: i32) -> bool {
+    // SAFETY: isatty only inspects the fd number.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
 /// Whether `fd` is open.
 pub fn fd_is_open(fd: i32) -> bool {
     // SAFETY: fcntl F_GETFD on an fd number; fails with EBADF if it is not open.
