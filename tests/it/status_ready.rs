@@ -322,3 +322,45 @@ command = ["sleep", "1000"]
     );
     assert_eq!(o.stop(), 0);
 }
+
+/// A SIGHUP while instances are still settling reloads, but tells systemd nothing:
+/// a READY=1 after that reload would come before the honest first one.
+#[test]
+fn a_reload_before_ready_sends_no_early_ready() {
+    let dir = TempDir::new("st-early-hup");
+    let cfg = dir.write(
+        "pool.toml",
+        "[pool.web]\ncommand = [\"sleep\", \"1000\"]\ncount = 2\n",
+    );
+    let sock = UnixDatagram::bind(dir.join("notify.sock")).unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--no-watch")
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", dir.join("notify.sock"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let mut o = Orchd::spawn(cmd, &cfg);
+    o.wait_log("web[1] started", 1);
+    o.signal(libc::SIGHUP);
+    o.wait_log("reload: ", 1);
+    o.wait_ready();
+    o.signal(libc::SIGTERM);
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != Some("STOPPING=1") {
+        let mut buf = [0u8; 256];
+        let n = sock.recv(&mut buf).expect("a notification");
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(o.wait_exit(DEADLINE), 0);
+    let log = o.log();
+    let pos = |needle: &str| log.lines().position(|l| l.contains(needle)).unwrap();
+    if pos("reload: ") > pos("ready:") {
+        // The machine was too slow to reload within the second of settling: the
+        // reload came after READY=1, as any later reload does.
+        eprintln!("reload after ready; nothing to check:\n{log}");
+        assert_eq!(got, ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"]);
+        return;
+    }
+    assert_eq!(got, ["READY=1", "STOPPING=1"], "{log}");
+}
