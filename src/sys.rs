@@ -467,6 +467,51 @@ pub fn children_of_self() -> Vec<u32> {
     out
 }
 
+/// CPU time and resident memory of one process, read from `/proc/PID/stat` and
+/// `/proc/PID/statm` when asked (status), never sampled in the background.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    /// User plus system CPU time, in seconds.
+    pub cpu_seconds: f64,
+    /// Resident set size, in bytes.
+    pub rss_bytes: u64,
+}
+
+/// [`Usage`] of `pid`; None if it is gone or `/proc` is not there (not Linux).
+pub fn process_usage(pid: u32) -> Option<Usage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = parse_proc_stat(&stat)?;
+    // Not stat's own rss field: that one is the kernel's per-CPU approximation
+    // (10% off for a small process here); statm's resident pages equal VmRSS.
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let (hz, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    let page = if page > 0 { page as u64 } else { 4096 };
+    Some(Usage {
+        cpu_seconds: ticks as f64 / hz,
+        rss_bytes: pages.saturating_mul(page),
+    })
+}
+
+/// From a `/proc/PID/stat` line: utime + stime, in clock ticks (fields 14 and 15,
+/// 1-based). The comm in parentheses may hold spaces and parentheses, so fields are
+/// counted from the last `)`.
+pub fn parse_proc_stat(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // `rest` starts at field 3 (state).
+    let mut f = rest.split_whitespace().skip(11);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(utime.saturating_add(stime))
+}
+
 /// Send `signal` to one process.
 pub fn kill_pid(pid: u32, signal: i32) -> io::Result<()> {
     if pid <= 1 {
@@ -618,6 +663,21 @@ mod tests {
 
     fn mode_of(p: &std::path::Path) -> u32 {
         std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn proc_stat_fields_are_counted_from_the_last_parenthesis() {
+        // A comm with spaces and parentheses; utime 7, stime 5.
+        let line = "42 (a) (b c) S 1 42 42 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0 \
+                    1234 5000000 250 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1";
+        assert_eq!(parse_proc_stat(line), Some(12));
+        assert_eq!(parse_proc_stat("42 (x) S 1 2"), None);
+        assert_eq!(parse_proc_stat("garbage"), None);
+        // This very process: some memory, and the numbers parse.
+        let me = process_usage(std::process::id()).expect("own /proc/self/stat");
+        assert!(me.rss_bytes > 0, "{me:?}");
+        assert!(me.cpu_seconds >= 0.0, "{me:?}");
+        assert_eq!(process_usage(u32::MAX), None);
     }
 
     /// The only test here that touches the process umask (tests run in parallel).

@@ -98,8 +98,45 @@ fn fmt_ms(ms: Option<u64>) -> String {
     }
 }
 
+/// CPU time as the table shows it: `0.42s`, `1m02s`, `3h05m`.
+fn fmt_cpu(secs: Option<f64>) -> String {
+    let Some(s) = secs.filter(|s| s.is_finite() && *s >= 0.0) else {
+        return "-".into();
+    };
+    if s < 60.0 {
+        return format!("{s:.2}s");
+    }
+    let whole = s as u64;
+    if whole < 3600 {
+        format!("{}m{:02}s", whole / 60, whole % 60)
+    } else {
+        format!("{}h{:02}m", whole / 3600, whole / 60 % 60)
+    }
+}
+
+/// Resident memory as the table shows it: `812K`, `3.9M`, `120M`, `1.5G`.
+fn fmt_rss(bytes: Option<u64>) -> String {
+    const K: f64 = 1024.0;
+    let Some(b) = bytes else {
+        return "-".into();
+    };
+    let b = b as f64;
+    if b < K * K {
+        format!("{:.0}K", b / K)
+    } else if b < 10.0 * K * K {
+        format!("{:.1}M", b / (K * K))
+    } else if b < K * K * K {
+        format!("{:.0}M", b / (K * K))
+    } else {
+        format!("{:.1}G", b / (K * K * K))
+    }
+}
+
+/// Columns of the `--status` table (SPEC 7).
+const COLUMNS: usize = 11;
+
 /// The `--status` table: pool, instance, pid, state, uptime, restarts, in flight,
-/// answered, last exit.
+/// answered, CPU, RSS, last exit.
 pub fn status_table(v: &Value) -> String {
     let mut rows = vec![[
         "POOL",
@@ -110,6 +147,8 @@ pub fn status_table(v: &Value) -> String {
         "RESTARTS",
         "IN FLIGHT",
         "ANSWERED",
+        "CPU",
+        "RSS",
         "LAST EXIT",
     ]
     .map(String::from)];
@@ -117,7 +156,9 @@ pub fn status_table(v: &Value) -> String {
         let name = p["name"].as_str().unwrap_or("?");
         let insts = p["instances"].as_array().cloned().unwrap_or_default();
         if insts.is_empty() {
-            rows.push([name, "-", "-", "-", "-", "-", "-", "-", "-"].map(String::from));
+            let mut row = ["-"; COLUMNS].map(String::from);
+            row[0] = name.to_string();
+            rows.push(row);
         }
         for i in insts {
             let mut state = i["state"].as_str().unwrap_or("?").to_string();
@@ -139,11 +180,13 @@ pub fn status_table(v: &Value) -> String {
                 i["restarts"].to_string(),
                 i["inflight"].to_string(),
                 i["answered"].to_string(),
+                fmt_cpu(i["cpu_seconds"].as_f64()),
+                fmt_rss(i["rss_bytes"].as_u64()),
                 i["last_exit"].as_str().unwrap_or("-").to_string(),
             ]);
         }
     }
-    let widths: Vec<usize> = (0..9)
+    let widths: Vec<usize> = (0..COLUMNS)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     let mut s = String::new();
@@ -167,10 +210,40 @@ mod tests {
     fn table_has_every_column() {
         let v = serde_json::json!({"pools": [{"name": "up", "instances": [
             {"index": 0, "pid": 42, "state": "running", "retiring": false, "uptime_ms": 61000,
-             "restarts": 2, "inflight": 1, "answered": 9, "last_exit": "status 1"}]}]});
+             "restarts": 2, "inflight": 1, "answered": 9, "cpu_seconds": 0.42,
+             "rss_bytes": 4089446, "last_exit": "status 1"},
+            {"index": 1, "pid": null, "state": "backoff", "retiring": false, "uptime_ms": null,
+             "restarts": 3, "inflight": 0, "answered": 0, "cpu_seconds": null,
+             "rss_bytes": null,
+             "last_exit": "spawn: No such file or directory (os error 2)"}]}]});
         let t = status_table(&v);
+        let lines: Vec<&str> = t.lines().collect();
         assert!(t.starts_with("POOL  INSTANCE  PID  STATE"), "{t}");
+        assert!(
+            lines[0].ends_with("ANSWERED  CPU    RSS   LAST EXIT"),
+            "{t}"
+        );
         assert!(t.contains("up    0         42   running  1m 1s"), "{t}");
-        assert!(t.contains("status 1"), "{t}");
+        assert!(lines[1].ends_with("9         0.42s  3.9M  status 1"), "{t}");
+        assert!(
+            lines[2]
+                .ends_with("0         -      -     spawn: No such file or directory (os error 2)"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn cpu_and_rss_read_like_top() {
+        assert_eq!(fmt_cpu(Some(0.0)), "0.00s");
+        assert_eq!(fmt_cpu(Some(0.42)), "0.42s");
+        assert_eq!(fmt_cpu(Some(59.994)), "59.99s");
+        assert_eq!(fmt_cpu(Some(62.3)), "1m02s");
+        assert_eq!(fmt_cpu(Some(3725.0)), "1h02m");
+        assert_eq!(fmt_cpu(None), "-");
+        assert_eq!(fmt_rss(Some(831_488)), "812K");
+        assert_eq!(fmt_rss(Some(4_089_446)), "3.9M");
+        assert_eq!(fmt_rss(Some(125_829_120)), "120M");
+        assert_eq!(fmt_rss(Some(1_610_612_736)), "1.5G");
+        assert_eq!(fmt_rss(None), "-");
     }
 }

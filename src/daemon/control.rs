@@ -330,6 +330,8 @@ impl Daemon {
                     }
                     _ => None,
                 };
+                // Read now, for this answer only: nothing samples in the background.
+                let usage = i.pid().and_then(crate::sys::process_usage);
                 instances.push(json!({
                     "index": i.index,
                     "pid": i.pid(),
@@ -340,7 +342,9 @@ impl Daemon {
                     "restarts": i.life.restarts,
                     "inflight": inflight,
                     "answered": answered,
-                    "last_exit": i.life.last_exit.map(|e| e.to_string()),
+                    "cpu_seconds": usage.map(|u| (u.cpu_seconds * 100.0).round() / 100.0),
+                    "rss_bytes": usage.map(|u| u.rss_bytes),
+                    "last_exit": i.last_exit_text(),
                 }));
             }
             pools.push(json!({

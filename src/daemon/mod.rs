@@ -28,6 +28,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::config::Config;
+use crate::supervisor::lifecycle::FirstStart;
 use crate::timers::{deadline, Timers};
 
 pub use control::{parse_command, ControlCommand};
@@ -93,6 +94,8 @@ enum TimerKey {
     Linger { client: usize, id: u64 },
     /// A rolling replacement has stayed up long enough to take its slot.
     Promote { key: usize, gen: u64 },
+    /// An instance spawned before the ready line may have been up for START_GRACE.
+    FirstReady { key: usize },
 }
 
 /// Where shutdown stands.
@@ -142,7 +145,7 @@ pub struct Daemon {
     dirty_clients: VecDeque<usize>,
     /// Still setting up: READY=1 waits until every pool has been added.
     starting_up: bool,
-    /// Set once every pool has started: READY=1 was sent.
+    /// Set once every instance's first start is settled: READY=1 was sent.
     ready_sent: bool,
     /// Shutdown: when to stop waiting for clients to take their last replies.
     flush_deadline: Option<Instant>,
@@ -434,6 +437,7 @@ impl Daemon {
                 TimerKey::Accept { listener, gen } => self.on_accept_timer(listener, gen),
                 TimerKey::Linger { client, id } => self.on_linger_timer(client, id),
                 TimerKey::Promote { key, gen } => self.on_promote_timer(key, gen),
+                TimerKey::FirstReady { key } => self.on_first_ready_timer(key),
             }
         }
     }
@@ -517,22 +521,34 @@ impl Daemon {
         }
     }
 
+    /// READY=1 and the ready line, once every instance is ready or has failed its
+    /// first start (SPEC 7): a worker that cannot start does not keep orchd from
+    /// being ready, but it is counted.
     fn notify_ready_if_started(&mut self) {
-        if self.ready_sent || self.starting_up {
+        if self.ready_sent || self.starting_up || self.phase != Phase::Running {
             return;
         }
-        let all_started = self
-            .instances
-            .iter()
-            .all(|(_, i)| !i.is_pending_first_start());
-        if all_started {
-            self.ready_sent = true;
-            notify_systemd("READY=1");
-            log::info!(
-                "ready: {} pool(s), {} instance(s)",
-                self.pools.len(),
-                self.instances.len()
-            );
+        if !self.instances.iter().all(|(_, i)| i.first_start_settled()) {
+            return;
+        }
+        let mut counts = ReadyCounts {
+            pools: self.pools.len(),
+            ..ReadyCounts::default()
+        };
+        for (_, i) in self.instances.iter() {
+            match i.first_start {
+                FirstStart::Ready => counts.ready += 1,
+                FirstStart::Failed => counts.failed += 1,
+                FirstStart::Completed => counts.completed += 1,
+                FirstStart::Pending | FirstStart::Started => {}
+            }
+        }
+        self.ready_sent = true;
+        notify_systemd("READY=1");
+        if counts.failed > 0 {
+            log::warn!("{counts}");
+        } else {
+            log::info!("{counts}");
         }
     }
 
@@ -574,6 +590,31 @@ impl Daemon {
     }
 }
 
+/// What the ready line counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ReadyCounts {
+    pools: usize,
+    ready: usize,
+    failed: usize,
+    completed: usize,
+}
+
+/// `ready: 3 pool(s), 9 instance(s) ready, 1 failed`: the failed count always (a
+/// fixed shape for whoever parses it), one-shot jobs done only when there are some.
+impl std::fmt::Display for ReadyCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ready: {} pool(s), {} instance(s) ready, {} failed",
+            self.pools, self.ready, self.failed
+        )?;
+        if self.completed > 0 {
+            write!(f, ", {} completed", self.completed)?;
+        }
+        Ok(())
+    }
+}
+
 /// Tell systemd about our state when it asked (`NOTIFY_SOCKET`); otherwise a no-op.
 pub fn notify_systemd(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
@@ -604,5 +645,33 @@ pub fn notify_systemd(state: &str) {
     };
     if let Err(e) = res {
         log::warn!("sd_notify {state}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod ready_line_tests {
+    use super::ReadyCounts;
+
+    #[test]
+    fn ready_line_counts_ready_and_failed() {
+        let c = ReadyCounts {
+            pools: 3,
+            ready: 9,
+            failed: 1,
+            completed: 0,
+        };
+        assert_eq!(
+            c.to_string(),
+            "ready: 3 pool(s), 9 instance(s) ready, 1 failed"
+        );
+        let c = ReadyCounts {
+            failed: 0,
+            completed: 2,
+            ..c
+        };
+        assert_eq!(
+            c.to_string(),
+            "ready: 3 pool(s), 9 instance(s) ready, 0 failed, 2 completed"
+        );
     }
 }

@@ -345,9 +345,16 @@ impl Daemon {
     /// nothing changes.
     fn apply_config(&mut self, new: Config) -> Result<String, String> {
         let plan = self.plan(&new);
-        notify_systemd("RELOADING=1");
+        // Before the first READY=1 (instances still settling), systemd hears nothing
+        // of a reload: its READY=1 would claim readiness too early.
+        let notify = self.ready_sent;
+        if notify {
+            notify_systemd("RELOADING=1");
+        }
         let result = self.apply_plan(&plan, new);
-        notify_systemd("READY=1");
+        if notify {
+            notify_systemd("READY=1");
+        }
         let restarted = result?;
         let summary = match (plan.is_empty(), restarted) {
             (_, 0) => plan.summary(),

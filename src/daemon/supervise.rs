@@ -17,7 +17,9 @@ use super::route::InstanceRt;
 use super::{Daemon, IoTarget, Phase, TimerKey};
 use crate::config::Pool;
 use crate::framing::{log_pieces, Fill, Frame, LineBuf};
-use crate::supervisor::lifecycle::{AfterExit, Lifecycle, State};
+use crate::supervisor::lifecycle::{
+    wants_restart, AfterExit, FirstStart, Lifecycle, State, START_GRACE,
+};
 use crate::supervisor::spawn::{self, Credentials};
 use crate::sys::{self, Exit};
 use crate::timers::deadline;
@@ -92,8 +94,11 @@ pub struct Instance {
     /// Stopped because a message timed out: start again once stopped, and what was in
     /// flight failed by timeout.
     pub timed_out: bool,
-    /// Never started yet (for READY=1).
-    first_start_pending: bool,
+    /// How its first start went (the ready line and READY=1).
+    pub first_start: FirstStart,
+    /// Why the last spawn failed (status shows it as the last exit): set by a failed
+    /// spawn, which also clears `life.last_exit`; shown while that is None.
+    pub spawn_error: Option<String>,
     /// What this instance runs (command, cwd, env, user, group).
     pub spec: Rc<Pool>,
     /// Its stdin is a pipe (a route targets the pool).
@@ -117,8 +122,22 @@ impl Instance {
         matches!(self.life.state, State::Stopped)
     }
 
-    pub fn is_pending_first_start(&self) -> bool {
-        self.first_start_pending
+    /// Its first start is settled for the ready line: ready, failed or completed,
+    /// or stopped by orchd before it was ready (then it counts as neither).
+    pub fn first_start_settled(&self) -> bool {
+        match self.first_start {
+            FirstStart::Pending => false,
+            FirstStart::Started => self.is_stopped(),
+            FirstStart::Ready | FirstStart::Failed | FirstStart::Completed => true,
+        }
+    }
+
+    /// The last exit for status: the exit status, or why the last spawn failed.
+    pub fn last_exit_text(&self) -> Option<String> {
+        match self.life.last_exit {
+            Some(e) => Some(e.to_string()),
+            None => self.spawn_error.clone(),
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -190,7 +209,8 @@ impl Daemon {
             retiring: false,
             killed: false,
             timed_out: false,
-            first_start_pending: true,
+            first_start: FirstStart::Pending,
+            spawn_error: None,
             stdin_pipe,
             stdout: None,
             stderr: None,
@@ -259,10 +279,19 @@ impl Daemon {
                 let inst = &mut self.instances[key];
                 inst.pgid = pid;
                 inst.started_at = now;
-                inst.first_start_pending = false;
+                if inst.first_start == FirstStart::Pending {
+                    inst.first_start = FirstStart::Started;
+                }
+                let await_ready = inst.first_start != FirstStart::Ready && !self.ready_sent;
                 inst.life.spawned(pid, now);
                 self.pids.insert(pid, key);
                 log::info!("{label} started (pid {pid})");
+                if await_ready {
+                    // Ready for the ready line once up for START_GRACE; after that
+                    // line, no such timer is armed (an idle orchd stays asleep).
+                    self.timers
+                        .arm(now + START_GRACE, TimerKey::FirstReady { key });
+                }
                 self.roll_started(key);
                 self.route_instance_up(key);
             }
@@ -272,7 +301,7 @@ impl Daemon {
                     spec.command,
                     spec.cwd.display()
                 );
-                self.instances[key].first_start_pending = false;
+                self.instances[key].spawn_error = Some(format!("spawn: {e}"));
                 self.after_exit(key, Err(why), Duration::ZERO);
             }
         }
@@ -394,6 +423,13 @@ impl Daemon {
         let now = self.now;
         let phase = self.phase;
         let inst = &mut self.instances[key];
+        let restarting = wants_restart(
+            self.pools[inst.pool].cfg.restart,
+            exit.as_ref().ok().copied(),
+        );
+        inst.first_start =
+            inst.first_start
+                .exited(exit.as_ref().ok().copied(), ran_for, restarting);
         let (what, exit, level) = match exit {
             Ok(e) => (
                 format!("exited with {e} after {}", fmt_duration(ran_for)),
@@ -503,6 +539,20 @@ impl Daemon {
                 }
             }
             State::Running { .. } | State::Stopped => {}
+        }
+    }
+
+    /// START_GRACE after a spawn: if the instance (whichever now has this key) has
+    /// been up that long, its first start succeeded. The loop then checks readiness.
+    pub(super) fn on_first_ready_timer(&mut self, key: usize) {
+        let now = self.now;
+        let Some(inst) = self.instances.get_mut(key) else {
+            return;
+        };
+        if let State::Running { since, .. } = inst.life.state {
+            if now.duration_since(since) >= START_GRACE {
+                inst.first_start = FirstStart::Ready;
+            }
         }
     }
 

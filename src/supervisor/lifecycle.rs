@@ -64,6 +64,37 @@ impl StateName {
     }
 }
 
+/// How an instance's first start went, for the `ready` log line and `READY=1`
+/// (SPEC 7): orchd is ready once no instance is `Pending` or `Started` any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstStart {
+    /// Not spawned yet.
+    Pending,
+    /// Spawned, not yet up for [`START_GRACE`].
+    Started,
+    /// A process of it stayed up for [`START_GRACE`].
+    Ready,
+    /// The spawn failed, or the process exited before it was ready. A later attempt
+    /// that stays up makes it `Ready` (while the ready line is not out yet).
+    Failed,
+    /// Exited with status 0 before it was ready and is not restarted (a one-shot job).
+    Completed,
+}
+
+impl FirstStart {
+    /// After an exit (`exit` None: the spawn failed) of a process that ran for
+    /// `ran_for`; `restarting`: the restart policy starts it again.
+    pub fn exited(self, exit: Option<Exit>, ran_for: Duration, restarting: bool) -> FirstStart {
+        match self {
+            FirstStart::Ready | FirstStart::Completed => self,
+            // Up long enough: its ready timer was due, just not handled yet.
+            _ if exit.is_some() && ran_for >= START_GRACE => FirstStart::Ready,
+            _ if exit.is_some_and(Exit::success) && !restarting => FirstStart::Completed,
+            _ => FirstStart::Failed,
+        }
+    }
+}
+
 impl State {
     pub fn name(&self, now: Instant) -> StateName {
         match self {
@@ -371,6 +402,27 @@ mod tests {
         assert!(wants_restart(RestartPolicy::OnFailure, sig));
         assert!(wants_restart(RestartPolicy::OnFailure, None));
         assert!(!wants_restart(RestartPolicy::Never, bad));
+    }
+
+    #[test]
+    fn first_start_outcomes() {
+        use FirstStart::*;
+        let (ok, bad) = (Some(Exit::Code(0)), Some(Exit::Code(1)));
+        let short = MS(10);
+        // A failed spawn, or an exit within the grace, is a failed start...
+        assert_eq!(Started.exited(None, Duration::ZERO, true), Failed);
+        assert_eq!(Pending.exited(None, Duration::ZERO, false), Failed);
+        assert_eq!(Started.exited(bad, short, true), Failed);
+        assert_eq!(Started.exited(ok, short, true), Failed);
+        // ...except a clean exit that is not restarted: a one-shot job that is done.
+        assert_eq!(Started.exited(ok, short, false), Completed);
+        // Up for the grace: ready, even if its timer was not handled yet.
+        assert_eq!(Started.exited(bad, START_GRACE, true), Ready);
+        assert_eq!(Failed.exited(bad, START_GRACE, true), Ready);
+        assert_eq!(Failed.exited(None, Duration::ZERO, true), Failed);
+        // Once ready, later exits change nothing.
+        assert_eq!(Ready.exited(None, Duration::ZERO, true), Ready);
+        assert_eq!(Completed.exited(bad, short, true), Completed);
     }
 
     #[test]

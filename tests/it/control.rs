@@ -58,6 +58,8 @@ fn status_table_and_json_show_every_instance() {
             "RESTARTS",
             "IN FLIGHT",
             "ANSWERED",
+            "CPU",
+            "RSS",
             "LAST EXIT"
         ]
     );

@@ -16,4 +16,5 @@ mod harden_reload;
 mod reload;
 mod routing;
 mod smoke;
+mod status_ready;
 mod supervisor;
