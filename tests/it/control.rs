@@ -16,15 +16,6 @@ command = ["sleep", "1000"]
 count = 2
 "#;
 
-fn ask(path: &std::path::Path, cmd: &str) -> serde_json::Value {
-    let mut s = UnixStream::connect(path).unwrap();
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    s.write_all(format!("{cmd}\n").as_bytes()).unwrap();
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap()
-}
-
 #[test]
 fn status_table_and_json_show_every_instance() {
     let dir = TempDir::new("ctl-status");
@@ -103,7 +94,7 @@ fn plan_shows_the_diff_without_applying_it() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(o.children().len(), 2, "plan must not apply anything");
     // The control socket's own `reload` does apply it.
-    let v = ask(&dir.join("ctl.sock"), "reload");
+    let v = control(&dir.join("ctl.sock"), "reload");
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["summary"], "~web count 2→5");
     wait_for("5 instances", DEADLINE, || {
@@ -122,13 +113,13 @@ fn reload_command_reports_an_invalid_config() {
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
     dir.write("pool.toml", &CONF.replace("count = 2", "count = -1"));
-    let v = ask(&dir.join("ctl.sock"), "reload");
+    let v = control(&dir.join("ctl.sock"), "reload");
     assert_eq!(v["ok"], false);
     assert!(
         v["error"].as_str().unwrap().contains("pool.web.count"),
         "{v}"
     );
-    assert_eq!(ask(&dir.join("ctl.sock"), "bogus")["ok"], false);
+    assert_eq!(control(&dir.join("ctl.sock"), "bogus")["ok"], false);
     assert_eq!(o.children().len(), 2);
     assert_eq!(o.stop(), 0);
 }
@@ -141,7 +132,7 @@ fn stale_control_socket_is_replaced_and_live_one_is_an_error() {
     drop(std::os::unix::net::UnixListener::bind(dir.join("ctl.sock")).unwrap());
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
-    assert_eq!(ask(&dir.join("ctl.sock"), "status")["ok"], true);
+    assert_eq!(control(&dir.join("ctl.sock"), "status")["ok"], true);
     // A second orchd on the same config must refuse to take the live socket.
     let mut second = Orchd::start(&cfg);
     let code = second.wait_exit(DEADLINE);
@@ -152,7 +143,7 @@ fn stale_control_socket_is_replaced_and_live_one_is_an_error() {
         second.log()
     );
     assert_eq!(
-        ask(&dir.join("ctl.sock"), "status")["ok"],
+        control(&dir.join("ctl.sock"), "status")["ok"],
         true,
         "first orchd unaffected"
     );
