@@ -851,7 +851,7 @@ fn orphaned_grandchild_is_reaped_while_running() {
     let dir = TempDir::new("sup-reap");
     dir.write(
         "worker.sh",
-        "#!/bin/sh\nsh -c 'sleep 1 & echo \"orphan $!\" >&2'\nexec sleep 1000\n",
+        "#!/bin/sh\nsh -c 'sleep 3 & echo \"orphan $!\" >&2'\nexec sleep 1000\n",
     );
     let cfg = dir.write(
         "pool.toml",
@@ -867,7 +867,8 @@ stop_timeout = "500ms"
     wait_for("the orphan to be reparented to orchd", DEADLINE, || {
         (stat(orphan).map(|s| s.0) == Some(o.pid())).then_some(())
     });
-    // It exits after 1 s; orchd must reap it: no zombie stays behind.
+    // It exits after 3 s (alive past the ready line, which comes 1 s after the
+    // start); orchd must reap it: no zombie stays behind.
     wait_for("the orphan to be reaped", DEADLINE, || {
         (stat(orphan).is_none_or(|s| s.0 != o.pid())).then_some(())
     });
