@@ -8,6 +8,10 @@
 //! - orchd in batch mode (`from = "stdin"`) and over TCP,
 //!
 //! all measured in the same run, with ratios against the references.
+//!
+//! `cargo bench --profile profiling` runs it on a binary with debug info, so that
+//! `perf record --call-graph dwarf -p PID` on the orchd it starts shows where the time
+//! goes (the release profile has none).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
