@@ -473,15 +473,23 @@ impl<'a, 'i> Checker<'a, 'i> {
             let lower = level.to_ascii_lowercase();
             if LOG_LEVELS.contains(&lower.as_str()) {
                 s.log_level = lower;
-            } else {
-                self.at_value(
-                    &base.key("log_level"),
+            } else if let Err(why) = crate::logging::check_filter(&level) {
+                // A single word is meant as a level: say which levels there are.
+                let message = if level.contains([',', '=', '/']) {
                     format!(
-                        "expected one of {}, found {}",
+                        "expected a level or a RUST_LOG-style filter such as \"warn,upper=debug\", found {}: {why}",
+                        quote(&level)
+                    )
+                } else {
+                    format!(
+                        "expected one of {}, found {} (a RUST_LOG-style filter such as \"warn,upper=debug\" also works)",
                         one_of(LOG_LEVELS),
                         quote(&level)
-                    ),
-                );
+                    )
+                };
+                self.at_value(&base.key("log_level"), message);
+            } else {
+                s.log_level = level;
             }
         }
         if let Some(c) = raw.control {
