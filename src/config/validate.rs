@@ -246,6 +246,8 @@ pub(crate) struct Checker<'a, 'i> {
     root: &'a Spanned<DeValue<'i>>,
     dir: &'a Path,
     pub errors: Vec<ConfigError>,
+    /// See [`Config::positions`].
+    positions: BTreeMap<String, (usize, usize)>,
 }
 
 /// A route being built, with what the cross-route checks need.
@@ -268,6 +270,7 @@ impl<'a, 'i> Checker<'a, 'i> {
             root,
             dir,
             errors: Vec::new(),
+            positions: BTreeMap::new(),
         }
     }
 
@@ -462,6 +465,7 @@ impl<'a, 'i> Checker<'a, 'i> {
             settings,
             pools: pools?,
             routes: routes?,
+            positions: std::mem::take(&mut self.positions),
         })
     }
 
@@ -560,6 +564,12 @@ impl<'a, 'i> Checker<'a, 'i> {
             None => Some(self.dir.to_path_buf()),
             Some(c) => self.path_value(&base.key("cwd"), c),
         };
+        for key in ["command", "cwd"] {
+            let path = base.key(key);
+            let span = source::value_span(self.root, &path);
+            let at = source::line_col(self.text, span.start);
+            self.positions.insert(path.to_string(), at);
+        }
 
         let mut env = BTreeMap::new();
         for (k, v) in raw.env.unwrap_or_default() {

@@ -8,6 +8,7 @@ mod docs;
 mod harden_conns;
 mod harden_loop;
 mod misc;
+mod preflight;
 
 mod check;
 mod harden_config;
