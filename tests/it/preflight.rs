@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -195,8 +196,11 @@ fn an_unknown_level_in_log_level_is_a_usage_error() {
             "unknown level \"loud\" for target \"upper\"",
         ),
     ] {
-        let (code, out, err) = run_orchd(&["--log-level", level, cfg]);
-        assert_eq!(code, 2, "{level}: stdout:\n{out}\nstderr:\n{err}");
+        // Started like a daemon: where the level is accepted, orchd runs until killed.
+        let mut o = Orchd::start_with(Path::new(cfg), &["--log-level", level], Stdio::null());
+        let code = o.wait_exit(Duration::from_secs(10));
+        let err = o.log();
+        assert_eq!(code, 2, "{level}: {err}");
         assert!(err.contains(names), "{level}: {err}");
     }
     // The config's log_level: a config error with its position.
@@ -204,7 +208,9 @@ fn an_unknown_level_in_log_level_is_a_usage_error() {
         "bad.toml",
         "[orchd]\nlog_level = \"warn,upper=loud\"\n[pool.web]\ncommand = \"exec cat\"\n",
     );
-    let (code, _, err) = run_orchd(&[bad.to_str().unwrap()]);
+    let mut o = Orchd::start(&bad);
+    let code = o.wait_exit(Duration::from_secs(10));
+    let err = o.log();
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains(&format!("{}:2:13: orchd.log_level: ", bad.display())),
