@@ -199,8 +199,9 @@ pub fn check_filter(spec: &str) -> Result<(), String> {
 /// the check is ignored with a warning.
 pub fn init(flag: Option<&str>, config_level: &str, format: LogFormat) {
     let mut bad_env = None;
+    // Looked at only when it decides: no warning about a RUST_LOG that --log-level overrides.
     let env = match std::env::var("RUST_LOG") {
-        Ok(env) if !env.trim().is_empty() => match check_filter(&env) {
+        Ok(env) if flag.is_none() && !env.trim().is_empty() => match check_filter(&env) {
             Ok(()) => Some(env),
             Err(why) => {
                 bad_env = Some((env, why));
