@@ -19,8 +19,9 @@ Runs the worker pools and routes described in CONFIG (a TOML file; see orchd.tom
   --json           with --status: print the raw JSON object
   --plan           show what reloading CONFIG now would change in the running orchd
   --no-watch       do not reload when CONFIG changes on disk (SIGHUP still reloads)
-  --log-level L    off, error, warn, info, debug or trace (or a RUST_LOG filter);
-                   overrides RUST_LOG and the config's log_level
+  --log-level L    off, error, warn, info, debug or trace, or a RUST_LOG-style
+                   filter such as warn,upper=debug; overrides RUST_LOG and the
+                   config's log_level
   --log-format F   text (default) or json (one object per line)
   -h, --help       print this help
   -V, --version    print the version
@@ -84,7 +85,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
             Long("no-watch") => a.no_watch = true,
             Long("log-level") => {
                 let v = p.value().map_err(|e| e.to_string())?;
-                a.log_level = Some(v.string().map_err(|e| e.to_string())?);
+                let v = v.string().map_err(|e| e.to_string())?;
+                crate::logging::check_filter(&v).map_err(|e| format!("--log-level {v:?}: {e}"))?;
+                a.log_level = Some(v);
             }
             Long("log-format") => {
                 let v = p.value().map_err(|e| e.to_string())?;
@@ -161,5 +164,8 @@ mod tests {
         assert!(p(&["--check", "--plan", "a"]).is_err());
         assert!(p(&["--log-format", "xml", "a"]).is_err());
         assert!(p(&["--log-level"]).is_err());
+        assert!(p(&["--log-level", "verbose", "a"]).is_err());
+        assert!(p(&["--log-level", "warn,upper=loud", "a"]).is_err());
+        assert!(p(&["--log-level", "warn,upper=debug", "a"]).is_ok());
     }
 }

@@ -1,6 +1,10 @@
 //! Logging setup: env_logger on stderr, as text or one JSON object per line.
 //!
 //! Level precedence: `--log-level`, then `RUST_LOG`, then the config's `log_level`.
+//! Each is a level or a `RUST_LOG`-style filter, checked by [`check_filter`]: a bad
+//! `--log-level` is a usage error and a bad `log_level` a config error; a bad
+//! `RUST_LOG` is ignored with a warning (it is not orchd's own setting, and refusing
+//! to start over it would turn a typo in a shell profile into an outage).
 //! Worker output is logged with the instance as target (`upper[2]`), so `RUST_LOG`
 //! filters per pool (`RUST_LOG=info,upper=warn`). When the level comes from the config,
 //! a reload that changes `log_level` takes effect at once.
@@ -123,11 +127,92 @@ fn build(filter: &str, format: LogFormat) -> env_logger::Logger {
     b.build()
 }
 
-/// Install the global logger. `flag` is `--log-level`, `config_level` the config's.
+/// The level names a filter takes (in any case), as `log` parses them.
+pub const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a level or `RUST_LOG`-style filter as env_logger reads it: directives
+/// separated by commas, each `LEVEL` or `TARGET=LEVEL`, then optionally `/REGEX`.
+///
+/// Stricter than env_logger on purpose. env_logger takes a bare word that is not a
+/// level as a target to log at every level, so `verbose` silences everything else,
+/// errors included; and it drops a directive whose level it does not know. Both are
+/// errors here (a target at every level is written `TARGET=trace`). The error says
+/// what is wrong, without the filter itself.
+pub fn check_filter(spec: &str) -> Result<(), String> {
+    let expected = "expected off, error, warn, info, debug or trace";
+    if spec.trim().is_empty() {
+        return Err(format!("empty filter ({expected})"));
+    }
+    let (directives, regex) = match spec.split_once('/') {
+        Some((_, r)) if r.contains('/') => {
+            return Err("more than one \"/\" (the filter is DIRECTIVES/REGEX)".into())
+        }
+        Some((d, r)) => (d, Some(r)),
+        None => (spec, None),
+    };
+    let is_level = |s: &str| s.parse::<log::LevelFilter>().is_ok();
+    for d in directives
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+    {
+        let parts: Vec<&str> = d.split('=').map(str::trim).collect();
+        match parts.as_slice() {
+            [level] if is_level(level) => {}
+            [word] => {
+                return Err(format!(
+                    "unknown level {word:?} ({expected}; for one target, write TARGET=LEVEL)"
+                ))
+            }
+            ["", _] => return Err(format!("missing target before \"=\" in {d:?}")),
+            [target, ""] => return Err(format!("missing level after \"{target}=\"")),
+            [target, level] if !is_level(level) => {
+                return Err(format!(
+                    "unknown level {level:?} for target {target:?} ({expected})"
+                ))
+            }
+            [_, _] => {}
+            _ => {
+                return Err(format!(
+                    "{d:?} has more than one \"=\" (expected TARGET=LEVEL)"
+                ))
+            }
+        }
+    }
+    if let Some(r) = regex {
+        if let Err(e) = regex::Regex::new(r) {
+            let reason = e
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            return Err(format!("invalid regular expression after \"/\": {reason}"));
+        }
+    }
+    Ok(())
+}
+
+/// Install the global logger. `flag` is `--log-level` and `config_level` the config's
+/// `log_level`, both already checked with [`check_filter`]. A `RUST_LOG` that fails
+/// the check is ignored with a warning.
 pub fn init(flag: Option<&str>, config_level: &str, format: LogFormat) {
-    let (filter, from_config) = match (flag, std::env::var("RUST_LOG")) {
+    let mut bad_env = None;
+    // Looked at only when it decides: no warning about a RUST_LOG that --log-level overrides.
+    let env = match std::env::var("RUST_LOG") {
+        Ok(env) if flag.is_none() && !env.trim().is_empty() => match check_filter(&env) {
+            Ok(()) => Some(env),
+            Err(why) => {
+                bad_env = Some((env, why));
+                None
+            }
+        },
+        _ => None,
+    };
+    let (filter, from_config) = match (flag, env) {
         (Some(level), _) => (level.to_string(), false),
-        (None, Ok(env)) if !env.trim().is_empty() => (env, false),
+        (None, Some(env)) => (env, false),
         _ => (config_level.to_string(), true),
     };
     let logger = build(&filter, format);
@@ -139,6 +224,9 @@ pub fn init(flag: Option<&str>, config_level: &str, format: LogFormat) {
     });
     if log::set_logger(r).is_ok() {
         log::set_max_level(max);
+    }
+    if let Some((env, why)) = bad_env {
+        log::warn!("RUST_LOG={env:?} ignored: {why}");
     }
 }
 
@@ -410,6 +498,46 @@ pub fn final_flush(limit: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_with_known_levels_pass() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "warn,upper=debug",
+            "upper[2]=off",
+            "info, orchd::daemon = trace ,",
+            "info/ready",
+            "warn,upper=info/^x.*y$",
+        ] {
+            assert_eq!(check_filter(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn unknown_levels_and_malformed_filters_fail() {
+        for (bad, says) in [
+            ("verbose", "unknown level \"verbose\""),
+            (
+                "warn,upper=loud",
+                "unknown level \"loud\" for target \"upper\"",
+            ),
+            ("upper", "unknown level \"upper\""),
+            ("", "empty filter"),
+            (" ", "empty filter"),
+            ("=debug", "missing target"),
+            ("upper=", "missing level after \"upper=\""),
+            ("a=b=c", "more than one \"=\""),
+            ("info/a/b", "more than one \"/\""),
+            ("info/(", "invalid regular expression"),
+        ] {
+            match check_filter(bad) {
+                Ok(()) => panic!("{bad:?} accepted"),
+                Err(e) => assert!(e.contains(says), "{bad:?}: {e}"),
+            }
+        }
+    }
 
     /// A sink over one end of a socketpair whose other end nobody reads.
     fn stalled() -> (Sink, std::os::unix::net::UnixStream) {

@@ -61,7 +61,13 @@ fn print(s: &str) -> u8 {
 
 fn check(args: &cli::Args) -> u8 {
     match config::load(config_path(args)) {
-        Ok(c) => print(&config::describe(&c)),
+        Ok(c) => match config::preflight(&c) {
+            problems if problems.is_empty() => print(&config::describe(&c)),
+            problems => {
+                eprintln!("{}", config::ConfigErrors(problems));
+                1
+            }
+        },
         Err(errors) => {
             eprintln!("{errors}");
             1
@@ -83,6 +89,10 @@ fn run(args: &cli::Args) -> u8 {
         &config.settings.log_level,
         args.log_format,
     );
+    // Only warnings here: the file may become runnable later (SPEC 2).
+    for problem in config::preflight(&config) {
+        log::warn!("{problem} (starting anyway: a failed start is retried with backoff)");
+    }
     let opts = daemon::Options {
         no_watch: args.no_watch,
         stdout_closed: STDOUT_CLOSED.load(Ordering::Relaxed),

@@ -257,8 +257,22 @@ pub fn cloexec_inherited_fds() {
     }
 }
 
+/// orchd's soft open-file limit before [`raise_nofile_limit`] raised it; `u64::MAX`
+/// (`RLIM_INFINITY`, never raised) while it was not raised.
+static ORIGINAL_NOFILE_SOFT: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// The soft open-file limit orchd started with, when orchd raised its own since:
+/// workers get it back ([`child_restore_nofile_limit`]).
+pub fn original_nofile_soft_limit() -> Option<libc::rlim_t> {
+    match ORIGINAL_NOFILE_SOFT.load(std::sync::atomic::Ordering::Relaxed) {
+        u64::MAX => None,
+        n => Some(n),
+    }
+}
+
 /// Raise the soft open-file limit to the hard limit: every worker costs three fds.
-/// Returns the new soft limit.
+/// The original soft limit is kept for the workers. Returns the new soft limit.
 pub fn raise_nofile_limit() -> io::Result<libc::rlim_t> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -269,13 +283,46 @@ pub fn raise_nofile_limit() -> io::Result<libc::rlim_t> {
         return Err(io::Error::last_os_error());
     }
     if lim.rlim_cur < lim.rlim_max {
+        let original = lim.rlim_cur;
         lim.rlim_cur = lim.rlim_max;
         // SAFETY: setrlimit reads the struct we own.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
             return Err(io::Error::last_os_error());
         }
+        // Only the first raise records: a second call would see the raised value.
+        let _ = ORIGINAL_NOFILE_SOFT.compare_exchange(
+            u64::MAX,
+            original,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
     Ok(lim.rlim_cur)
+}
+
+/// In the child between fork and exec: put back the soft open-file limit orchd
+/// started with (`soft`, from [`original_nofile_soft_limit`]), so that a worker sees
+/// the limits orchd's parent gave, not the ones orchd raised for itself. The hard
+/// limit is unchanged. Async-signal-safe.
+pub fn child_restore_nofile_limit(soft: Option<libc::rlim_t>) -> io::Result<()> {
+    let Some(soft) = soft else {
+        return Ok(());
+    };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit are async-signal-safe syscalls on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        lim.rlim_cur = soft.min(lim.rlim_max);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Make freed memory go back to the system. glibc raises its mmap threshold each
@@ -351,6 +398,25 @@ pub fn child_set_ids(uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether orchd (its effective uid and gids) may execute `path` (search it, for a
+/// directory): `faccessat(X_OK, AT_EACCESS)`. As root, a regular file needs at least
+/// one execute bit.
+pub fn may_execute(path: &std::path::Path) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: faccessat reads the NUL-terminated path we own.
+    let r = unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::X_OK, libc::AT_EACCESS) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) => Ok(false),
+        _ => Err(e),
+    }
 }
 
 pub fn is_root() -> bool {

@@ -22,6 +22,7 @@ pub use model::*;
 mod describe;
 mod error;
 mod file;
+mod preflight;
 mod raw;
 mod signal;
 mod source;
@@ -33,6 +34,7 @@ mod tests;
 pub use describe::describe;
 pub use error::{ConfigError, ConfigErrors};
 pub use file::{read_file, MAX_CONFIG_BYTES};
+pub use preflight::preflight;
 pub use signal::signal_by_name;
 
 use std::path::{Path, PathBuf};

@@ -22,6 +22,10 @@ pub struct Config {
     pub pools: Vec<Pool>,
     /// Routes in file order.
     pub routes: Vec<Route>,
+    /// Where the keys that [`crate::config::preflight`] checks sit in the file: key
+    /// path (`pool.web.command`, `pool.web.cwd`) to 1-based (line, column). A pool
+    /// without `cwd` has its table's position under `pool.NAME.cwd`.
+    pub positions: BTreeMap<String, (usize, usize)>,
 }
 
 impl Config {

@@ -831,6 +831,20 @@ fn settings_checks() {
         ok("[orchd]\nlog_level = \"DEBUG\"\n").settings.log_level,
         "debug"
     );
+    // A RUST_LOG-style filter, kept as written; an unknown level in it is an error.
+    assert_eq!(
+        ok("[orchd]\nlog_level = \"warn,upper=debug\"\n")
+            .settings
+            .log_level,
+        "warn,upper=debug"
+    );
+    one(
+        "[orchd]\nlog_level = \"warn,upper=loud\"\n",
+        2,
+        13,
+        "orchd.log_level",
+        "unknown level \"loud\" for target \"upper\"",
+    );
     one(
         "[orchd]\nerror_prefix = \"a\\nb\"\n",
         2,

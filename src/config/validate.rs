@@ -246,6 +246,8 @@ pub(crate) struct Checker<'a, 'i> {
     root: &'a Spanned<DeValue<'i>>,
     dir: &'a Path,
     pub errors: Vec<ConfigError>,
+    /// See [`Config::positions`].
+    positions: BTreeMap<String, (usize, usize)>,
 }
 
 /// A route being built, with what the cross-route checks need.
@@ -268,6 +270,7 @@ impl<'a, 'i> Checker<'a, 'i> {
             root,
             dir,
             errors: Vec::new(),
+            positions: BTreeMap::new(),
         }
     }
 
@@ -462,6 +465,7 @@ impl<'a, 'i> Checker<'a, 'i> {
             settings,
             pools: pools?,
             routes: routes?,
+            positions: std::mem::take(&mut self.positions),
         })
     }
 
@@ -473,15 +477,23 @@ impl<'a, 'i> Checker<'a, 'i> {
             let lower = level.to_ascii_lowercase();
             if LOG_LEVELS.contains(&lower.as_str()) {
                 s.log_level = lower;
-            } else {
-                self.at_value(
-                    &base.key("log_level"),
+            } else if let Err(why) = crate::logging::check_filter(&level) {
+                // A single word is meant as a level: say which levels there are.
+                let message = if level.contains([',', '=', '/']) {
                     format!(
-                        "expected one of {}, found {}",
+                        "expected a level or a RUST_LOG-style filter such as \"warn,upper=debug\", found {}: {why}",
+                        quote(&level)
+                    )
+                } else {
+                    format!(
+                        "expected one of {}, found {} (a RUST_LOG-style filter such as \"warn,upper=debug\" also works)",
                         one_of(LOG_LEVELS),
                         quote(&level)
-                    ),
-                );
+                    )
+                };
+                self.at_value(&base.key("log_level"), message);
+            } else {
+                s.log_level = level;
             }
         }
         if let Some(c) = raw.control {
@@ -552,6 +564,12 @@ impl<'a, 'i> Checker<'a, 'i> {
             None => Some(self.dir.to_path_buf()),
             Some(c) => self.path_value(&base.key("cwd"), c),
         };
+        for key in ["command", "cwd"] {
+            let path = base.key(key);
+            let span = source::value_span(self.root, &path);
+            let at = source::line_col(self.text, span.start);
+            self.positions.insert(path.to_string(), at);
+        }
 
         let mut env = BTreeMap::new();
         for (k, v) in raw.env.unwrap_or_default() {

@@ -315,6 +315,11 @@ impl Daemon {
     /// What reloading `path` would change now.
     pub(super) fn plan_for(&self, path: &Path) -> Result<Plan, String> {
         let new = config::load(path).map_err(|e| e.to_string())?;
+        // What a reload would only warn about is an error for a dry run (SPEC 2).
+        let problems = config::preflight(&new);
+        if !problems.is_empty() {
+            return Err(config::ConfigErrors(problems).to_string());
+        }
         Ok(self.plan(&new))
     }
 
@@ -344,6 +349,11 @@ impl Daemon {
     /// Apply a valid config as a diff. Listeners are opened first: if one cannot be,
     /// nothing changes.
     fn apply_config(&mut self, new: Config) -> Result<String, String> {
+        for problem in config::preflight(&new) {
+            log::warn!(
+                "reload: {problem} (applying anyway: a failed start is retried with backoff)"
+            );
+        }
         let plan = self.plan(&new);
         // Before the first READY=1 (instances still settling), systemd hears nothing
         // of a reload: its READY=1 would claim readiness too early.

@@ -1,6 +1,7 @@
 //! Starting one instance: its own process group, `ORCHD_POOL`/`ORCHD_INSTANCE`, the
 //! pool's cwd and env, pipes for stdout/stderr (and stdin when a route targets the
-//! pool), the parent-death signal, and the pool's user/group when orchd is root.
+//! pool), the parent-death signal, the pool's user/group when orchd is root, and the
+//! soft open-file limit orchd was started with (orchd raises its own).
 
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -74,10 +75,13 @@ pub fn spawn(pool: &Pool, index: u32, with_stdin: bool, creds: Credentials) -> i
         .stderr(Stdio::piped())
         .process_group(0);
     let parent = std::process::id();
-    // SAFETY: the closure only makes async-signal-safe syscalls (prctl, getppid,
-    // setgroups, setgid, setuid) and allocates nothing.
+    // orchd raised its own open-file limit; the worker gets the one orchd was given.
+    let nofile = sys::original_nofile_soft_limit();
+    // SAFETY: the closure only makes async-signal-safe syscalls (getrlimit,
+    // setrlimit, prctl, getppid, setgroups, setgid, setuid) and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            sys::child_restore_nofile_limit(nofile)?;
             // Credentials first: the kernel clears the parent-death signal when the
             // uid or gid changes, so setting it before would leave it unset.
             sys::child_set_ids(creds.uid, creds.gid)?;

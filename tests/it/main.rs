@@ -9,6 +9,7 @@ mod harden_conns;
 mod harden_loop;
 mod misc;
 mod packaging;
+mod preflight;
 
 mod check;
 mod harden_config;
