@@ -8,10 +8,11 @@
 //! buffers and mark them dirty, and each loop turn flushes every dirty buffer once.
 //!
 //! Submodules add methods to [`Daemon`]: `supervise` (processes), `route` (messages),
-//! `reload` (config changes), `control` (control socket).
+//! `reload` (config changes), `control` (control socket), `ctl` (its operations).
 
 pub mod client;
 mod control;
+mod ctl;
 mod reload;
 mod route;
 mod supervise;
@@ -31,7 +32,7 @@ use crate::config::Config;
 use crate::supervisor::lifecycle::FirstStart;
 use crate::timers::{deadline, Timers};
 
-pub use control::{parse_command, ControlCommand};
+pub use control::{parse_command, parse_signal, parse_target, ControlCommand, Target};
 pub use supervise::Instance;
 
 const SIGNALS: Token = Token(0);
@@ -135,6 +136,8 @@ pub struct Daemon {
     router: route::Router,
     watcher: reload::Watcher,
     control: control::Control,
+    /// `orchd ctl restart` and `stop` commands waiting to be answered.
+    ops: Vec<ctl::PendingOp>,
     /// Instances due to start beyond this turn's spawn budget, in order, each with
     /// its generation at the time (a stale one was stopped or forgotten meanwhile).
     start_queue: VecDeque<(usize, u64)>,
@@ -222,6 +225,7 @@ impl Daemon {
             router: route::Router::default(),
             watcher: reload::Watcher::default(),
             control: control::Control::default(),
+            ops: Vec::new(),
             start_queue: VecDeque::new(),
             spawn_budget: SPAWNS_PER_TURN,
             dirty_stdin: VecDeque::new(),
@@ -279,6 +283,7 @@ impl Daemon {
             self.fire_timers();
             self.start_queued();
             self.notify_ready_if_started();
+            self.ops_check();
         }
     }
 
