@@ -17,7 +17,8 @@ use super::model::{
     Strategy, MAX_LOG_BUFFER,
 };
 use super::raw::{
-    Bytes, Dur, Num, RawCommand, RawPool, RawRoute, RawSettings, UInt, COMMAND_EXPECTED, DURATION_EXPECTED,
+    Bytes, Dur, Num, RawCommand, RawPool, RawRoute, RawSettings, UInt, COMMAND_EXPECTED,
+    DURATION_EXPECTED,
 };
 use super::signal::{known_signal_names, signal_by_name};
 use super::source::{self, describe_value, quote, KeyPath, Seg};

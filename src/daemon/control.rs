@@ -1,6 +1,15 @@
 //! The control socket (SPEC 7): line commands `status`, `reload` and `plan PATH`, each
 //! answered with one JSON object on one line. The socket file is created with mode
 //! 0600; a stale one is replaced, a live one (another orchd answering) is an error.
+//!
+//! `logs [TARGET...] [-f] [-n N]` answers with one JSON line per log line
+//! (`{"ts", "instance", "stream", "line"}`), oldest first, then `{"ok":true,"end":true}`;
+//! an error is a single `{"ok":false,"error"}` line (log lines never have `ok`). With
+//! `-f` the connection becomes a follower: no end line, new lines are pushed as they
+//! are logged, and nothing more is read from it; EOF from the peer closes it (a
+//! follower keeps its write side open). A follower never slows orchd down: past
+//! [`FOLLOW_MAX_UNSENT`] unsent bytes its lines are dropped and counted, and once it has
+//! taken half of that, a `{"dropped":N}` line says how many were lost.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -12,6 +21,7 @@ use mio::{Interest, Token};
 use serde_json::{json, Value};
 use slab::Slab;
 
+use super::logs::{selected, LogBook, Selector, Stream};
 use super::route::bind_unix;
 use super::{Daemon, IoTarget, CONTROL};
 use crate::framing::{Fill, Frame, LineBuf};
@@ -21,6 +31,10 @@ const MAX_COMMAND: usize = 64 * 1024;
 /// Unsent reply bytes past which no further command of a connection is read, until
 /// the peer takes its replies (a client pipelining commands without reading them).
 const MAX_UNSENT: usize = 1 << 20;
+/// Unsent bytes of a `logs -f` follower past which new lines are dropped (counted).
+pub const FOLLOW_MAX_UNSENT: usize = 256 * 1024;
+/// `logs` without `-n`: the last 10 lines, like tail(1).
+pub const DEFAULT_LOG_LINES: usize = 10;
 
 /// What a reload does to the control socket, prepared before it commits.
 pub(super) enum ControlSwap {
@@ -39,6 +53,13 @@ pub enum ControlCommand<'a> {
     Reload,
     /// `plan PATH`: PATH as given (non-empty, trimmed), resolved by the caller.
     Plan(&'a Path),
+    /// `logs [TARGET...] [-f] [-n N]`: no target selects every pool; `lines` None is
+    /// [`DEFAULT_LOG_LINES`].
+    Logs {
+        targets: Vec<Selector>,
+        follow: bool,
+        lines: Option<usize>,
+    },
     /// Not a command: the error to answer with.
     Invalid(String),
 }
@@ -57,17 +78,68 @@ pub fn parse_command(line: &str) -> ControlCommand<'_> {
         "reload" => ControlCommand::Reload,
         "plan" if !arg.is_empty() => ControlCommand::Plan(Path::new(arg)),
         "plan" => ControlCommand::Invalid("usage: plan PATH".into()),
+        "logs" => parse_logs(arg),
         _ => ControlCommand::Invalid(format!(
-            "unknown command {verb:?}; expected status, reload or plan PATH"
+            "unknown command {verb:?}; expected status, reload, plan PATH or logs"
         )),
     }
 }
 
-#[derive(Default)]
+const LOGS_USAGE: &str = "usage: logs [POOL|POOL/INDEX]... [-f] [-n LINES]";
+
+fn parse_logs(args: &str) -> ControlCommand<'_> {
+    let mut targets = Vec::new();
+    let (mut follow, mut lines) = (false, None);
+    let mut words = args.split_whitespace();
+    while let Some(w) = words.next() {
+        match w {
+            "-f" | "--follow" => follow = true,
+            "-n" | "--lines" => match words.next().and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) => lines = Some(n),
+                None => return ControlCommand::Invalid(format!("{LOGS_USAGE}: -n takes a number")),
+            },
+            w if w.starts_with('-') => {
+                return ControlCommand::Invalid(format!("{LOGS_USAGE}: unknown option {w:?}"))
+            }
+            w => match parse_target(w) {
+                Some(t) => targets.push(t),
+                None => {
+                    return ControlCommand::Invalid(format!(
+                        "{LOGS_USAGE}: bad target {w:?} (expected POOL or POOL/INDEX)"
+                    ))
+                }
+            },
+        }
+    }
+    ControlCommand::Logs {
+        targets,
+        follow,
+        lines,
+    }
+}
+
+/// `POOL` or `POOL/INDEX`.
+fn parse_target(w: &str) -> Option<Selector> {
+    let (pool, index) = match w.split_once('/') {
+        Some((p, i)) => (p, Some(i.parse::<u32>().ok()?)),
+        None => (w, None),
+    };
+    (!pool.is_empty()).then(|| Selector {
+        pool: pool.to_string(),
+        index,
+    })
+}
+
 pub struct Control {
     listener: Option<(UnixListener, PathBuf)>,
     conns: Slab<Conn>,
     started: Option<Instant>,
+    /// Recent output of every pool.
+    pub(super) logs: LogBook,
+    /// Connections in `logs -f` mode.
+    following: Vec<usize>,
+    /// Followers with new output, flushed once per loop turn.
+    dirty: Vec<usize>,
 }
 
 struct Conn {
@@ -78,6 +150,65 @@ struct Conn {
     out_pos: usize,
     want_write: bool,
     eof: bool,
+    /// `logs -f`: what it follows, and lines dropped since its last marker.
+    follow: Option<Follow>,
+    /// In `Control::dirty`.
+    dirty: bool,
+}
+
+struct Follow {
+    targets: Vec<Selector>,
+    dropped: u64,
+}
+
+impl Control {
+    pub(super) fn new(log_buffer: usize) -> Control {
+        Control {
+            listener: None,
+            conns: Slab::new(),
+            started: None,
+            logs: LogBook::new(log_buffer),
+            following: Vec::new(),
+            dirty: Vec::new(),
+        }
+    }
+
+    /// Keep a line of `pool[index]` for `logs`, and queue it to every follower that
+    /// selects it, or count it as dropped for one that is too far behind.
+    pub(super) fn record(&mut self, pool: &str, index: u32, stream: Stream, text: String) {
+        let line = self.logs.record(pool, index, stream, text);
+        let mut json = None;
+        for &k in &self.following {
+            let Some(c) = self.conns.get_mut(k) else {
+                continue;
+            };
+            let Some(f) = c.follow.as_mut() else {
+                continue;
+            };
+            if !selected(&f.targets, pool, index) {
+                continue;
+            }
+            let json = json.get_or_insert_with(|| line.to_json_line(pool));
+            if c.out.len() - c.out_pos + json.len() > FOLLOW_MAX_UNSENT {
+                f.dropped += 1;
+                continue;
+            }
+            if f.dropped > 0 {
+                push_dropped(&mut c.out, f);
+            }
+            c.out.extend_from_slice(json.as_bytes());
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(k);
+            }
+        }
+    }
+}
+
+fn push_dropped(out: &mut Vec<u8>, f: &mut Follow) {
+    out.extend_from_slice(json!({ "dropped": f.dropped }).to_string().as_bytes());
+    out.push(b'\n');
+    f.dropped = 0;
 }
 
 impl Daemon {
@@ -180,6 +311,8 @@ impl Daemon {
                         out_pos: 0,
                         want_write: false,
                         eof: false,
+                        follow: None,
+                        dirty: false,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -208,6 +341,10 @@ impl Daemon {
             let Some(c) = self.control.conns.get_mut(key) else {
                 return;
             };
+            if c.follow.is_some() {
+                self.follower_read(key);
+                return;
+            }
             if c.out.len() - c.out_pos > MAX_UNSENT || c.eof {
                 return;
             }
@@ -232,7 +369,17 @@ impl Daemon {
             };
             let reply = match cmd {
                 Some(cmd) if cmd.is_empty() => continue,
-                Some(cmd) => self.control_command(&cmd),
+                Some(cmd) => match parse_command(&cmd) {
+                    ControlCommand::Logs {
+                        targets,
+                        follow,
+                        lines,
+                    } => {
+                        self.control_logs(key, targets, follow, lines);
+                        continue;
+                    }
+                    _ => self.control_command(&cmd),
+                },
                 None => json!({"ok": false, "error": "command too long"}),
             };
             if let Some(c) = self.control.conns.get_mut(key) {
@@ -250,15 +397,27 @@ impl Daemon {
             return false;
         };
         let mut close = false;
-        while c.out_pos < c.out.len() {
-            match c.stream.write(&c.out[c.out_pos..]) {
-                Ok(n) => c.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    close = true;
-                    break;
+        loop {
+            while c.out_pos < c.out.len() {
+                match c.stream.write(&c.out[c.out_pos..]) {
+                    Ok(n) => c.out_pos += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        close = true;
+                        break;
+                    }
                 }
+            }
+            // A follower that dropped lines has room again: say how many.
+            match c.follow.as_mut() {
+                Some(f) if !close && f.dropped > 0 => {
+                    if c.out.len() - c.out_pos > FOLLOW_MAX_UNSENT / 2 {
+                        break;
+                    }
+                    push_dropped(&mut c.out, f);
+                }
+                _ => break,
             }
         }
         if c.out_pos == c.out.len() {
@@ -276,6 +435,9 @@ impl Daemon {
         if close {
             let mut c = self.control.conns.remove(key);
             self.deregister_io(&mut c.stream, c.token);
+            if c.follow.is_some() {
+                self.control.following.retain(|&k| k != key);
+            }
             return false;
         }
         let want = pending > 0;
@@ -297,6 +459,101 @@ impl Daemon {
         true
     }
 
+    /// Write what followers were given this turn.
+    pub(super) fn control_flush_followers(&mut self) {
+        for key in std::mem::take(&mut self.control.dirty) {
+            if let Some(c) = self.control.conns.get_mut(key) {
+                c.dirty = false;
+                self.control_flush(key);
+            }
+        }
+    }
+
+    /// A follower sends nothing more that matters: read and discard, and close on EOF.
+    fn follower_read(&mut self, key: usize) {
+        let Some(c) = self.control.conns.get_mut(key) else {
+            return;
+        };
+        let mut scratch = [0u8; 512];
+        loop {
+            match io::Read::read(&mut c.stream, &mut scratch) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => break,
+            }
+        }
+        let mut c = self.control.conns.remove(key);
+        self.deregister_io(&mut c.stream, c.token);
+        self.control.following.retain(|&k| k != key);
+    }
+
+    /// `logs`: the backlog, then the end line or (with `-f`) follower mode.
+    fn control_logs(
+        &mut self,
+        key: usize,
+        targets: Vec<Selector>,
+        follow: bool,
+        lines: Option<usize>,
+    ) {
+        let mut out = Vec::new();
+        match self.logs_check_targets(&targets) {
+            Err(error) => {
+                out.extend_from_slice(json!({"ok": false, "error": error}).to_string().as_bytes());
+                out.push(b'\n');
+            }
+            Ok(()) => {
+                let n = lines.unwrap_or(DEFAULT_LOG_LINES);
+                for (pool, line) in self.control.logs.tail(&targets, n) {
+                    out.extend_from_slice(line.to_json_line(pool).as_bytes());
+                }
+                if !follow {
+                    out.extend_from_slice(b"{\"ok\":true,\"end\":true}\n");
+                }
+            }
+        }
+        let following = follow && !out.starts_with(b"{\"ok\":false");
+        let Some(c) = self.control.conns.get_mut(key) else {
+            return;
+        };
+        c.out.extend_from_slice(&out);
+        if following {
+            c.follow = Some(Follow {
+                targets,
+                dropped: 0,
+            });
+            self.control.following.push(key);
+        }
+    }
+
+    /// Every target names a pool and, if it gives one, an index that pool has.
+    fn logs_check_targets(&self, targets: &[Selector]) -> Result<(), String> {
+        for t in targets {
+            let Some(p) = self
+                .pool_names
+                .get(&t.pool)
+                .and_then(|&k| self.pools.get(k))
+            else {
+                return Err(format!("unknown pool {:?}", t.pool));
+            };
+            if let Some(i) = t.index {
+                let known = p
+                    .slots
+                    .iter()
+                    .chain(&p.retiring)
+                    .any(|&k| self.instances.get(k).is_some_and(|x| x.index == i));
+                if !known {
+                    return Err(format!(
+                        "pool {} has no instance {i} (count = {})",
+                        t.pool, p.cfg.count
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn control_command(&mut self, cmd: &str) -> Value {
         match parse_command(cmd) {
             ControlCommand::Status => self.status_json(),
@@ -311,6 +568,8 @@ impl Daemon {
                 Err(e) => json!({"ok": false, "error": e}),
             },
             ControlCommand::Invalid(error) => json!({"ok": false, "error": error}),
+            // Answered by `control_logs` (several lines, maybe a follower).
+            ControlCommand::Logs { .. } => json!({"ok": false, "error": "logs: internal"}),
         }
     }
 
@@ -395,11 +654,65 @@ mod tests {
             parse_command("plan   "),
             ControlCommand::Invalid("usage: plan PATH".into())
         );
-        for bad in ["", "STATUS", "stat", "status\tx", "\u{0}", "reload\u{0}"] {
+        for bad in [
+            "",
+            "STATUS",
+            "stat",
+            "status\tx",
+            "\u{0}",
+            "reload\u{0}",
+            "logs\tweb",
+        ] {
             match parse_command(bad) {
                 ControlCommand::Invalid(e) => {
                     assert!(e.starts_with("unknown command"), "{bad:?}: {e}")
                 }
+                other => panic!("{bad:?} parsed as {other:?}"),
+            }
+        }
+    }
+
+    fn logs(
+        targets: &[(&str, Option<u32>)],
+        follow: bool,
+        lines: Option<usize>,
+    ) -> ControlCommand<'static> {
+        ControlCommand::Logs {
+            targets: targets
+                .iter()
+                .map(|&(p, index)| Selector {
+                    pool: p.into(),
+                    index,
+                })
+                .collect(),
+            follow,
+            lines,
+        }
+    }
+
+    #[test]
+    fn parses_logs_targets_and_options() {
+        assert_eq!(parse_command("logs"), logs(&[], false, None));
+        assert_eq!(
+            parse_command("logs web api/2 -f -n 5"),
+            logs(&[("web", None), ("api", Some(2))], true, Some(5))
+        );
+        assert_eq!(
+            parse_command("logs  -n 0  --follow web/0"),
+            logs(&[("web", Some(0))], true, Some(0))
+        );
+        for bad in [
+            "logs -n",
+            "logs -n x",
+            "logs -n -1",
+            "logs -x",
+            "logs web/",
+            "logs /1",
+            "logs web/1/2",
+            "logs web/-1",
+        ] {
+            match parse_command(bad) {
+                ControlCommand::Invalid(e) => assert!(e.starts_with("usage: logs"), "{bad:?}: {e}"),
                 other => panic!("{bad:?} parsed as {other:?}"),
             }
         }

@@ -8,10 +8,12 @@
 //! buffers and mark them dirty, and each loop turn flushes every dirty buffer once.
 //!
 //! Submodules add methods to [`Daemon`]: `supervise` (processes), `route` (messages),
-//! `reload` (config changes), `control` (control socket).
+//! `reload` (config changes), `control` (control socket); `logs` keeps recent output
+//! per pool for `orchd ctl CONFIG logs`.
 
 pub mod client;
 mod control;
+pub mod logs;
 mod reload;
 mod route;
 mod supervise;
@@ -31,7 +33,7 @@ use crate::config::Config;
 use crate::supervisor::lifecycle::FirstStart;
 use crate::timers::{deadline, Timers};
 
-pub use control::{parse_command, ControlCommand};
+pub use control::{parse_command, ControlCommand, DEFAULT_LOG_LINES};
 pub use supervise::Instance;
 
 const SIGNALS: Token = Token(0);
@@ -221,7 +223,7 @@ impl Daemon {
             awaiting_group: Vec::new(),
             router: route::Router::default(),
             watcher: reload::Watcher::default(),
-            control: control::Control::default(),
+            control: control::Control::new(config.settings.log_buffer),
             start_queue: VecDeque::new(),
             spawn_budget: SPAWNS_PER_TURN,
             dirty_stdin: VecDeque::new(),
@@ -512,6 +514,7 @@ impl Daemon {
             while let Some(c) = self.dirty_clients.pop_front() {
                 self.flush_client(c);
             }
+            self.control_flush_followers();
             if !pumped {
                 break;
             }
