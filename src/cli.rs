@@ -10,6 +10,7 @@ usage: orchd [--no-watch] [--log-level LEVEL] [--log-format text|json] CONFIG
        orchd --check CONFIG
        orchd --status CONFIG [--json]
        orchd --plan CONFIG
+       orchd ctl CONFIG logs [TARGET...] [-f] [-n N] [--json]
        orchd --help | --version
 
 Runs the worker pools and routes described in CONFIG (a TOML file; see orchd.toml(5)).
@@ -30,8 +31,15 @@ Runs the worker pools and routes described in CONFIG (a TOML file; see orchd.tom
 pub enum Mode {
     Run,
     Check,
-    Status { json: bool },
+    Status {
+        json: bool,
+    },
     Plan,
+    /// `orchd ctl CONFIG VERB ARG...`: the verb and its arguments, as given.
+    Ctl {
+        verb: String,
+        args: Vec<String>,
+    },
     Help,
     Version,
 }
@@ -97,6 +105,23 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                         ))
                     }
                 };
+            }
+            Value(v) if v == "ctl" && a.config.is_none() && a.mode == Mode::Run => {
+                let mut rest = p.raw_args().map_err(|e| e.to_string())?;
+                let mut next = |what: &str| -> Result<String, String> {
+                    let v = rest.next().ok_or(format!("ctl: missing {what}"))?;
+                    v.into_string()
+                        .map_err(|v| format!("ctl: {what} is not UTF-8: {v:?}"))
+                };
+                a.config = Some(PathBuf::from(next("CONFIG")?));
+                let verb = next("VERB")?;
+                let args = rest
+                    .map(|v| {
+                        v.into_string()
+                            .map_err(|v| format!("ctl: bad argument {v:?}"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                a.mode = Mode::Ctl { verb, args };
             }
             Value(v) if a.config.is_none() => a.config = Some(PathBuf::from(v)),
             Value(v) => return Err(format!("unexpected argument {:?}", v.to_string_lossy())),

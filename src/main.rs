@@ -40,6 +40,16 @@ fn main() -> ExitCode {
         Mode::Run => run(&args),
         Mode::Status { json } => daemon::client::status(config_path(&args), json),
         Mode::Plan => daemon::client::plan(config_path(&args)),
+        Mode::Ctl {
+            ref verb,
+            args: ref ctl_args,
+        } => match verb.as_str() {
+            "logs" => daemon::client::logs(config_path(&args), ctl_args),
+            other => {
+                eprintln!("orchd: ctl: unknown verb {other:?}\n\n{}", cli::USAGE);
+                2
+            }
+        },
     };
     ExitCode::from(code)
 }

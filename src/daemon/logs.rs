@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::SystemTime;
 
-use serde_json::json;
+use serde_json::Value;
 
 /// What a line costs beyond its text (the entry, the string header, the deque slot).
 pub const ENTRY_OVERHEAD: usize = 64;
@@ -49,17 +49,16 @@ impl LogLine {
         self.text.len() + ENTRY_OVERHEAD
     }
 
-    /// One JSON line (with its newline) for a `logs` reply.
+    /// One JSON line (with its newline) for a `logs` reply, keys in reading order:
+    /// `{"ts":…,"instance":"web[0]","stream":"stderr","line":…}`.
     pub fn to_json_line(&self, pool: &str) -> String {
-        let mut s = json!({
-            "ts": humantime::format_rfc3339_millis(self.ts).to_string(),
-            "instance": format!("{pool}[{}]", self.index),
-            "stream": self.stream.as_str(),
-            "line": self.text,
-        })
-        .to_string();
-        s.push('\n');
-        s
+        let ts = humantime::format_rfc3339_millis(self.ts);
+        let instance = Value::String(format!("{pool}[{}]", self.index));
+        let line = Value::String(self.text.clone());
+        format!(
+            "{{\"ts\":\"{ts}\",\"instance\":{instance},\"stream\":\"{}\",\"line\":{line}}}\n",
+            self.stream.as_str()
+        )
     }
 }
 
