@@ -176,7 +176,7 @@ impl Control {
     /// Keep a line of `pool[index]` for `logs`, and queue it to every follower that
     /// selects it, or count it as dropped for one that is too far behind.
     pub(super) fn record(&mut self, pool: &str, index: u32, stream: Stream, text: String) {
-        let line = self.logs.record(pool, index, stream, text);
+        let line = self.logs.line(index, stream, text);
         let mut json = None;
         for &k in &self.following {
             let Some(c) = self.conns.get_mut(k) else {
@@ -188,8 +188,13 @@ impl Control {
             if !selected(&f.targets, pool, index) {
                 continue;
             }
+            let pending = c.out.len() - c.out_pos;
+            if pending >= FOLLOW_MAX_UNSENT {
+                f.dropped += 1;
+                continue;
+            }
             let json = json.get_or_insert_with(|| line.to_json_line(pool));
-            if c.out.len() - c.out_pos + json.len() > FOLLOW_MAX_UNSENT {
+            if pending + json.len() > FOLLOW_MAX_UNSENT {
                 f.dropped += 1;
                 continue;
             }
@@ -202,6 +207,7 @@ impl Control {
                 self.dirty.push(k);
             }
         }
+        self.logs.keep(pool, line);
     }
 }
 

@@ -139,26 +139,39 @@ impl LogBook {
         }
     }
 
-    /// Record a line of `pool[index]` and return it (for followers).
-    pub fn record(&mut self, pool: &str, index: u32, stream: Stream, text: String) -> LogLine {
-        let line = LogLine {
-            seq: self.next_seq,
+    /// A new line of an instance, stamped now (not kept yet: see [`LogBook::keep`]).
+    pub fn line(&mut self, index: u32, stream: Stream, text: String) -> LogLine {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        LogLine {
+            seq,
             ts: SystemTime::now(),
             index,
             stream,
             text,
-        };
-        self.next_seq += 1;
-        if self.max > 0 {
-            match self.rings.get_mut(pool) {
-                Some(r) => r.push(line.clone(), self.max),
-                None => {
-                    let mut r = Ring::default();
-                    r.push(line.clone(), self.max);
-                    self.rings.insert(pool.to_string(), r);
-                }
+        }
+    }
+
+    /// Keep `line` in the ring of `pool`.
+    pub fn keep(&mut self, pool: &str, line: LogLine) {
+        if self.max == 0 {
+            return;
+        }
+        match self.rings.get_mut(pool) {
+            Some(r) => r.push(line, self.max),
+            None => {
+                let mut r = Ring::default();
+                r.push(line, self.max);
+                self.rings.insert(pool.to_string(), r);
             }
         }
+    }
+
+    /// Record a line of `pool[index]`.
+    #[cfg(test)]
+    fn record(&mut self, pool: &str, index: u32, stream: Stream, text: String) -> LogLine {
+        let line = self.line(index, stream, text);
+        self.keep(pool, line.clone());
         line
     }
 

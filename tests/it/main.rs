@@ -11,6 +11,7 @@ mod misc;
 mod packaging;
 
 mod check;
+mod ctl_logs;
 mod harden_config;
 mod harden_logproc;
 mod harden_reload;
