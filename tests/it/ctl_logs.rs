@@ -166,6 +166,39 @@ fn log_buffer_zero_keeps_nothing() {
 }
 
 #[test]
+fn log_buffer_applies_in_place_on_reload() {
+    let dir = TempDir::new("logs-reload");
+    let cfg = numbered_config(&dir, "");
+    let mut o = Orchd::start(&cfg);
+    o.wait_ready();
+    wait_numbered(&o);
+    let sock = dir.join("ctl.sock");
+    let pids = || -> Vec<String> {
+        control(&sock, "status")["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["instances"].as_array().unwrap().clone())
+            .map(|i| i["pid"].to_string())
+            .collect()
+    };
+    let before = pids();
+    let (_, out, _) = logs(&cfg, &["-n", "100"]);
+    assert_eq!(out.lines().count(), 63, "3 × (20 lines + started)\n{out}");
+    // Room for 2 lines such as `n 20 of 0` (10 bytes each, plus 64) per pool.
+    numbered_config(&dir, "log_buffer = 148");
+    let v = control(&sock, "reload");
+    assert_eq!(v["ok"], true, "{v}");
+    let (_, out, _) = logs(&cfg, &["-n", "100"]);
+    assert_eq!(out.lines().count(), 4, "the last 2 of each pool\n{out}");
+    let (_, out, _) = logs(&cfg, &["api", "-n", "100"]);
+    assert!(out.ends_with("api[0]: n 20 of 0\n"), "{out}");
+    // Applied in place: no instance was touched.
+    assert_eq!(pids(), before);
+    assert_eq!(o.stop(), 0);
+}
+
+#[test]
 fn lifecycle_lines_of_a_killed_worker_are_in_its_pool_logs() {
     let dir = TempDir::new("logs-lifecycle");
     let cfg = numbered_config(&dir, "");
