@@ -29,27 +29,21 @@ fn main() -> ExitCode {
     let args = match cli::parse(std::env::args_os().skip(1)) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("orchd: {e}\n\n{}", cli::USAGE);
+            let ctl = std::env::args_os().nth(1).is_some_and(|a| a == "ctl");
+            let usage = if ctl { cli::CTL_USAGE } else { cli::USAGE };
+            eprintln!("orchd: {e}\n\n{usage}");
             return ExitCode::from(2);
         }
     };
-    let code = match args.mode {
+    let code = match &args.mode {
         Mode::Help => print(cli::USAGE),
+        Mode::CtlHelp => print(cli::CTL_USAGE),
         Mode::Version => print(&format!("orchd {}\n", env!("CARGO_PKG_VERSION"))),
         Mode::Check => check(&args),
         Mode::Run => run(&args),
-        Mode::Status { json } => daemon::client::status(config_path(&args), json),
-        Mode::Plan => daemon::client::plan(config_path(&args)),
-        Mode::Ctl {
-            ref verb,
-            args: ref ctl_args,
-        } => match verb.as_str() {
-            "logs" => daemon::client::logs(config_path(&args), ctl_args),
-            other => {
-                eprintln!("orchd: ctl: unknown verb {other:?}\n\n{}", cli::USAGE);
-                2
-            }
-        },
+        Mode::Status { json } => daemon::client::status(config_path(&args), *json),
+        Mode::Plan => daemon::client::plan(config_path(&args), None),
+        Mode::Ctl(ctl) => daemon::client::ctl(config_path(&args), ctl),
     };
     ExitCode::from(code)
 }

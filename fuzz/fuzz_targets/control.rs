@@ -1,11 +1,23 @@
 //! The control-socket command parser never panics, and what it accepts is canonical:
-//! a `plan` path is non-empty and trimmed, a `logs` target names a pool without
-//! whitespace or `/`, and re-parsing the canonical form of a
+//! a `plan` path is non-empty and trimmed, TARGETs and signals re-parse to themselves
+//! (a `logs` TARGET never starts with `-`), and re-parsing the canonical form of a
 //! command gives the same command.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use orchd::daemon::{parse_command, ControlCommand};
+use orchd::daemon::{parse_command, ControlCommand, Target};
+
+/// Targets in canonical form; each is non-empty, without whitespace, and re-parses
+/// to itself.
+fn targets(t: &[Target]) -> String {
+    assert!(!t.is_empty(), "a verb with no TARGET");
+    let s: Vec<String> = t.iter().map(|t| t.to_string()).collect();
+    for (text, target) in s.iter().zip(t) {
+        assert!(!target.pool.is_empty() && !text.contains(char::is_whitespace));
+        assert_eq!(orchd::daemon::parse_target(text).as_ref(), Ok(target));
+    }
+    s.join(" ")
+}
 
 fuzz_target!(|data: &[u8]| {
     // The daemon decodes a line lossily and trims it before parsing.
@@ -25,19 +37,14 @@ fuzz_target!(|data: &[u8]| {
             format!("plan {s}")
         }
         ControlCommand::Logs {
-            targets,
+            targets: t,
             follow,
             lines,
         } => {
             let mut s = "logs".to_string();
-            for t in targets {
-                assert!(!t.pool.is_empty() && !t.pool.starts_with('-'));
-                assert!(!t.pool.contains(char::is_whitespace) && !t.pool.contains('/'));
-                s.push(' ');
-                s.push_str(&t.pool);
-                if let Some(i) = t.index {
-                    s.push_str(&format!("/{i}"));
-                }
+            if !t.is_empty() {
+                assert!(t.iter().all(|t| !t.pool.starts_with('-')), "{t:?}");
+                s = format!("logs {}", targets(t));
             }
             if *follow {
                 s.push_str(" -f");
@@ -46,6 +53,13 @@ fuzz_target!(|data: &[u8]| {
                 s.push_str(&format!(" -n {n}"));
             }
             s
+        }
+        ControlCommand::Restart(t) => format!("restart {}", targets(t)),
+        ControlCommand::Stop(t) => format!("stop {}", targets(t)),
+        ControlCommand::Start(t) => format!("start {}", targets(t)),
+        ControlCommand::Signal { signal, targets: t } => {
+            assert!((1..=64).contains(signal), "signal {signal}");
+            format!("signal {signal} {}", targets(t))
         }
         ControlCommand::Invalid(e) => {
             assert!(!e.is_empty());

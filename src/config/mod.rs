@@ -33,6 +33,7 @@ mod tests;
 pub use describe::describe;
 pub use error::{ConfigError, ConfigErrors};
 pub use file::{read_file, MAX_CONFIG_BYTES};
+pub(crate) use signal::known_signal_names;
 pub use signal::signal_by_name;
 
 use std::path::{Path, PathBuf};

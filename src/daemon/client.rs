@@ -1,5 +1,7 @@
-//! The client side of the control socket: `orchd --status` and `orchd --plan`. They
-//! read CONFIG only to find its `control` socket, send one command, and print the answer.
+//! The client side of the control socket: `orchd ctl` (and its shorthands `orchd
+//! --status`, `orchd --plan`). It reads CONFIG only to find its `control` socket,
+//! sends one command, and prints the answer. Exit status (SPEC 9): 0 done, 1 failed
+//! (no orchd answering, or its one-line reason); usage errors (2) are caught before.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config;
+use crate::{cli, config};
 
 /// The control socket of CONFIG. A config being edited may be invalid while orchd
 /// still runs the previous one: then only `[orchd] control` is read.
@@ -49,14 +51,28 @@ fn connect(config: &Path) -> Result<UnixStream, String> {
 
 /// Send one command and read the one-line JSON answer.
 fn ask(config: &Path, command: &str) -> Result<Value, String> {
+    ask_within(config, command, Duration::from_secs(30))
+}
+
+/// Send one command and wait up to `timeout` (zero: no limit) for its answer.
+fn ask_within(config: &Path, command: &str, timeout: Duration) -> Result<Value, String> {
     let mut s = connect(config)?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = s.set_read_timeout((!timeout.is_zero()).then_some(timeout));
     s.write_all(format!("{command}\n").as_bytes())
         .map_err(|e| format!("control socket: {e}"))?;
     let mut line = String::new();
     BufReader::new(&s)
         .read_line(&mut line)
-        .map_err(|e| format!("control socket: {e}"))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!(
+                "no answer within {} (--timeout); orchd goes on with it",
+                humantime::format_duration(timeout)
+            ),
+            _ => format!("control socket: {e}"),
+        })?;
+    if line.is_empty() {
+        return Err("control socket: orchd closed the connection without an answer".into());
+    }
     let v: Value =
         serde_json::from_str(&line).map_err(|e| format!("control socket: bad answer: {e}"))?;
     if v["ok"] == Value::Bool(false) {
@@ -84,8 +100,38 @@ pub fn status(config: &Path, json: bool) -> u8 {
     }
 }
 
-pub fn plan(config: &Path) -> u8 {
-    let abs = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+/// `orchd ctl CONFIG VERB ...`: the answer's summary on stdout, or the reason on
+/// stderr and exit 1.
+pub fn ctl(config: &Path, ctl: &cli::Ctl) -> u8 {
+    let timeout = ctl.timeout.unwrap_or_else(|| ctl.verb.default_timeout());
+    let command = match &ctl.verb {
+        cli::CtlVerb::Status { json } => return status(config, *json),
+        cli::CtlVerb::Plan { file } => return plan(config, file.as_deref()),
+        cli::CtlVerb::Logs { follow, json, .. } => {
+            let command = ctl.verb.command().unwrap_or_default();
+            let timeout = ctl.timeout.unwrap_or(Duration::from_secs(30));
+            return logs(config, &command, *follow, *json, timeout);
+        }
+        verb => verb.command().unwrap_or_default(),
+    };
+    match ask_within(config, &command, timeout) {
+        Ok(v) => out(&format!("{}\n", v["summary"].as_str().unwrap_or("done"))),
+        Err(e) => {
+            eprintln!("orchd: {e}");
+            1
+        }
+    }
+}
+
+/// What reloading `file` (default: CONFIG) would change. A relative FILE is
+/// resolved here, against the client's directory.
+pub fn plan(config: &Path, file: Option<&Path>) -> u8 {
+    let file = file.unwrap_or(config);
+    let abs = std::fs::canonicalize(file).unwrap_or_else(|_| {
+        std::env::current_dir()
+            .map(|d| d.join(file))
+            .unwrap_or_else(|_| file.to_path_buf())
+    });
     match ask(config, &format!("plan {}", abs.display())) {
         Ok(v) => out(v["plan"].as_str().unwrap_or("")),
         Err(e) => {
@@ -98,31 +144,10 @@ pub fn plan(config: &Path) -> u8 {
 /// `orchd ctl CONFIG logs [TARGET...] [-f] [-n N] [--json]`: print the recent lines of
 /// those instances as `TIMESTAMP INSTANCE: LINE` (orchd's own lines about them as
 /// `TIMESTAMP orchd: LINE`), or the raw JSON lines with `--json`; with `-f`, keep
-/// printing new lines until orchd goes away or the reader does. Exit 0; 1 for an
-/// unknown pool or index or no orchd answering; 2 for bad arguments.
-pub fn logs(config: &Path, args: &[String]) -> u8 {
-    let json = args.iter().any(|a| a == "--json");
-    let words: Vec<&str> = args
-        .iter()
-        .map(String::as_str)
-        .filter(|a| *a != "--json")
-        .collect();
-    if let Some(w) = words
-        .iter()
-        .find(|w| w.contains(char::is_whitespace) || w.is_empty())
-    {
-        eprintln!("orchd: logs: bad argument {w:?}");
-        return 2;
-    }
-    let command = format!("logs {}", words.join(" "));
-    let follow = match crate::daemon::parse_command(&command) {
-        crate::daemon::ControlCommand::Logs { follow, .. } => follow,
-        crate::daemon::ControlCommand::Invalid(e) => {
-            eprintln!("orchd: {e}");
-            return 2;
-        }
-        _ => return 2,
-    };
+/// printing new lines until orchd goes away or the reader does. `command` was checked
+/// by the argument parser. Exit 0; 1 for an unknown pool or index or no orchd
+/// answering.
+pub fn logs(config: &Path, command: &str, follow: bool, json: bool, timeout: Duration) -> u8 {
     let stream = match connect(config) {
         Ok(s) => s,
         Err(e) => {
@@ -130,8 +155,8 @@ pub fn logs(config: &Path, args: &[String]) -> u8 {
             return 1;
         }
     };
-    if !follow {
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    if !follow && !timeout.is_zero() {
+        let _ = stream.set_read_timeout(Some(timeout));
     }
     // A follower keeps its write side open: orchd takes EOF as the reader leaving.
     if let Err(e) = (&stream).write_all(format!("{}\n", command.trim()).as_bytes()) {
@@ -273,6 +298,9 @@ pub fn status_table(v: &Value) -> String {
             }
             if i["replacement"] == Value::Bool(true) {
                 state.push_str(" (replacement)");
+            }
+            if let Some(reason) = i["reason"].as_str() {
+                state.push_str(&format!(" ({reason})"));
             }
             rows.push([
                 name.to_string(),

@@ -53,10 +53,21 @@ pub enum ControlCommand<'a> {
     Reload,
     /// `plan PATH`: PATH as given (non-empty, trimmed), resolved by the caller.
     Plan(&'a Path),
+    /// `restart TARGET...`: rolling restart; answered once done.
+    Restart(Vec<Target<'a>>),
+    /// `stop TARGET...`: drain, stop and hold; answered once stopped.
+    Stop(Vec<Target<'a>>),
+    /// `start TARGET...`: release a hold, or start a failed or exited instance.
+    Start(Vec<Target<'a>>),
+    /// `signal SIG TARGET...`: SIG (a number, 1 to 64) to each instance's group.
+    Signal {
+        signal: i32,
+        targets: Vec<Target<'a>>,
+    },
     /// `logs [TARGET...] [-f] [-n N]`: no target selects every pool; `lines` None is
     /// [`DEFAULT_LOG_LINES`].
     Logs {
-        targets: Vec<Selector>,
+        targets: Vec<Target<'a>>,
         follow: bool,
         lines: Option<usize>,
     },
@@ -64,23 +75,115 @@ pub enum ControlCommand<'a> {
     Invalid(String),
 }
 
-/// Parses one control command line (without its newline): a verb, then for `plan` one
-/// space and a path. Surrounding whitespace is ignored; arguments after `status` and
-/// `reload` too. Pure, so it can be unit-tested and fuzzed.
+/// A TARGET of `orchd ctl` (SPEC 9): a pool, or one instance of it (`POOL/INDEX`,
+/// the instance logged as `POOL[INDEX]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub pool: &'a str,
+    pub index: Option<u32>,
+}
+
+impl std::fmt::Display for Target<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "{}/{i}", self.pool),
+            None => f.write_str(self.pool),
+        }
+    }
+}
+
+/// Parses `POOL` or `POOL/INDEX`. Whether the pool and index exist is for the running
+/// orchd to say; this only checks the shape (no whitespace or control characters, an
+/// index of decimal digits).
+pub fn parse_target(s: &str) -> Result<Target<'_>, String> {
+    let (pool, index) = match s.split_once('/') {
+        Some((p, i)) => (p, Some(i)),
+        None => (s, None),
+    };
+    let bad = |c: char| c.is_whitespace() || c.is_control() || c == '/';
+    if pool.is_empty() || pool.chars().any(bad) {
+        return Err(format!("bad TARGET {s:?}: expected POOL or POOL/INDEX"));
+    }
+    let index = match index {
+        None => None,
+        Some(i) if !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()) => Some(
+            i.parse::<u32>()
+                .map_err(|_| format!("bad TARGET {s:?}: index too large"))?,
+        ),
+        Some(_) => {
+            return Err(format!(
+                "bad TARGET {s:?}: expected POOL or POOL/INDEX (INDEX a number)"
+            ))
+        }
+    };
+    Ok(Target { pool, index })
+}
+
+/// Parses a signal for `signal`: a name with or without `SIG` (any case), or a number
+/// from 1 to 64. Returns the number.
+pub fn parse_signal(s: &str) -> Result<i32, String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return match s.parse::<i32>() {
+            Ok(n @ 1..=64) => Ok(n),
+            _ => Err(format!("bad signal {s:?}: a number must be from 1 to 64")),
+        };
+    }
+    crate::config::signal_by_name(s)
+        .map(|sig| sig.number)
+        .ok_or_else(|| {
+            format!(
+                "unknown signal {s:?}; expected a number or one of {}",
+                crate::config::known_signal_names()
+            )
+        })
+}
+
+/// Targets separated by whitespace; at least one.
+fn parse_targets<'a>(verb: &str, arg: &'a str) -> Result<Vec<Target<'a>>, String> {
+    let targets = arg
+        .split_whitespace()
+        .map(parse_target)
+        .collect::<Result<Vec<_>, _>>()?;
+    if targets.is_empty() {
+        return Err(format!("usage: {verb} TARGET..."));
+    }
+    Ok(targets)
+}
+
+/// Parses one control command line (without its newline): a verb, then its
+/// arguments after one space (`plan PATH`, `restart TARGET...`, `signal SIG
+/// TARGET...`). Surrounding whitespace is ignored; arguments after `status` and
+/// `reload` too. Pure, so it can be unit-tested and fuzzed; `orchd ctl` also runs it
+/// to tell a usage error from a failure.
 pub fn parse_command(line: &str) -> ControlCommand<'_> {
     let line = line.trim();
     let (verb, arg) = line
         .split_once(' ')
         .map(|(v, a)| (v, a.trim()))
         .unwrap_or((line, ""));
+    let invalid = ControlCommand::Invalid;
     match verb {
         "status" => ControlCommand::Status,
         "reload" => ControlCommand::Reload,
         "plan" if !arg.is_empty() => ControlCommand::Plan(Path::new(arg)),
-        "plan" => ControlCommand::Invalid("usage: plan PATH".into()),
+        "plan" => invalid("usage: plan PATH".into()),
+        "restart" => parse_targets(verb, arg).map_or_else(invalid, ControlCommand::Restart),
+        "stop" => parse_targets(verb, arg).map_or_else(invalid, ControlCommand::Stop),
+        "start" => parse_targets(verb, arg).map_or_else(invalid, ControlCommand::Start),
+        "signal" => {
+            let (sig, rest) = arg.split_once(char::is_whitespace).unwrap_or((arg, ""));
+            if sig.is_empty() || rest.trim().is_empty() {
+                return invalid("usage: signal SIG TARGET...".into());
+            }
+            match (parse_signal(sig), parse_targets(verb, rest)) {
+                (Ok(signal), Ok(targets)) => ControlCommand::Signal { signal, targets },
+                (Err(e), _) | (_, Err(e)) => invalid(e),
+            }
+        }
         "logs" => parse_logs(arg),
-        _ => ControlCommand::Invalid(format!(
-            "unknown command {verb:?}; expected status, reload, plan PATH or logs"
+        _ => invalid(format!(
+            "unknown command {verb:?}; expected status, reload, plan PATH, restart, stop, \
+             start, signal or logs"
         )),
     }
 }
@@ -102,12 +205,8 @@ fn parse_logs(args: &str) -> ControlCommand<'_> {
                 return ControlCommand::Invalid(format!("{LOGS_USAGE}: unknown option {w:?}"))
             }
             w => match parse_target(w) {
-                Some(t) => targets.push(t),
-                None => {
-                    return ControlCommand::Invalid(format!(
-                        "{LOGS_USAGE}: bad target {w:?} (expected POOL or POOL/INDEX)"
-                    ))
-                }
+                Ok(t) => targets.push(t),
+                Err(e) => return ControlCommand::Invalid(format!("{LOGS_USAGE}: {e}")),
             },
         }
     }
@@ -118,21 +217,9 @@ fn parse_logs(args: &str) -> ControlCommand<'_> {
     }
 }
 
-/// `POOL` or `POOL/INDEX`.
-fn parse_target(w: &str) -> Option<Selector> {
-    let (pool, index) = match w.split_once('/') {
-        Some((p, i)) => (p, Some(i.parse::<u32>().ok()?)),
-        None => (w, None),
-    };
-    (!pool.is_empty()).then(|| Selector {
-        pool: pool.to_string(),
-        index,
-    })
-}
-
 pub struct Control {
     listener: Option<(UnixListener, PathBuf)>,
-    conns: Slab<Conn>,
+    pub(super) conns: Slab<Conn>,
     started: Option<Instant>,
     /// Recent output of every pool.
     pub(super) logs: LogBook,
@@ -142,9 +229,14 @@ pub struct Control {
     dirty: Vec<usize>,
 }
 
-struct Conn {
+pub(super) struct Conn {
     stream: UnixStream,
     token: Token,
+    /// Tells this connection from a later one under the same slab key.
+    pub(super) id: u64,
+    /// A command of it (`restart`, `stop`) is answered once done: until then no
+    /// further command is read, so replies stay in command order.
+    pub(super) busy: bool,
     inbuf: LineBuf,
     out: Vec<u8>,
     out_pos: usize,
@@ -296,6 +388,7 @@ impl Daemon {
             };
             match l.accept() {
                 Ok((mut stream, _)) => {
+                    let id = self.gen();
                     let entry = self.control.conns.vacant_entry();
                     let key = entry.key();
                     let token = match self.register_io(
@@ -312,6 +405,8 @@ impl Daemon {
                     self.control.conns.insert(Conn {
                         stream,
                         token,
+                        id,
+                        busy: false,
                         inbuf: LineBuf::new(MAX_COMMAND),
                         out: Vec::new(),
                         out_pos: 0,
@@ -339,7 +434,7 @@ impl Daemon {
     /// [`MAX_UNSENT`]. Past it, no more is read (the rest waits in our buffer and the
     /// socket) until the peer has taken enough: its WRITABLE event brings us back here.
     /// A last command cut short by EOF (no trailing newline) is answered too.
-    fn control_serve(&mut self, key: usize) {
+    pub(super) fn control_serve(&mut self, key: usize) {
         loop {
             if !self.control_flush(key) {
                 return;
@@ -351,7 +446,7 @@ impl Daemon {
                 self.follower_read(key);
                 return;
             }
-            if c.out.len() - c.out_pos > MAX_UNSENT || c.eof {
+            if c.out.len() - c.out_pos > MAX_UNSENT || c.eof || c.busy {
                 return;
             }
             let cmd = match c.inbuf.next_frame() {
@@ -381,12 +476,20 @@ impl Daemon {
                         follow,
                         lines,
                     } => {
+                        let targets = targets.iter().map(Selector::from).collect();
                         self.control_logs(key, targets, follow, lines);
                         continue;
                     }
-                    _ => self.control_command(&cmd),
+                    _ => self.control_command(key, &cmd),
                 },
-                None => json!({"ok": false, "error": "command too long"}),
+                None => Some(json!({"ok": false, "error": "command too long"})),
+            };
+            let Some(reply) = reply else {
+                // Answered later (see `ctl`); the connection is busy until then.
+                if let Some(c) = self.control.conns.get_mut(key) {
+                    c.busy = true;
+                }
+                return;
             };
             if let Some(c) = self.control.conns.get_mut(key) {
                 c.out.extend_from_slice(reply.to_string().as_bytes());
@@ -437,7 +540,7 @@ impl Daemon {
             c.out_pos = 0;
         }
         let pending = c.out.len() - c.out_pos;
-        close |= c.eof && pending == 0;
+        close |= c.eof && pending == 0 && !c.busy;
         if close {
             let mut c = self.control.conns.remove(key);
             self.deregister_io(&mut c.stream, c.token);
@@ -560,8 +663,10 @@ impl Daemon {
         Ok(())
     }
 
-    fn control_command(&mut self, cmd: &str) -> Value {
-        match parse_command(cmd) {
+    /// The reply to one command of connection `conn`; None: it comes later, once the
+    /// action is done (`restart`, `stop`), and the loop never waits for it.
+    fn control_command(&mut self, conn: usize, cmd: &str) -> Option<Value> {
+        let reply = match parse_command(cmd) {
             ControlCommand::Status => self.status_json(),
             ControlCommand::Reload => match self.reload_from_disk("control socket") {
                 Ok(summary) => json!({"ok": true, "summary": summary}),
@@ -573,10 +678,27 @@ impl Daemon {
                 }
                 Err(e) => json!({"ok": false, "error": e}),
             },
+            ControlCommand::Restart(targets) => return self.ctl_restart(conn, &targets),
+            ControlCommand::Stop(targets) => return self.ctl_stop(conn, &targets),
+            ControlCommand::Start(targets) => self.ctl_start(&targets),
+            ControlCommand::Signal { signal, targets } => self.ctl_signal(signal, &targets),
             ControlCommand::Invalid(error) => json!({"ok": false, "error": error}),
             // Answered by `control_logs` (several lines, maybe a follower).
             ControlCommand::Logs { .. } => json!({"ok": false, "error": "logs: internal"}),
-        }
+        };
+        Some(reply)
+    }
+
+    /// The late reply of a `restart` or `stop`: the connection (if still the same)
+    /// gets it and goes on with the commands it sent meanwhile.
+    pub(super) fn control_reply_later(&mut self, conn: usize, id: u64, reply: Value) {
+        let Some(c) = self.control.conns.get_mut(conn).filter(|c| c.id == id) else {
+            return;
+        };
+        c.busy = false;
+        c.out.extend_from_slice(reply.to_string().as_bytes());
+        c.out.push(b'\n');
+        self.control_serve(conn);
     }
 
     /// Everything `--status` shows, as one JSON object.
@@ -601,6 +723,7 @@ impl Daemon {
                     "index": i.index,
                     "pid": i.pid(),
                     "state": i.life.state.name(now).as_str(),
+                    "reason": i.reason(),
                     "retiring": i.retiring,
                     "replacement": incoming == Some(k),
                     "uptime_ms": uptime,
@@ -651,6 +774,57 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_operation_verbs() {
+        let t = |pool, index| Target { pool, index };
+        assert_eq!(
+            parse_command("restart web  db/2"),
+            ControlCommand::Restart(vec![t("web", None), t("db", Some(2))])
+        );
+        assert_eq!(
+            parse_command("stop web/0"),
+            ControlCommand::Stop(vec![t("web", Some(0))])
+        );
+        assert_eq!(
+            parse_command("start web"),
+            ControlCommand::Start(vec![t("web", None)])
+        );
+        assert_eq!(
+            parse_command("signal SIGUSR1 web web/1"),
+            ControlCommand::Signal {
+                signal: libc::SIGUSR1,
+                targets: vec![t("web", None), t("web", Some(1))]
+            }
+        );
+        assert_eq!(
+            parse_command("signal 9 web"),
+            ControlCommand::Signal {
+                signal: 9,
+                targets: vec![t("web", None)]
+            }
+        );
+        assert_eq!(t("web", Some(3)).to_string(), "web/3");
+        for bad in [
+            "restart",
+            "stop ",
+            "start web/",
+            "start web/x",
+            "start /1",
+            "stop web/1/2",
+            "restart web/99999999999",
+            "signal",
+            "signal USR1",
+            "signal NOPE web",
+            "signal 0 web",
+            "signal 65 web",
+        ] {
+            assert!(
+                matches!(parse_command(bad), ControlCommand::Invalid(_)),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn rejects_everything_else_with_a_message() {
         assert_eq!(
             parse_command("plan"),
@@ -679,17 +853,14 @@ mod tests {
     }
 
     fn logs(
-        targets: &[(&str, Option<u32>)],
+        targets: &[(&'static str, Option<u32>)],
         follow: bool,
         lines: Option<usize>,
     ) -> ControlCommand<'static> {
         ControlCommand::Logs {
             targets: targets
                 .iter()
-                .map(|&(p, index)| Selector {
-                    pool: p.into(),
-                    index,
-                })
+                .map(|&(pool, index)| Target { pool, index })
                 .collect(),
             follow,
             lines,

@@ -111,6 +111,15 @@ pub struct Selector {
     pub index: Option<u32>,
 }
 
+impl From<&super::control::Target<'_>> for Selector {
+    fn from(t: &super::control::Target<'_>) -> Selector {
+        Selector {
+            pool: t.pool.to_string(),
+            index: t.index,
+        }
+    }
+}
+
 impl Selector {
     pub fn matches(&self, pool: &str, index: u32) -> bool {
         self.pool == pool && self.index.is_none_or(|i| i == index)

@@ -8,11 +8,12 @@
 //! buffers and mark them dirty, and each loop turn flushes every dirty buffer once.
 //!
 //! Submodules add methods to [`Daemon`]: `supervise` (processes), `route` (messages),
-//! `reload` (config changes), `control` (control socket); `logs` keeps recent output
-//! per pool for `orchd ctl CONFIG logs`.
+//! `reload` (config changes), `control` (control socket), `ctl` (its operations);
+//! `logs` keeps recent output per pool for `orchd ctl CONFIG logs`.
 
 pub mod client;
 mod control;
+mod ctl;
 pub mod logs;
 mod reload;
 mod route;
@@ -33,7 +34,9 @@ use crate::config::Config;
 use crate::supervisor::lifecycle::FirstStart;
 use crate::timers::{deadline, Timers};
 
-pub use control::{parse_command, ControlCommand, DEFAULT_LOG_LINES};
+pub use control::{
+    parse_command, parse_signal, parse_target, ControlCommand, Target, DEFAULT_LOG_LINES,
+};
 pub use supervise::Instance;
 
 const SIGNALS: Token = Token(0);
@@ -137,6 +140,8 @@ pub struct Daemon {
     router: route::Router,
     watcher: reload::Watcher,
     control: control::Control,
+    /// `orchd ctl restart` and `stop` commands waiting to be answered.
+    ops: Vec<ctl::PendingOp>,
     /// Instances due to start beyond this turn's spawn budget, in order, each with
     /// its generation at the time (a stale one was stopped or forgotten meanwhile).
     start_queue: VecDeque<(usize, u64)>,
@@ -224,6 +229,7 @@ impl Daemon {
             router: route::Router::default(),
             watcher: reload::Watcher::default(),
             control: control::Control::new(config.settings.log_buffer),
+            ops: Vec::new(),
             start_queue: VecDeque::new(),
             spawn_budget: SPAWNS_PER_TURN,
             dirty_stdin: VecDeque::new(),
@@ -281,6 +287,7 @@ impl Daemon {
             self.fire_timers();
             self.start_queued();
             self.notify_ready_if_started();
+            self.ops_check();
         }
     }
 

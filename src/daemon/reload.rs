@@ -58,6 +58,9 @@ pub struct Roll {
     pub incoming: Option<(u32, usize)>,
     /// The old instance of the last promoted index, until it is gone.
     pub outgoing: Option<usize>,
+    /// Indexes `orchd ctl restart` asked for: replaced even when they run the pool's
+    /// spec; each leaves the set once its replacement took the slot.
+    pub restart: std::collections::BTreeSet<u32>,
 }
 
 fn hash_of(bytes: &[u8]) -> u64 {
@@ -323,10 +326,19 @@ impl Daemon {
     fn plan(&self, new: &Config) -> Plan {
         diff_running(&self.config, new, |name| {
             let p = &self.pools[*self.pool_names.get(name)?];
+            let next = new.pool(name);
             let spec_of = |k: usize| {
-                self.instances.get(k).map(|i| RunningSpec {
-                    spec: &i.spec,
-                    routed: i.stdin_pipe,
+                self.instances.get(k).map(|i| match next {
+                    // A held instance is not replaced: it runs the pool's spec of the
+                    // day it is started (SPEC 6: held instances stay held).
+                    Some(n) if i.held => RunningSpec {
+                        spec: n,
+                        routed: new.is_routed(name),
+                    },
+                    _ => RunningSpec {
+                        spec: &i.spec,
+                        routed: i.stdin_pipe,
+                    },
                 })
             };
             Some(RunningPool {
@@ -492,11 +504,14 @@ impl Daemon {
             p.cfg = cfg;
             p.routed = routed;
         }
+        // Restarts asked for by `orchd ctl restart` outlive a cancelled roll.
+        let mut restart = Default::default();
         if cancel || replace > 0 {
             // A roll in progress started instances of the previous spec: it ends (its
             // waiting replacement is stopped); a new one starts below if some instance
             // does not run the new spec.
             if let Some(roll) = self.pools[key].roll.take() {
+                restart = roll.restart;
                 if let Some((_, k)) = roll.incoming {
                     log::info!("{}: pending replacement cancelled", self.instances[k].label);
                     self.retire(k);
@@ -527,7 +542,12 @@ impl Daemon {
                 "pool {}: replacing {replace} instance(s) one at a time",
                 self.pools[key].cfg.name
             );
-            self.pools[key].roll = Some(Roll::default());
+        }
+        if (replace > 0 || !restart.is_empty()) && !self.pools[key].slots.is_empty() {
+            self.pools[key].roll = Some(Roll {
+                restart,
+                ..Roll::default()
+            });
             self.roll_step(key);
         }
         // More room (max_inflight, queue) may let waiting work go.
@@ -576,13 +596,23 @@ impl Daemon {
                 return;
             }
             // Instances that already run the pool's spec stay (SPEC 6: decided per
-            // running instance).
-            let mut index = roll.next;
-            while p.slots.get(index as usize).is_some_and(|&k| {
-                self.instances
-                    .get(k)
-                    .is_some_and(|i| same_process(&i.spec, i.stdin_pipe, &p.spec, p.routed))
-            }) {
+            // running instance), unless `orchd ctl restart` asked for them; held
+            // ones stay held.
+            let mut index = roll
+                .next
+                .min(roll.restart.first().copied().unwrap_or(u32::MAX));
+            while let Some(i) = p
+                .slots
+                .get(index as usize)
+                .and_then(|&k| self.instances.get(k))
+            {
+                if i.held {
+                    roll.restart.remove(&index);
+                } else if roll.restart.contains(&index)
+                    || !same_process(&i.spec, i.stdin_pipe, &p.spec, p.routed)
+                {
+                    break;
+                }
                 index += 1;
             }
             roll.next = index;
@@ -644,6 +674,7 @@ impl Daemon {
         }
         roll.incoming = None;
         roll.next = index + 1;
+        roll.restart.remove(&index);
         let p = &mut self.pools[pool];
         let Some(slot) = p.slots.get_mut(index as usize) else {
             return;

@@ -1301,6 +1301,7 @@ impl Daemon {
     fn rehome_backlog(&mut self, k: usize) {
         let inst = &mut self.instances[k];
         let coming_back = !inst.retiring
+            && !inst.held
             && matches!(
                 inst.life.state,
                 crate::supervisor::lifecycle::State::Backoff { .. }
@@ -1961,7 +1962,7 @@ impl Daemon {
             i.life.state,
             crate::supervisor::lifecycle::State::Running { .. }
         );
-        if i.retiring
+        if (i.retiring || i.held)
             && running
             && i.rt.inflight.is_empty()
             && i.rt.backlog.is_empty()

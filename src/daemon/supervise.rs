@@ -62,8 +62,11 @@ pub struct PoolRt {
     /// Removed from the config: forgotten once its last instance has stopped.
     pub removed: bool,
     pub q: super::route::PoolQueue,
-    /// A rolling replacement in progress (reload changed what the process is).
+    /// A rolling replacement in progress (reload changed what the process is, or
+    /// `orchd ctl restart`).
     pub roll: Option<super::reload::Roll>,
+    /// `orchd ctl stop POOL`: instances a later scale-up adds are held too.
+    pub held: bool,
 }
 
 pub(super) struct PipeIn {
@@ -97,6 +100,14 @@ pub struct Instance {
     pub index: u32,
     /// `pool[index]`: log target and name in messages.
     pub label: String,
+    /// Unique for the daemon's lifetime (slab keys are reused): pending `restart`
+    /// and `stop` replies follow the instance by it.
+    pub id: u64,
+    /// Held stopped by `orchd ctl stop`: drains, stops, and is not started again
+    /// (by its restart policy, a reload or a roll) until `orchd ctl start`.
+    pub held: bool,
+    /// `start` came while it was still stopping: start it once stopped.
+    pub start_when_stopped: bool,
     pub life: Lifecycle,
     pub started_at: Instant,
     pgid: u32,
@@ -140,11 +151,20 @@ impl Instance {
     /// Its first start is settled for the ready line: ready, failed or completed,
     /// or stopped by orchd before it was ready (then it counts as neither).
     pub fn first_start_settled(&self) -> bool {
+        if self.held {
+            // Held by `orchd ctl stop`, perhaps before it ever ran: not waited for.
+            return true;
+        }
         match self.first_start {
             FirstStart::Pending => false,
             FirstStart::Started => self.is_stopped(),
             FirstStart::Ready | FirstStart::Failed | FirstStart::Completed => true,
         }
+    }
+
+    /// Why it is in its state, for status (SPEC 7), where a reason applies.
+    pub fn reason(&self) -> Option<&'static str> {
+        self.held.then_some("held")
     }
 
     /// The last exit for status: the exit status, or why the last spawn failed.
@@ -161,7 +181,7 @@ impl Instance {
 
     /// Running and able to take new messages.
     pub fn is_live(&self) -> bool {
-        self.can_work() && !self.retiring
+        self.can_work() && !self.retiring && !self.held
     }
 
     /// Running with a stdin: can be written to (a retiring instance still works off
@@ -186,6 +206,7 @@ impl Daemon {
             removed: false,
             q: Default::default(),
             roll: None,
+            held: false,
         });
         self.pool_names.insert(name, key);
         for _ in 0..count {
@@ -199,6 +220,12 @@ impl Daemon {
         let index = self.pools[pool].slots.len() as u32;
         let key = self.instance_new(pool, index);
         self.pools[pool].slots.push(key);
+        if self.pools[pool].held {
+            // `orchd ctl stop POOL` holds what a scale-up adds (SPEC 9).
+            self.instances[key].held = true;
+            log::info!("{} held stopped", self.instances[key].label);
+            return key;
+        }
         self.start_instance(key);
         key
     }
@@ -212,11 +239,15 @@ impl Daemon {
         // A fresh generation: a queued start of a forgotten instance whose key this
         // one reuses must not match it.
         let gen = self.gen();
+        let id = self.gen();
         self.instances.insert(Instance {
             spec,
             pool,
             index,
             label,
+            id,
+            held: false,
+            start_when_stopped: false,
             life: Lifecycle::default(),
             started_at: self.now,
             pgid: 0,
@@ -461,7 +492,7 @@ impl Daemon {
             ),
             Err(why) => (why, None, log::Level::Error),
         };
-        if phase != Phase::Running || inst.retiring {
+        if phase != Phase::Running || inst.retiring || inst.held {
             inst.life.last_exit = exit;
             lifecycle!(self, inst, log::Level::Info, "{} {what}", inst.label);
             self.mark_stopped(key);
@@ -701,16 +732,31 @@ impl Daemon {
         };
         inst.gen = gen;
         inst.life.state = State::Stopped;
-        if inst.timed_out && !inst.retiring && self.phase == Phase::Running {
-            // A hung worker was stopped: it comes back at once.
-            inst.life.restarts += 1;
+        if (inst.timed_out || inst.start_when_stopped)
+            && !inst.retiring
+            && !inst.held
+            && self.phase == Phase::Running
+        {
             let label = inst.label.clone();
-            lifecycle!(
-                self,
-                inst,
-                log::Level::Info,
-                "{label} restarting after its timeout"
-            );
+            if std::mem::take(&mut inst.start_when_stopped) {
+                // `orchd ctl start` came while its hold was still stopping it.
+                lifecycle!(
+                    self,
+                    inst,
+                    log::Level::Info,
+                    "{label} stopped; starting it again (released)"
+                );
+                self.refresh_spec(key);
+            } else {
+                // A hung worker was stopped: it comes back at once.
+                inst.life.restarts += 1;
+                lifecycle!(
+                    self,
+                    inst,
+                    log::Level::Info,
+                    "{label} restarting after its timeout"
+                );
+            }
             self.start_instance(key);
             return;
         }

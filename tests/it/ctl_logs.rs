@@ -145,11 +145,16 @@ fn logs_errors_and_exit_codes() {
     for bad in [&["-n"][..], &["-n", "x"], &["--bogus"], &["web/x"]] {
         let (code, _, err) = logs(&cfg, bad);
         assert_eq!(code, 2, "{bad:?}: {err}");
-        assert!(err.contains("usage: logs"), "{bad:?}: {err}");
+        assert!(err.starts_with("orchd: "), "{bad:?}: {err}");
     }
     // On the socket: an error is one JSON line with ok = false.
     let v = control(&dir.join("ctl.sock"), "logs web/9");
     assert_eq!(v["ok"], false, "{v}");
+    let v = control(&dir.join("ctl.sock"), "logs web -n x");
+    assert!(
+        v["error"].as_str().unwrap().starts_with("usage: logs"),
+        "{v}"
+    );
     assert_eq!(o.stop(), 0);
 }
 

@@ -4,6 +4,7 @@
 mod common;
 
 mod control;
+mod ctl;
 mod docs;
 mod harden_conns;
 mod harden_loop;
