@@ -457,8 +457,40 @@ mod tests {
             &["x", "restart", "web", "--timeout", "soon"],
             &["x", "plan", "a", "b"],
             &["x", "status", "--bogus"],
+            &["x", "logs", "-n"],
+            &["x", "logs", "-n", "x"],
+            &["x", "logs", "web/x"],
+            &["x", "restart", "web", "-f"],
+            &["x", "status", "-n", "3"],
         ] {
             assert!(ctl(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn ctl_logs() {
+        let c = ctl(&["x", "logs"]).unwrap();
+        assert_eq!(c.verb.command().unwrap(), "logs");
+        let c = ctl(&["x", "logs", "web/1", "-f", "api", "-n5", "--json"]).unwrap();
+        assert_eq!(
+            c.verb,
+            CtlVerb::Logs {
+                targets: vec!["web/1".into(), "api".into()],
+                follow: true,
+                lines: Some(5),
+                json: true
+            }
+        );
+        // What the client sends parses on the control socket as what was asked.
+        let cmd = c.verb.command().unwrap();
+        assert_eq!(cmd, "logs web/1 api -f -n 5");
+        assert!(matches!(
+            crate::daemon::parse_command(&cmd),
+            crate::daemon::ControlCommand::Logs {
+                follow: true,
+                lines: Some(5),
+                ..
+            }
+        ));
     }
 }

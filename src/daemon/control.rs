@@ -476,8 +476,7 @@ impl Daemon {
                         follow,
                         lines,
                     } => {
-                        let targets = targets.iter().map(Selector::from).collect();
-                        self.control_logs(key, targets, follow, lines);
+                        self.control_logs(key, &targets, follow, lines);
                         continue;
                     }
                     _ => self.control_command(key, &cmd),
@@ -599,15 +598,11 @@ impl Daemon {
     }
 
     /// `logs`: the backlog, then the end line or (with `-f`) follower mode.
-    fn control_logs(
-        &mut self,
-        key: usize,
-        targets: Vec<Selector>,
-        follow: bool,
-        lines: Option<usize>,
-    ) {
+    fn control_logs(&mut self, key: usize, given: &[Target], follow: bool, lines: Option<usize>) {
+        let targets: Vec<Selector> = given.iter().map(Selector::from).collect();
         let mut out = Vec::new();
-        match self.logs_check_targets(&targets) {
+        // Every target names a pool and, if it gives one, an index that pool has.
+        match self.check_targets(given) {
             Err(error) => {
                 out.extend_from_slice(json!({"ok": false, "error": error}).to_string().as_bytes());
                 out.push(b'\n');
@@ -634,33 +629,6 @@ impl Daemon {
             });
             self.control.following.push(key);
         }
-    }
-
-    /// Every target names a pool and, if it gives one, an index that pool has.
-    fn logs_check_targets(&self, targets: &[Selector]) -> Result<(), String> {
-        for t in targets {
-            let Some(p) = self
-                .pool_names
-                .get(&t.pool)
-                .and_then(|&k| self.pools.get(k))
-            else {
-                return Err(format!("unknown pool {:?}", t.pool));
-            };
-            if let Some(i) = t.index {
-                let known = p
-                    .slots
-                    .iter()
-                    .chain(&p.retiring)
-                    .any(|&k| self.instances.get(k).is_some_and(|x| x.index == i));
-                if !known {
-                    return Err(format!(
-                        "pool {} has no instance {i} (count = {})",
-                        t.pool, p.cfg.count
-                    ));
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The reply to one command of connection `conn`; None: it comes later, once the
