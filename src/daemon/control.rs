@@ -33,6 +33,10 @@ const MAX_COMMAND: usize = 64 * 1024;
 const MAX_UNSENT: usize = 1 << 20;
 /// Unsent bytes of a `logs -f` follower past which new lines are dropped (counted).
 pub const FOLLOW_MAX_UNSENT: usize = 256 * 1024;
+/// The most bytes of backlog one `logs` command gets (the newest lines; a
+/// `{"dropped":N}` line first says how many older ones were left out), so that
+/// asking for everything of many large buffers costs a bounded copy.
+pub const MAX_BACKLOG: usize = 8 << 20;
 /// `logs` without `-n`: the last 10 lines, like tail(1).
 pub const DEFAULT_LOG_LINES: usize = 10;
 
@@ -609,8 +613,23 @@ impl Daemon {
             }
             Ok(()) => {
                 let n = lines.unwrap_or(DEFAULT_LOG_LINES);
-                for (pool, line) in self.control.logs.tail(&targets, n) {
-                    out.extend_from_slice(line.to_json_line(pool).as_bytes());
+                let tail = self.control.logs.tail(&targets, n);
+                let mut newest: Vec<String> = Vec::new();
+                let mut bytes = 0;
+                for (pool, line) in tail.iter().rev() {
+                    let json = line.to_json_line(pool);
+                    bytes += json.len();
+                    if bytes > MAX_BACKLOG {
+                        break;
+                    }
+                    newest.push(json);
+                }
+                let left_out = tail.len() - newest.len();
+                if left_out > 0 {
+                    out.extend_from_slice(format!("{{\"dropped\":{left_out}}}\n").as_bytes());
+                }
+                for json in newest.iter().rev() {
+                    out.extend_from_slice(json.as_bytes());
                 }
                 if !follow {
                     out.extend_from_slice(b"{\"ok\":true,\"end\":true}\n");

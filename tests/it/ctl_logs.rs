@@ -273,18 +273,19 @@ for line in sys.stdin:
     sys.stdout.flush()
 "#;
 
-fn echo_config(dir: &TempDir) -> std::path::PathBuf {
+fn echo_config(dir: &TempDir, extra: &str) -> std::path::PathBuf {
     dir.write("echo.py", ECHO);
     dir.write(
         "pool.toml",
-        "[orchd]\ncontrol = \"ctl.sock\"\n\n[pool.web]\ncommand = [\"./echo.py\"]\ncount = 1\n\n[[route]]\nfrom = \"unix:in.sock\"\nto = \"web\"\n",
+        &(format!("[orchd]\ncontrol = \"ctl.sock\"\n{extra}\n")
+            + "[pool.web]\ncommand = [\"./echo.py\"]\ncount = 1\n\n[[route]]\nfrom = \"unix:in.sock\"\nto = \"web\"\n"),
     )
 }
 
 #[test]
 fn logs_f_follows_new_lines() {
     let dir = TempDir::new("logs-follow");
-    let cfg = echo_config(&dir);
+    let cfg = echo_config(&dir, "");
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
     let mut c = Client::connect(&dir.join("in.sock"));
@@ -322,7 +323,7 @@ fn logs_f_follows_new_lines() {
 #[test]
 fn a_follower_that_never_reads_does_not_stall_routing_and_learns_what_it_lost() {
     let dir = TempDir::new("logs-slow");
-    let cfg = echo_config(&dir);
+    let cfg = echo_config(&dir, "");
     let mut o = Orchd::start_with(&cfg, &["--no-watch", "--log-level", "warn"], Stdio::null());
     wait_for("the control socket", DEADLINE, || {
         control_try(&dir.join("ctl.sock"), "status", DEADLINE)
@@ -398,5 +399,26 @@ fn a_follower_that_never_reads_does_not_stall_routing_and_learns_what_it_lost() 
     );
     assert!(dropped > 30_000, "dropped {dropped}");
     assert_eq!(seen + dropped, 40_004, "{seen} seen + {dropped} dropped");
+    assert_eq!(o.stop(), 0);
+}
+
+#[test]
+fn a_huge_backlog_is_capped_to_its_newest_lines() {
+    let dir = TempDir::new("logs-backlog");
+    let cfg = echo_config(&dir, "log_buffer = \"64MiB\"");
+    let mut o = Orchd::start_with(&cfg, &["--no-watch", "--log-level", "warn"], Stdio::null());
+    let mut c = Client::connect(&dir.join("in.sock"));
+    // 12000 lines of 1000 bytes: 12 MB kept, more than one answer may carry.
+    assert_eq!(c.request("burst 12000"), "ok burst 12000");
+    assert_eq!(c.request("end"), "ok end");
+    let (code, out, err) = logs(&cfg, &["-n", "100000", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.len() <= 8 << 20, "{} bytes", out.len());
+    let v = json_lines(&out);
+    let left_out = v[0]["dropped"].as_u64().expect("a dropped marker first");
+    assert_eq!(v.last().unwrap()["line"], "got end");
+    // Everything that was kept: the started line, the burst, `got end`.
+    assert_eq!(left_out as usize + v.len() - 1, 12_002, "{left_out}");
+    assert!(left_out > 3000, "{left_out}");
     assert_eq!(o.stop(), 0);
 }
