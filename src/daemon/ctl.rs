@@ -25,6 +25,8 @@ pub(super) struct PendingOp {
     conn_id: u64,
     kind: OpKind,
     targets: Vec<OpTarget>,
+    /// Why it failed, once known (a replacement that did not come up).
+    failed: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +160,7 @@ impl Daemon {
             conn_id,
             kind,
             targets,
+            failed: None,
         };
         match self.op_outcome(&op) {
             Some(reply) => Some(reply),
@@ -377,7 +380,11 @@ impl Daemon {
         if self.ops.is_empty() {
             return;
         }
-        for op in std::mem::take(&mut self.ops) {
+        for mut op in std::mem::take(&mut self.ops) {
+            if op.kind == OpKind::Restart {
+                let why = self.restart_abandon_failed(&op);
+                op.failed = op.failed.take().or(why);
+            }
             match self.op_outcome(&op) {
                 None => self.ops.push(op),
                 Some(reply) => self.control_reply_later(op.conn, op.conn_id, reply),
@@ -385,10 +392,68 @@ impl Daemon {
         }
     }
 
+    /// A replacement `restart` started that failed its start (it exited, or could not
+    /// be spawned, and waits in backoff): the restart of that pool's targets is
+    /// abandoned at once, and the old instances keep serving (new code that cannot
+    /// start never replaces working code), rather than retried while the client
+    /// waits. Returns why, for the reply.
+    fn restart_abandon_failed(&mut self, op: &PendingOp) -> Option<String> {
+        let mut why = None;
+        for t in &op.targets {
+            let Some(roll) = self.pools.get(t.pool).and_then(|p| p.roll.as_ref()) else {
+                continue;
+            };
+            let Some((index, new)) = roll.incoming.filter(|&(i, _)| i == t.index) else {
+                continue;
+            };
+            let Some(n) = self.instances.get(new) else {
+                continue;
+            };
+            if !matches!(n.life.state, State::Backoff { .. } | State::Failed { .. }) {
+                continue;
+            }
+            let reason = format!(
+                "{}: its replacement failed to start ({}); {} keeps running",
+                t.label,
+                n.last_exit_text()
+                    .unwrap_or_else(|| "no exit status".into()),
+                t.label
+            );
+            log::error!("restart of {reason}");
+            if let Some(roll) = self.pools[t.pool].roll.as_mut() {
+                for other in op.targets.iter().filter(|o| o.pool == t.pool) {
+                    roll.restart.remove(&other.index);
+                }
+                roll.incoming = None;
+                roll.next = roll.next.max(index + 1);
+            }
+            self.retire(new);
+            self.roll_step(t.pool);
+            why.get_or_insert(reason);
+        }
+        why
+    }
+
+    /// The roll of `t`'s pool has yet to replace it.
+    fn restart_pending(&self, t: &OpTarget) -> bool {
+        let roll = self.pools.get(t.pool).and_then(|p| p.roll.as_ref());
+        roll.is_some_and(|r| {
+            r.restart.contains(&t.index) || r.incoming.is_some_and(|(i, _)| i == t.index)
+        })
+    }
+
     /// The reply of a finished op; None while it is under way.
     fn op_outcome(&self, op: &PendingOp) -> Option<Value> {
         if self.phase != super::Phase::Running {
             return Some(err("shutting down".into()));
+        }
+        if let Some(why) = &op.failed {
+            // Answered once the other targets are settled too.
+            let settled = op.targets.iter().all(|t| {
+                self.op_instance(t)
+                    .is_none_or(|i| !i.retiring && !self.restart_pending(t))
+            });
+            return settled.then(|| err(why.clone()));
         }
         let mut done = Vec::new();
         for t in &op.targets {
@@ -413,14 +478,7 @@ impl Daemon {
                         return Some(err(format!("{} was stopped before it restarted", t.label)))
                     }
                     Some(_) => {
-                        let pending = self
-                            .pools
-                            .get(t.pool)
-                            .and_then(|p| p.roll.as_ref())
-                            .is_some_and(|r| {
-                                r.restart.contains(&t.index)
-                                    || r.incoming.is_some_and(|(i, _)| i == t.index)
-                            });
+                        let pending = self.restart_pending(t);
                         if pending {
                             return None;
                         }

@@ -329,6 +329,15 @@ fn stop_holds_across_a_reload_and_a_scale_up_until_start() {
     );
     assert_eq!(o.log_count("bg[1] started"), 0);
 
+    // restart leaves held instances alone; naming one is an error.
+    let (code, _, err) = ctl(&cfg, &["restart", "web/1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("web[1] is held stopped"), "{err}");
+    let out = ctl_ok(&cfg, &["restart", "web"]);
+    assert_eq!(out.trim(), "restarted web[0]");
+    assert!(held(&cfg, "web", 1));
+    assert_eq!(o.log_count("web[1] started"), 1);
+
     // start releases: web[1] runs the pool's current spec; bg starts both.
     let out = ctl_ok(&cfg, &["start", "web/1"]);
     assert!(out.contains("started web[1]"), "{out}");
@@ -402,5 +411,50 @@ stop_timeout = "2s"
     let (code, _, err) = ctl(&cfg, &["signal", "USR1", "web/0"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("web[0] is not running"), "{err}");
+    assert_eq!(o.stop(), 0);
+}
+
+#[test]
+fn restart_to_code_that_cannot_start_fails_and_keeps_the_old_instances() {
+    let dir = TempDir::new("ctl-broken");
+    let port = free_port();
+    let worker = dir.write("worker.sh", "#!/bin/sh\nexec cat\n");
+    let cfg = dir.write(
+        "pool.toml",
+        &format!(
+            r#"
+[orchd]
+control = "ctl.sock"
+
+[pool.web]
+command = ["{}"]
+count = 2
+stop_timeout = "2s"
+
+[[route]]
+from = "tcp://127.0.0.1:{port}"
+to = "web"
+"#,
+            worker.display()
+        ),
+    );
+    let mut o = Orchd::start(&cfg);
+    o.wait_ready();
+    let old = wait_running(&cfg, "web", 2);
+    // New code that exits at once: the restart fails fast, nothing is replaced.
+    dir.write("worker.sh", "#!/bin/sh\nexit 3\n");
+    let (code, _, err) = ctl(&cfg, &["restart", "web", "--timeout", "15s"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("its replacement failed to start"), "{err}");
+    assert!(err.contains("keeps running"), "{err}");
+    assert_eq!(wait_running(&cfg, "web", 2), old, "old instances serve on");
+    let mut c = TcpClient::connect(port);
+    assert_eq!(c.request("still here"), "still here");
+    // Fixed code: the restart goes through.
+    dir.write("worker.sh", "#!/bin/sh\nexec cat\n");
+    ctl_ok(&cfg, &["restart", "web"]);
+    let new = wait_running(&cfg, "web", 2);
+    assert!(old.values().all(|p| !new.values().any(|n| n == p)), "{old:?} {new:?}");
+    assert_eq!(c.request("and now"), "and now");
     assert_eq!(o.stop(), 0);
 }
