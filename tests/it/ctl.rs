@@ -454,7 +454,10 @@ to = "web"
     dir.write("worker.sh", "#!/bin/sh\nexec cat\n");
     ctl_ok(&cfg, &["restart", "web"]);
     let new = wait_running(&cfg, "web", 2);
-    assert!(old.values().all(|p| !new.values().any(|n| n == p)), "{old:?} {new:?}");
+    assert!(
+        old.values().all(|p| !new.values().any(|n| n == p)),
+        "{old:?} {new:?}"
+    );
     assert_eq!(c.request("and now"), "and now");
     assert_eq!(o.stop(), 0);
 }

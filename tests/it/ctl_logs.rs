@@ -422,3 +422,36 @@ fn a_huge_backlog_is_capped_to_its_newest_lines() {
     assert!(left_out > 3000, "{left_out}");
     assert_eq!(o.stop(), 0);
 }
+
+#[test]
+fn stdout_of_an_unrouted_pool_is_kept_too() {
+    let dir = TempDir::new("logs-stdout");
+    let cfg = dir.write(
+        "pool.toml",
+        "[orchd]\ncontrol = \"ctl.sock\"\n\n[pool.bg]\ncommand = \"echo to-out; echo to-err >&2; exec sleep 1000\"\n",
+    );
+    let mut o = Orchd::start(&cfg);
+    o.wait_log("to-out", 1);
+    o.wait_log("to-err", 1);
+    let (code, out, err) = logs(&cfg, &["bg/0", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let mut streams: Vec<(String, String)> = json_lines(&out)
+        .iter()
+        .filter(|x| x["stream"] != "orchd")
+        .map(|x| {
+            (
+                x["stream"].as_str().unwrap().to_string(),
+                x["line"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    streams.sort();
+    assert_eq!(
+        streams,
+        [
+            ("stderr".to_string(), "to-err".to_string()),
+            ("stdout".to_string(), "to-out".to_string())
+        ]
+    );
+    assert_eq!(o.stop(), 0);
+}
