@@ -17,7 +17,7 @@ usage: orchd [--no-watch] [--log-level LEVEL] [--log-format text|json] CONFIG
 Runs the worker pools and routes described in CONFIG (a TOML file; see orchd.toml(5)).
 
   --check          validate CONFIG, print the resolved pools and routes, exit 0 or 1
-  ctl              talk to the orchd running CONFIG (see CTL_USAGE, orchd ctl --help)
+  ctl              operate the orchd running CONFIG (orchd ctl --help lists the verbs)
   --status         show the pools and instances of the orchd running CONFIG
   --json           with --status: print the raw JSON object
   --plan           show what reloading CONFIG now would change in the running orchd

@@ -1076,3 +1076,48 @@ pub fn fmt_duration(d: Duration) -> String {
         humantime::format_duration(Duration::from_millis(ms as u64)).to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(first_start: FirstStart, held: bool) -> Instance {
+        let config = crate::config::parse_bytes(
+            std::path::Path::new("t.toml"),
+            b"[pool.w]\ncommand = \"true\"\n",
+        )
+        .expect("valid config");
+        Instance {
+            pool: 0,
+            index: 0,
+            label: "w[0]".into(),
+            id: 1,
+            held,
+            start_when_stopped: false,
+            life: Lifecycle::default(),
+            started_at: Instant::now(),
+            pgid: 0,
+            gen: 0,
+            retiring: false,
+            killed: false,
+            timed_out: false,
+            first_start,
+            spawn_error: None,
+            spec: Rc::new(config.pools[0].clone()),
+            stdin_pipe: false,
+            stdout: None,
+            stderr: None,
+            stdin: None,
+            rt: InstanceRt::default(),
+        }
+    }
+
+    #[test]
+    fn a_held_instance_never_keeps_orchd_from_being_ready() {
+        // Held by `orchd ctl stop` before its first spawn: not waited for.
+        assert!(instance(FirstStart::Pending, true).first_start_settled());
+        assert!(!instance(FirstStart::Pending, false).first_start_settled());
+        assert_eq!(instance(FirstStart::Pending, true).reason(), Some("held"));
+        assert_eq!(instance(FirstStart::Ready, false).reason(), None);
+    }
+}

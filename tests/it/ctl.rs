@@ -142,23 +142,95 @@ fn ctl_errors_and_exit_codes() {
     assert_eq!(o.stop(), 0);
 }
 
-#[test]
-fn restart_under_load_loses_nothing_and_ends_with_new_pids() {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Arc;
+/// Continuous load on a TCP route: a writer sends `msgN` lines steadily, a reader
+/// collects every reply, until [`Load::finish`].
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    writer: std::thread::JoinHandle<usize>,
+    reader: std::thread::JoinHandle<Vec<String>>,
+}
 
-    let dir = TempDir::new("ctl-restart");
-    let port = free_port();
-    let cfg = dir.write(
-        "pool.toml",
-        &format!(
-            r#"
+impl Load {
+    fn start(port: u16) -> Load {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let stream = wait_for("tcp listener", DEADLINE, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let mut w = stream.try_clone().unwrap();
+        let stop_w = stop.clone();
+        let writer = std::thread::spawn(move || {
+            let mut sent = 0usize;
+            while !stop_w.load(Ordering::SeqCst) {
+                for _ in 0..20 {
+                    w.write_all(format!("msg{sent}\n").as_bytes()).unwrap();
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            w.shutdown(std::net::Shutdown::Write).unwrap();
+            sent
+        });
+        let count = answered.clone();
+        let reader = std::thread::spawn(move || {
+            let mut r = BufReader::new(stream);
+            let mut replies = Vec::new();
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap() > 0 {
+                replies.push(line.trim_end().to_string());
+                count.fetch_add(1, Ordering::SeqCst);
+                line.clear();
+            }
+            replies
+        });
+        Load {
+            stop,
+            answered,
+            writer,
+            reader,
+        }
+    }
+
+    fn answered(&self) -> usize {
+        self.answered.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Wait until `n` more replies have come.
+    fn wait_more(&self, what: &str, n: usize) {
+        let from = self.answered();
+        wait_for(what, DEADLINE, || {
+            (self.answered() >= from + n).then_some(())
+        });
+    }
+
+    /// Stop sending; every message must have been answered, in order, exactly once.
+    /// Returns how many.
+    fn finish(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let sent = self.writer.join().unwrap();
+        let replies = self.reader.join().unwrap();
+        assert_eq!(replies.len(), sent, "every message answered");
+        for (i, rep) in replies.iter().enumerate() {
+            assert_eq!(*rep, format!("msg{i}"), "replies in order, exactly once");
+        }
+        sent
+    }
+}
+
+/// A pool of `count` `cat` workers behind a TCP route, and a bystander pool.
+fn cat_config(port: u16, count: u32) -> String {
+    format!(
+        r#"
 [orchd]
 control = "ctl.sock"
 
 [pool.web]
 command = ["cat"]
-count = 3
+count = {count}
 stop_timeout = "2s"
 
 [pool.bystander]
@@ -168,71 +240,35 @@ command = ["sleep", "1000"]
 from = "tcp://127.0.0.1:{port}"
 to = "web"
 "#
-        ),
-    );
+    )
+}
+
+#[test]
+fn restart_under_load_loses_nothing_and_ends_with_new_pids() {
+    let dir = TempDir::new("ctl-restart");
+    let port = free_port();
+    let cfg = dir.write("pool.toml", &cat_config(port, 3));
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
     let old = wait_running(&cfg, "web", 3);
     let bystander = wait_running(&cfg, "bystander", 1);
 
-    let stream = wait_for("tcp listener", DEADLINE, || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    });
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let answered = Arc::new(AtomicUsize::new(0));
-    let mut w = stream.try_clone().unwrap();
-    let stop_w = stop.clone();
-    let writer = std::thread::spawn(move || {
-        let mut sent = 0usize;
-        while !stop_w.load(Ordering::SeqCst) {
-            for _ in 0..20 {
-                w.write_all(format!("msg{sent}\n").as_bytes()).unwrap();
-                sent += 1;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        w.shutdown(std::net::Shutdown::Write).unwrap();
-        sent
-    });
-    let count = answered.clone();
-    let reader = std::thread::spawn(move || {
-        let mut r = BufReader::new(stream);
-        let mut replies = Vec::new();
-        let mut line = String::new();
-        while r.read_line(&mut line).unwrap() > 0 {
-            replies.push(line.trim_end().to_string());
-            count.fetch_add(1, Ordering::SeqCst);
-            line.clear();
-        }
-        replies
-    });
-    wait_for("load before the restart", DEADLINE, || {
-        (answered.load(Ordering::SeqCst) > 500).then_some(())
-    });
-    let before = answered.load(Ordering::SeqCst);
+    let load = Load::start(port);
+    load.wait_more("load before the restart", 500);
+    let before = load.answered();
     // Waits until done: every old instance has been replaced and has drained.
     let out = ctl_ok(&cfg, &["restart", "web"]);
     assert!(out.contains("restarted web[0], web[1], web[2]"), "{out}");
-    let during = answered.load(Ordering::SeqCst) - before;
+    let during = load.answered() - before;
     for pid in old.values() {
         assert!(
             !alive(*pid as u32),
             "old pid {pid} still alive after restart"
         );
     }
-    let at_done = answered.load(Ordering::SeqCst);
-    wait_for("load after the restart", DEADLINE, || {
-        (answered.load(Ordering::SeqCst) > at_done + 500).then_some(())
-    });
-    stop.store(true, Ordering::SeqCst);
-    let sent = writer.join().unwrap();
-    let replies = reader.join().unwrap();
+    load.wait_more("load after the restart", 500);
+    let sent = load.finish();
 
-    assert_eq!(replies.len(), sent, "every message answered");
-    for (i, rep) in replies.iter().enumerate() {
-        assert_eq!(*rep, format!("msg{i}"), "replies in order, exactly once");
-    }
     let new = wait_running(&cfg, "web", 3);
     for (index, pid) in &old {
         assert_ne!(new[index], *pid, "web[{index}] has a new pid");
@@ -241,10 +277,31 @@ to = "web"
     assert_eq!(wait_running(&cfg, "bystander", 1), bystander);
     assert_eq!(o.log_count("ERR"), 0);
     eprintln!(
-        "ctl restart under load: {sent} messages sent, {} answered ({during} while \
-         restarting), 0 lost",
-        replies.len()
+        "ctl restart under load: {sent} messages sent and answered in order \
+         ({during} while restarting), 0 lost"
     );
+    assert_eq!(o.stop(), 0);
+}
+
+#[test]
+fn stop_and_start_under_load_lose_nothing() {
+    let dir = TempDir::new("ctl-stop-load");
+    let port = free_port();
+    let cfg = dir.write("pool.toml", &cat_config(port, 2));
+    let mut o = Orchd::start(&cfg);
+    o.wait_ready();
+    let old = wait_running(&cfg, "web", 2);
+    let load = Load::start(port);
+    load.wait_more("load before the stop", 500);
+    ctl_ok(&cfg, &["stop", "web/0"]);
+    assert!(!alive(old[&0] as u32), "web[0] stopped when stop returns");
+    assert!(held(&cfg, "web", 0));
+    load.wait_more("load served by web[1] alone", 500);
+    ctl_ok(&cfg, &["start", "web/0"]);
+    wait_running(&cfg, "web", 2);
+    load.wait_more("load after the start", 500);
+    load.finish();
+    assert_eq!(o.log_count("ERR"), 0);
     assert_eq!(o.stop(), 0);
 }
 
