@@ -43,6 +43,10 @@ POOL/INDEX (the instance logged as POOL[INDEX]); several may be given.
   stop TARGET...           drain and stop; held stopped until start
   start TARGET...          release a hold, or start a failed or exited instance
   signal SIG TARGET...     send SIG (TERM, SIGUSR1, 10, ...) to each process group
+  logs [TARGET...] [-f] [-n N] [--json]
+                           the last N lines (default 10) of output of those instances
+                           (all pools without TARGET) and orchd's lines about them;
+                           -f follows new lines
 
   --timeout DURATION       how long to wait for the answer (restart and stop: 5m)
 
@@ -91,7 +95,13 @@ pub enum CtlVerb {
         signal: String,
         targets: Vec<String>,
     },
-    // `logs` (its own branch) adds its variant here.
+    /// `logs [TARGET...] [-f] [-n N] [--json]`.
+    Logs {
+        targets: Vec<String>,
+        follow: bool,
+        lines: Option<usize>,
+        json: bool,
+    },
 }
 
 impl CtlVerb {
@@ -106,6 +116,25 @@ impl CtlVerb {
             CtlVerb::Start(t) => format!("start {}", t.join(" ")),
             CtlVerb::Signal { signal, targets } => {
                 format!("signal {signal} {}", targets.join(" "))
+            }
+            CtlVerb::Logs {
+                targets,
+                follow,
+                lines,
+                ..
+            } => {
+                let mut c = "logs".to_string();
+                for t in targets {
+                    c.push(' ');
+                    c.push_str(t);
+                }
+                if *follow {
+                    c.push_str(" -f");
+                }
+                if let Some(n) = lines {
+                    c.push_str(&format!(" -n {n}"));
+                }
+                c
             }
         })
     }
@@ -217,6 +246,7 @@ fn parse_ctl(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
         log_format: LogFormat::Text,
     };
     let (mut json, mut timeout) = (false, None);
+    let (mut follow, mut lines) = (false, None);
     let mut words: Vec<String> = Vec::new();
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         match arg {
@@ -229,7 +259,15 @@ fn parse_ctl(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                     humantime::parse_duration(&v).map_err(|e| format!("--timeout {v:?}: {e}"))?;
                 timeout = Some(d);
             }
-            // `logs -f -n N` (its own branch) adds its options here.
+            Short('f') | Long("follow") => follow = true,
+            Short('n') | Long("lines") => {
+                let v = p.value().map_err(|e| e.to_string())?;
+                let v = v.string().map_err(|e| e.to_string())?;
+                lines = Some(
+                    v.parse::<usize>()
+                        .map_err(|_| format!("-n {v:?}: expected a number of lines"))?,
+                );
+            }
             Value(v) if a.config.is_none() => a.config = Some(PathBuf::from(v)),
             Value(v) => words.push(
                 v.into_string()
@@ -292,16 +330,29 @@ fn parse_ctl(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                 targets: targets(rest.to_vec())?,
             }
         }
-        // `logs` (its own branch) is parsed here.
+        "logs" => {
+            for t in &rest {
+                crate::daemon::parse_target(t)?;
+            }
+            CtlVerb::Logs {
+                targets: rest,
+                follow,
+                lines,
+                json,
+            }
+        }
         other => {
             return Err(format!(
                 "ctl: unknown verb {other:?}; expected status, plan, reload, restart, stop, \
-                 start or signal"
+                 start, signal or logs"
             ))
         }
     };
-    if json && !matches!(verb, CtlVerb::Status { .. }) {
-        return Err("--json goes with status".into());
+    if json && !matches!(verb, CtlVerb::Status { .. } | CtlVerb::Logs { .. }) {
+        return Err("--json goes with status and logs".into());
+    }
+    if (follow || lines.is_some()) && !matches!(verb, CtlVerb::Logs { .. }) {
+        return Err("-f and -n go with logs".into());
     }
     a.mode = Mode::Ctl(Ctl { verb, timeout });
     Ok(a)
@@ -412,8 +463,40 @@ mod tests {
             &["x", "restart", "web", "--timeout", "soon"],
             &["x", "plan", "a", "b"],
             &["x", "status", "--bogus"],
+            &["x", "logs", "-n"],
+            &["x", "logs", "-n", "x"],
+            &["x", "logs", "web/x"],
+            &["x", "restart", "web", "-f"],
+            &["x", "status", "-n", "3"],
         ] {
             assert!(ctl(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn ctl_logs() {
+        let c = ctl(&["x", "logs"]).unwrap();
+        assert_eq!(c.verb.command().unwrap(), "logs");
+        let c = ctl(&["x", "logs", "web/1", "-f", "api", "-n5", "--json"]).unwrap();
+        assert_eq!(
+            c.verb,
+            CtlVerb::Logs {
+                targets: vec!["web/1".into(), "api".into()],
+                follow: true,
+                lines: Some(5),
+                json: true
+            }
+        );
+        // What the client sends parses on the control socket as what was asked.
+        let cmd = c.verb.command().unwrap();
+        assert_eq!(cmd, "logs web/1 api -f -n 5");
+        assert!(matches!(
+            crate::daemon::parse_command(&cmd),
+            crate::daemon::ControlCommand::Logs {
+                follow: true,
+                lines: Some(5),
+                ..
+            }
+        ));
     }
 }

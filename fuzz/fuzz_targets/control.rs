@@ -1,6 +1,7 @@
 //! The control-socket command parser never panics, and what it accepts is canonical:
-//! a `plan` path is non-empty and trimmed, TARGETs and signals re-parse to themselves,
-//! and re-parsing the canonical form of a command gives the same command.
+//! a `plan` path is non-empty and trimmed, TARGETs and signals re-parse to themselves
+//! (a `logs` TARGET never starts with `-`), and re-parsing the canonical form of a
+//! command gives the same command.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -34,6 +35,24 @@ fuzz_target!(|data: &[u8]| {
             let s = p.to_str().expect("a path from a str");
             assert!(!s.is_empty() && s.trim() == s, "plan path {s:?}");
             format!("plan {s}")
+        }
+        ControlCommand::Logs {
+            targets: t,
+            follow,
+            lines,
+        } => {
+            let mut s = "logs".to_string();
+            if !t.is_empty() {
+                assert!(t.iter().all(|t| !t.pool.starts_with('-')), "{t:?}");
+                s = format!("logs {}", targets(t));
+            }
+            if *follow {
+                s.push_str(" -f");
+            }
+            if let Some(n) = lines {
+                s.push_str(&format!(" -n {n}"));
+            }
+            s
         }
         ControlCommand::Restart(t) => format!("restart {}", targets(t)),
         ControlCommand::Stop(t) => format!("stop {}", targets(t)),

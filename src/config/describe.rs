@@ -21,6 +21,19 @@ fn word(s: &str) -> String {
     }
 }
 
+/// A size as written in config files: `256KiB`, `4MiB`, or bytes.
+pub fn size(n: usize) -> String {
+    const MIB: usize = 1 << 20;
+    const KIB: usize = 1 << 10;
+    if n >= MIB && n.is_multiple_of(MIB) {
+        format!("{}MiB", n / MIB)
+    } else if n >= KIB && n.is_multiple_of(KIB) {
+        format!("{}KiB", n / KIB)
+    } else {
+        n.to_string()
+    }
+}
+
 /// A readable, stable summary of the resolved config: one `settings:` line, a block
 /// per pool, a line per route (numbered from 1 like in error messages). Every line
 /// ends with a newline.
@@ -33,13 +46,14 @@ pub fn describe(config: &Config) -> String {
         .map_or_else(|| "none".to_string(), |p| word(&p.to_string_lossy()));
     let _ = writeln!(
         out,
-        "settings: log_level={} control={} drain_timeout={} watch={} error_prefix={:?} max_clients={}",
+        "settings: log_level={} control={} drain_timeout={} watch={} error_prefix={:?} max_clients={} log_buffer={}",
         s.log_level,
         control,
         dur(s.drain_timeout),
         s.watch,
         s.error_prefix,
-        s.max_clients
+        s.max_clients,
+        size(s.log_buffer)
     );
 
     for p in &config.pools {

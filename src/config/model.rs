@@ -54,7 +54,15 @@ pub struct Settings {
     pub error_prefix: String,
     /// `max_clients`, default [`DEFAULT_MAX_CLIENTS`]: connections over all routes.
     pub max_clients: u32,
+    /// `log_buffer`, default [`DEFAULT_LOG_BUFFER`]: bytes of recent output kept per
+    /// pool for `orchd ctl CONFIG logs`; 0 keeps nothing.
+    pub log_buffer: usize,
 }
+
+/// Default of `[orchd] log_buffer`: 256 KiB per pool.
+pub const DEFAULT_LOG_BUFFER: usize = 256 * 1024;
+/// The largest `[orchd] log_buffer`: 64 MiB per pool.
+pub const MAX_LOG_BUFFER: usize = 64 * 1024 * 1024;
 
 /// Default of `[orchd] max_clients`.
 pub const DEFAULT_MAX_CLIENTS: u32 = 10_000;
@@ -68,6 +76,7 @@ impl Default for Settings {
             watch: true,
             error_prefix: "ERR ".into(),
             max_clients: DEFAULT_MAX_CLIENTS,
+            log_buffer: DEFAULT_LOG_BUFFER,
         }
     }
 }

@@ -22,7 +22,7 @@ pub(crate) const COMMAND_EXPECTED: &str = "a command: a non-empty array of strin
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a table such as [orchd] with log_level, control, drain_timeout, watch, error_prefix, max_clients"
+    expecting = "a table such as [orchd] with log_level, control, drain_timeout, watch, error_prefix, max_clients, log_buffer"
 )]
 pub(crate) struct RawSettings {
     pub log_level: Option<String>,
@@ -31,6 +31,7 @@ pub(crate) struct RawSettings {
     pub watch: Option<bool>,
     pub error_prefix: Option<String>,
     pub max_clients: Option<UInt>,
+    pub log_buffer: Option<Bytes>,
 }
 
 /// `[pool.NAME]`
@@ -193,6 +194,65 @@ impl Visitor<'_> for UIntVisitor {
         u32::try_from(v)
             .map(UInt)
             .map_err(|_| uint_range_error(v, false))
+    }
+}
+
+pub(crate) const BYTES_EXPECTED: &str =
+    "a size: an integer number of bytes, or a string such as \"256KiB\" or \"4MiB\"";
+
+/// A size in bytes: an integer, or a string of digits with an optional unit `B`,
+/// `KiB`, `MiB` or `GiB` (case-insensitive, spaces allowed before the unit).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bytes(pub u64);
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(BytesVisitor)
+    }
+}
+
+struct BytesVisitor;
+
+/// Parses `"256KiB"`, `"4 MiB"`, `"100"`, `"100B"`.
+pub(crate) fn parse_bytes(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(digits);
+    let n: u64 = n.parse().ok()?;
+    let mult: u64 = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+impl Visitor<'_> for BytesVisitor {
+    type Value = Bytes;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(BYTES_EXPECTED)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Bytes, E> {
+        u64::try_from(v)
+            .map(Bytes)
+            .map_err(|_| E::custom(format!("expected a non-negative size, found {v}")))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Bytes, E> {
+        Ok(Bytes(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Bytes, E> {
+        parse_bytes(v).map(Bytes).ok_or_else(|| {
+            E::custom(format!(
+                "expected a size such as \"256KiB\", \"4MiB\" or a number of bytes, found {}",
+                super::source::quote(v)
+            ))
+        })
     }
 }
 

@@ -90,6 +90,7 @@ fn settings_defaults() {
     assert!(s.watch);
     assert_eq!(s.error_prefix, "ERR ");
     assert_eq!(s.max_clients, 10_000);
+    assert_eq!(s.log_buffer, 256 * 1024);
 }
 
 #[test]
@@ -882,6 +883,42 @@ fn settings_checks() {
 }
 
 #[test]
+fn log_buffer_takes_bytes_or_kib_mib() {
+    for (v, n) in [
+        ("0", 0),
+        ("1000", 1000),
+        ("\"512B\"", 512),
+        ("\"256KiB\"", 256 * 1024),
+        ("\"4 MiB\"", 4 << 20),
+        ("\"64mib\"", 64 << 20),
+    ] {
+        let s = ok(&format!("[orchd]\nlog_buffer = {v}\n")).settings;
+        assert_eq!(s.log_buffer, n, "{v}");
+    }
+    one(
+        "[orchd]\nlog_buffer = \"65MiB\"\n",
+        2,
+        14,
+        "orchd.log_buffer",
+        "expected a size of at most 64MiB",
+    );
+    one(
+        "[orchd]\nlog_buffer = \"1 KB\"\n",
+        2,
+        14,
+        "orchd.log_buffer",
+        "expected a size such as \"256KiB\"",
+    );
+    one(
+        "[orchd]\nlog_buffer = -1\n",
+        2,
+        14,
+        "orchd.log_buffer",
+        "expected a non-negative size, found -1",
+    );
+}
+
+#[test]
 fn restart_policy() {
     assert_eq!(
         web(&ok(&with_web("restart = \"on-failure\"\n"))).restart,
@@ -1549,7 +1586,7 @@ fn describe_is_stable_and_readable() {
                 [[route]]\nfrom = \"unix:/run/in.sock\"\nmode = \"0600\"\nto = \"upper\"\nstrategy = \"hash\"\ntimeout = \"0s\"\n";
     let out = describe(&ok(text));
     let expected = "\
-settings: log_level=info control=/run/o.sock drain_timeout=10s watch=true error_prefix=\"ERR \" max_clients=10000
+settings: log_level=info control=/run/o.sock drain_timeout=10s watch=true error_prefix=\"ERR \" max_clients=10000 log_buffer=256KiB
 pool upper: command=[\"python3\", \"upper.py\"] count=4 cwd=/srv/up restart=always
   backoff: initial=100ms max=30s factor=2 jitter=0.1 reset_after=10s
   give_up: restarts=10 within=1m cooldown=5m

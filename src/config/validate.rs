@@ -14,10 +14,11 @@ use toml::Spanned;
 use super::error::ConfigError;
 use super::model::{
     Backoff, Command, Config, GiveUp, Pattern, Pool, RestartPolicy, Route, Settings, Source,
-    Strategy,
+    Strategy, MAX_LOG_BUFFER,
 };
 use super::raw::{
-    Dur, Num, RawCommand, RawPool, RawRoute, RawSettings, UInt, COMMAND_EXPECTED, DURATION_EXPECTED,
+    Bytes, Dur, Num, RawCommand, RawPool, RawRoute, RawSettings, UInt, COMMAND_EXPECTED,
+    DURATION_EXPECTED,
 };
 use super::signal::{known_signal_names, signal_by_name};
 use super::source::{self, describe_value, quote, KeyPath, Seg};
@@ -521,6 +522,14 @@ impl<'a, 'i> Checker<'a, 'i> {
                 "expected an integer >= 1, found 0 (no client could ever connect)",
             ),
             Some(UInt(n)) => s.max_clients = n,
+            None => {}
+        }
+        match raw.log_buffer {
+            Some(Bytes(n)) if n > MAX_LOG_BUFFER as u64 => self.at_value(
+                &base.key("log_buffer"),
+                format!("expected a size of at most 64MiB, found {n} bytes"),
+            ),
+            Some(Bytes(n)) => s.log_buffer = n as usize,
             None => {}
         }
         Some(s)

@@ -38,6 +38,17 @@ fn lenient_control(config: &Path) -> Option<PathBuf> {
     Some(dir.join(control))
 }
 
+fn connect(config: &Path) -> Result<UnixStream, String> {
+    let path = control_path(config)?;
+    UnixStream::connect(&path).map_err(|e| {
+        format!(
+            "no orchd is answering for {} (control socket {}: {e})",
+            config.display(),
+            path.display()
+        )
+    })
+}
+
 /// Send one command and read the one-line JSON answer.
 fn ask(config: &Path, command: &str) -> Result<Value, String> {
     ask_within(config, command, Duration::from_secs(30))
@@ -45,14 +56,7 @@ fn ask(config: &Path, command: &str) -> Result<Value, String> {
 
 /// Send one command and wait up to `timeout` (zero: no limit) for its answer.
 fn ask_within(config: &Path, command: &str, timeout: Duration) -> Result<Value, String> {
-    let path = control_path(config)?;
-    let mut s = UnixStream::connect(&path).map_err(|e| {
-        format!(
-            "no orchd is answering for {} (control socket {}: {e})",
-            config.display(),
-            path.display()
-        )
-    })?;
+    let mut s = connect(config)?;
     let _ = s.set_read_timeout((!timeout.is_zero()).then_some(timeout));
     s.write_all(format!("{command}\n").as_bytes())
         .map_err(|e| format!("control socket: {e}"))?;
@@ -103,6 +107,11 @@ pub fn ctl(config: &Path, ctl: &cli::Ctl) -> u8 {
     let command = match &ctl.verb {
         cli::CtlVerb::Status { json } => return status(config, *json),
         cli::CtlVerb::Plan { file } => return plan(config, file.as_deref()),
+        cli::CtlVerb::Logs { follow, json, .. } => {
+            let command = ctl.verb.command().unwrap_or_default();
+            let timeout = ctl.timeout.unwrap_or(Duration::from_secs(30));
+            return logs(config, &command, *follow, *json, timeout);
+        }
         verb => verb.command().unwrap_or_default(),
     };
     match ask_within(config, &command, timeout) {
@@ -130,6 +139,87 @@ pub fn plan(config: &Path, file: Option<&Path>) -> u8 {
             1
         }
     }
+}
+
+/// `orchd ctl CONFIG logs [TARGET...] [-f] [-n N] [--json]`: print the recent lines of
+/// those instances as `TIMESTAMP INSTANCE: LINE` (orchd's own lines about them as
+/// `TIMESTAMP orchd: LINE`), or the raw JSON lines with `--json`; with `-f`, keep
+/// printing new lines until orchd goes away or the reader does. `command` was checked
+/// by the argument parser. Exit 0; 1 for an unknown pool or index or no orchd
+/// answering.
+pub fn logs(config: &Path, command: &str, follow: bool, json: bool, timeout: Duration) -> u8 {
+    let stream = match connect(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("orchd: {e}");
+            return 1;
+        }
+    };
+    if !follow && !timeout.is_zero() {
+        let _ = stream.set_read_timeout(Some(timeout));
+    }
+    // A follower keeps its write side open: orchd takes EOF as the reader leaving.
+    if let Err(e) = (&stream).write_all(format!("{}\n", command.trim()).as_bytes()) {
+        eprintln!("orchd: control socket: {e}");
+        return 1;
+    }
+    let mut o = std::io::stdout().lock();
+    for line in BufReader::new(&stream).lines() {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("orchd: control socket: {e}");
+                return 1;
+            }
+        };
+        let v: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("orchd: control socket: bad answer: {e}");
+                return 1;
+            }
+        };
+        if v["ok"] == Value::Bool(false) {
+            eprintln!("orchd: {}", v["error"].as_str().unwrap_or("failed"));
+            return 1;
+        }
+        if v["end"] == Value::Bool(true) {
+            return 0;
+        }
+        let text = if json {
+            format!("{line}\n")
+        } else {
+            log_line_text(&v)
+        };
+        match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+            Ok(()) => {}
+            // `logs -f | head`: the reader has what it wanted.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return 0,
+            Err(_) => return 1,
+        }
+    }
+    if follow {
+        // orchd went away (shut down, or restarted).
+        eprintln!("orchd: control socket closed");
+    } else {
+        eprintln!("orchd: control socket closed before the end of the answer");
+    }
+    1
+}
+
+/// One `logs` JSON line as text: `TS web[0]: LINE`, `TS orchd: web[0] started ...`,
+/// or the dropped-lines marker.
+fn log_line_text(v: &Value) -> String {
+    if let Some(n) = v["dropped"].as_u64() {
+        return format!("... {n} line(s) dropped: reading too slowly\n");
+    }
+    let s = |k: &str| v[k].as_str().unwrap_or("");
+    let who = if s("stream") == "orchd" {
+        "orchd"
+    } else {
+        s("instance")
+    };
+    format!("{} {who}: {}\n", s("ts"), s("line"))
 }
 
 fn fmt_ms(ms: Option<u64>) -> String {

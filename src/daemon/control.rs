@@ -1,6 +1,15 @@
 //! The control socket (SPEC 7): line commands `status`, `reload` and `plan PATH`, each
 //! answered with one JSON object on one line. The socket file is created with mode
 //! 0600; a stale one is replaced, a live one (another orchd answering) is an error.
+//!
+//! `logs [TARGET...] [-f] [-n N]` answers with one JSON line per log line
+//! (`{"ts", "instance", "stream", "line"}`), oldest first, then `{"ok":true,"end":true}`;
+//! an error is a single `{"ok":false,"error"}` line (log lines never have `ok`). With
+//! `-f` the connection becomes a follower: no end line, new lines are pushed as they
+//! are logged, and nothing more is read from it; EOF from the peer closes it (a
+//! follower keeps its write side open). A follower never slows orchd down: past
+//! [`FOLLOW_MAX_UNSENT`] unsent bytes its lines are dropped and counted, and once it has
+//! taken half of that, a `{"dropped":N}` line says how many were lost.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -12,6 +21,7 @@ use mio::{Interest, Token};
 use serde_json::{json, Value};
 use slab::Slab;
 
+use super::logs::{selected, LogBook, Selector, Stream};
 use super::route::bind_unix;
 use super::{Daemon, IoTarget, CONTROL};
 use crate::framing::{Fill, Frame, LineBuf};
@@ -21,6 +31,14 @@ const MAX_COMMAND: usize = 64 * 1024;
 /// Unsent reply bytes past which no further command of a connection is read, until
 /// the peer takes its replies (a client pipelining commands without reading them).
 const MAX_UNSENT: usize = 1 << 20;
+/// Unsent bytes of a `logs -f` follower past which new lines are dropped (counted).
+pub const FOLLOW_MAX_UNSENT: usize = 256 * 1024;
+/// The most bytes of backlog one `logs` command gets (the newest lines; a
+/// `{"dropped":N}` line first says how many older ones were left out), so that
+/// asking for everything of many large buffers costs a bounded copy.
+pub const MAX_BACKLOG: usize = 8 << 20;
+/// `logs` without `-n`: the last 10 lines, like tail(1).
+pub const DEFAULT_LOG_LINES: usize = 10;
 
 /// What a reload does to the control socket, prepared before it commits.
 pub(super) enum ControlSwap {
@@ -50,7 +68,13 @@ pub enum ControlCommand<'a> {
         signal: i32,
         targets: Vec<Target<'a>>,
     },
-    // `logs` (its own branch) adds its variant here.
+    /// `logs [TARGET...] [-f] [-n N]`: no target selects every pool; `lines` None is
+    /// [`DEFAULT_LOG_LINES`].
+    Logs {
+        targets: Vec<Target<'a>>,
+        follow: bool,
+        lines: Option<usize>,
+    },
     /// Not a command: the error to answer with.
     Invalid(String),
 }
@@ -160,19 +184,53 @@ pub fn parse_command(line: &str) -> ControlCommand<'_> {
                 (Err(e), _) | (_, Err(e)) => invalid(e),
             }
         }
-        // `logs` (its own branch) is parsed here.
+        "logs" => parse_logs(arg),
         _ => invalid(format!(
             "unknown command {verb:?}; expected status, reload, plan PATH, restart, stop, \
-             start or signal"
+             start, signal or logs"
         )),
     }
 }
 
-#[derive(Default)]
+const LOGS_USAGE: &str = "usage: logs [POOL|POOL/INDEX]... [-f] [-n LINES]";
+
+fn parse_logs(args: &str) -> ControlCommand<'_> {
+    let mut targets = Vec::new();
+    let (mut follow, mut lines) = (false, None);
+    let mut words = args.split_whitespace();
+    while let Some(w) = words.next() {
+        match w {
+            "-f" | "--follow" => follow = true,
+            "-n" | "--lines" => match words.next().and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) => lines = Some(n),
+                None => return ControlCommand::Invalid(format!("{LOGS_USAGE}: -n takes a number")),
+            },
+            w if w.starts_with('-') => {
+                return ControlCommand::Invalid(format!("{LOGS_USAGE}: unknown option {w:?}"))
+            }
+            w => match parse_target(w) {
+                Ok(t) => targets.push(t),
+                Err(e) => return ControlCommand::Invalid(format!("{LOGS_USAGE}: {e}")),
+            },
+        }
+    }
+    ControlCommand::Logs {
+        targets,
+        follow,
+        lines,
+    }
+}
+
 pub struct Control {
     listener: Option<(UnixListener, PathBuf)>,
     pub(super) conns: Slab<Conn>,
     started: Option<Instant>,
+    /// Recent output of every pool.
+    pub(super) logs: LogBook,
+    /// Connections in `logs -f` mode.
+    following: Vec<usize>,
+    /// Followers with new output, flushed once per loop turn.
+    dirty: Vec<usize>,
 }
 
 pub(super) struct Conn {
@@ -188,6 +246,71 @@ pub(super) struct Conn {
     out_pos: usize,
     want_write: bool,
     eof: bool,
+    /// `logs -f`: what it follows, and lines dropped since its last marker.
+    follow: Option<Follow>,
+    /// In `Control::dirty`.
+    dirty: bool,
+}
+
+struct Follow {
+    targets: Vec<Selector>,
+    dropped: u64,
+}
+
+impl Control {
+    pub(super) fn new(log_buffer: usize) -> Control {
+        Control {
+            listener: None,
+            conns: Slab::new(),
+            started: None,
+            logs: LogBook::new(log_buffer),
+            following: Vec::new(),
+            dirty: Vec::new(),
+        }
+    }
+
+    /// Keep a line of `pool[index]` for `logs`, and queue it to every follower that
+    /// selects it, or count it as dropped for one that is too far behind.
+    pub(super) fn record(&mut self, pool: &str, index: u32, stream: Stream, text: String) {
+        let line = self.logs.line(index, stream, text);
+        let mut json = None;
+        for &k in &self.following {
+            let Some(c) = self.conns.get_mut(k) else {
+                continue;
+            };
+            let Some(f) = c.follow.as_mut() else {
+                continue;
+            };
+            if !selected(&f.targets, pool, index) {
+                continue;
+            }
+            let pending = c.out.len() - c.out_pos;
+            if pending >= FOLLOW_MAX_UNSENT {
+                f.dropped += 1;
+                continue;
+            }
+            let json = json.get_or_insert_with(|| line.to_json_line(pool));
+            if pending + json.len() > FOLLOW_MAX_UNSENT {
+                f.dropped += 1;
+                continue;
+            }
+            if f.dropped > 0 {
+                push_dropped(&mut c.out, f);
+            }
+            c.out.extend_from_slice(json.as_bytes());
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(k);
+            }
+        }
+        self.logs.keep(pool, line);
+    }
+}
+
+fn push_dropped(out: &mut Vec<u8>, f: &mut Follow) {
+    out.extend_from_slice(json!({ "dropped": f.dropped }).to_string().as_bytes());
+    out.push(b'\n');
+    f.dropped = 0;
 }
 
 impl Daemon {
@@ -293,6 +416,8 @@ impl Daemon {
                         out_pos: 0,
                         want_write: false,
                         eof: false,
+                        follow: None,
+                        dirty: false,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -321,6 +446,10 @@ impl Daemon {
             let Some(c) = self.control.conns.get_mut(key) else {
                 return;
             };
+            if c.follow.is_some() {
+                self.follower_read(key);
+                return;
+            }
             if c.out.len() - c.out_pos > MAX_UNSENT || c.eof || c.busy {
                 return;
             }
@@ -345,7 +474,17 @@ impl Daemon {
             };
             let reply = match cmd {
                 Some(cmd) if cmd.is_empty() => continue,
-                Some(cmd) => self.control_command(key, &cmd),
+                Some(cmd) => match parse_command(&cmd) {
+                    ControlCommand::Logs {
+                        targets,
+                        follow,
+                        lines,
+                    } => {
+                        self.control_logs(key, &targets, follow, lines);
+                        continue;
+                    }
+                    _ => self.control_command(key, &cmd),
+                },
                 None => Some(json!({"ok": false, "error": "command too long"})),
             };
             let Some(reply) = reply else {
@@ -370,15 +509,27 @@ impl Daemon {
             return false;
         };
         let mut close = false;
-        while c.out_pos < c.out.len() {
-            match c.stream.write(&c.out[c.out_pos..]) {
-                Ok(n) => c.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    close = true;
-                    break;
+        loop {
+            while c.out_pos < c.out.len() {
+                match c.stream.write(&c.out[c.out_pos..]) {
+                    Ok(n) => c.out_pos += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        close = true;
+                        break;
+                    }
                 }
+            }
+            // A follower that dropped lines has room again: say how many.
+            match c.follow.as_mut() {
+                Some(f) if !close && f.dropped > 0 => {
+                    if c.out.len() - c.out_pos > FOLLOW_MAX_UNSENT / 2 {
+                        break;
+                    }
+                    push_dropped(&mut c.out, f);
+                }
+                _ => break,
             }
         }
         if c.out_pos == c.out.len() {
@@ -396,6 +547,9 @@ impl Daemon {
         if close {
             let mut c = self.control.conns.remove(key);
             self.deregister_io(&mut c.stream, c.token);
+            if c.follow.is_some() {
+                self.control.following.retain(|&k| k != key);
+            }
             return false;
         }
         let want = pending > 0;
@@ -415,6 +569,85 @@ impl Daemon {
             }
         }
         true
+    }
+
+    /// Write what followers were given this turn.
+    pub(super) fn control_flush_followers(&mut self) {
+        for key in std::mem::take(&mut self.control.dirty) {
+            if let Some(c) = self.control.conns.get_mut(key) {
+                c.dirty = false;
+                self.control_flush(key);
+            }
+        }
+    }
+
+    /// A follower sends nothing more that matters: read and discard, and close on EOF.
+    fn follower_read(&mut self, key: usize) {
+        let Some(c) = self.control.conns.get_mut(key) else {
+            return;
+        };
+        let mut scratch = [0u8; 512];
+        loop {
+            match io::Read::read(&mut c.stream, &mut scratch) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => break,
+            }
+        }
+        let mut c = self.control.conns.remove(key);
+        self.deregister_io(&mut c.stream, c.token);
+        self.control.following.retain(|&k| k != key);
+    }
+
+    /// `logs`: the backlog, then the end line or (with `-f`) follower mode.
+    fn control_logs(&mut self, key: usize, given: &[Target], follow: bool, lines: Option<usize>) {
+        let targets: Vec<Selector> = given.iter().map(Selector::from).collect();
+        let mut out = Vec::new();
+        // Every target names a pool and, if it gives one, an index that pool has.
+        match self.check_targets(given) {
+            Err(error) => {
+                out.extend_from_slice(json!({"ok": false, "error": error}).to_string().as_bytes());
+                out.push(b'\n');
+            }
+            Ok(()) => {
+                let n = lines.unwrap_or(DEFAULT_LOG_LINES);
+                let tail = self.control.logs.tail(&targets, n);
+                let mut newest: Vec<String> = Vec::new();
+                let mut bytes = 0;
+                for (pool, line) in tail.iter().rev() {
+                    let json = line.to_json_line(pool);
+                    bytes += json.len();
+                    if bytes > MAX_BACKLOG {
+                        break;
+                    }
+                    newest.push(json);
+                }
+                let left_out = tail.len() - newest.len();
+                if left_out > 0 {
+                    out.extend_from_slice(format!("{{\"dropped\":{left_out}}}\n").as_bytes());
+                }
+                for json in newest.iter().rev() {
+                    out.extend_from_slice(json.as_bytes());
+                }
+                if !follow {
+                    out.extend_from_slice(b"{\"ok\":true,\"end\":true}\n");
+                }
+            }
+        }
+        let following = follow && !out.starts_with(b"{\"ok\":false");
+        let Some(c) = self.control.conns.get_mut(key) else {
+            return;
+        };
+        c.out.extend_from_slice(&out);
+        if following {
+            c.follow = Some(Follow {
+                targets,
+                dropped: 0,
+            });
+            self.control.following.push(key);
+        }
     }
 
     /// The reply to one command of connection `conn`; None: it comes later, once the
@@ -437,6 +670,8 @@ impl Daemon {
             ControlCommand::Start(targets) => self.ctl_start(&targets),
             ControlCommand::Signal { signal, targets } => self.ctl_signal(signal, &targets),
             ControlCommand::Invalid(error) => json!({"ok": false, "error": error}),
+            // Answered by `control_logs` (several lines, maybe a follower).
+            ControlCommand::Logs { .. } => json!({"ok": false, "error": "logs: internal"}),
         };
         Some(reply)
     }
@@ -586,11 +821,62 @@ mod tests {
             parse_command("plan   "),
             ControlCommand::Invalid("usage: plan PATH".into())
         );
-        for bad in ["", "STATUS", "stat", "status\tx", "\u{0}", "reload\u{0}"] {
+        for bad in [
+            "",
+            "STATUS",
+            "stat",
+            "status\tx",
+            "\u{0}",
+            "reload\u{0}",
+            "logs\tweb",
+        ] {
             match parse_command(bad) {
                 ControlCommand::Invalid(e) => {
                     assert!(e.starts_with("unknown command"), "{bad:?}: {e}")
                 }
+                other => panic!("{bad:?} parsed as {other:?}"),
+            }
+        }
+    }
+
+    fn logs(
+        targets: &[(&'static str, Option<u32>)],
+        follow: bool,
+        lines: Option<usize>,
+    ) -> ControlCommand<'static> {
+        ControlCommand::Logs {
+            targets: targets
+                .iter()
+                .map(|&(pool, index)| Target { pool, index })
+                .collect(),
+            follow,
+            lines,
+        }
+    }
+
+    #[test]
+    fn parses_logs_targets_and_options() {
+        assert_eq!(parse_command("logs"), logs(&[], false, None));
+        assert_eq!(
+            parse_command("logs web api/2 -f -n 5"),
+            logs(&[("web", None), ("api", Some(2))], true, Some(5))
+        );
+        assert_eq!(
+            parse_command("logs  -n 0  --follow web/0"),
+            logs(&[("web", Some(0))], true, Some(0))
+        );
+        for bad in [
+            "logs -n",
+            "logs -n x",
+            "logs -n -1",
+            "logs -x",
+            "logs web/",
+            "logs /1",
+            "logs web/1/2",
+            "logs web/-1",
+        ] {
+            match parse_command(bad) {
+                ControlCommand::Invalid(e) => assert!(e.starts_with("usage: logs"), "{bad:?}: {e}"),
                 other => panic!("{bad:?} parsed as {other:?}"),
             }
         }

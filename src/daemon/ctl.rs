@@ -130,6 +130,12 @@ impl Daemon {
         Ok((pools, out))
     }
 
+    /// Every TARGET names a pool, and an index that pool has (`logs`); the error is
+    /// the one the other verbs give.
+    pub(super) fn check_targets(&self, targets: &[Target]) -> Result<(), String> {
+        self.resolve(targets).map(|_| ())
+    }
+
     fn op_target(&self, r: &Resolved) -> OpTarget {
         let i = &self.instances[r.key];
         OpTarget {

@@ -8,11 +8,13 @@
 //! buffers and mark them dirty, and each loop turn flushes every dirty buffer once.
 //!
 //! Submodules add methods to [`Daemon`]: `supervise` (processes), `route` (messages),
-//! `reload` (config changes), `control` (control socket), `ctl` (its operations).
+//! `reload` (config changes), `control` (control socket), `ctl` (its operations);
+//! `logs` keeps recent output per pool for `orchd ctl CONFIG logs`.
 
 pub mod client;
 mod control;
 mod ctl;
+pub mod logs;
 mod reload;
 mod route;
 mod supervise;
@@ -32,7 +34,9 @@ use crate::config::Config;
 use crate::supervisor::lifecycle::FirstStart;
 use crate::timers::{deadline, Timers};
 
-pub use control::{parse_command, parse_signal, parse_target, ControlCommand, Target};
+pub use control::{
+    parse_command, parse_signal, parse_target, ControlCommand, Target, DEFAULT_LOG_LINES,
+};
 pub use supervise::Instance;
 
 const SIGNALS: Token = Token(0);
@@ -224,7 +228,7 @@ impl Daemon {
             awaiting_group: Vec::new(),
             router: route::Router::default(),
             watcher: reload::Watcher::default(),
-            control: control::Control::default(),
+            control: control::Control::new(config.settings.log_buffer),
             ops: Vec::new(),
             start_queue: VecDeque::new(),
             spawn_budget: SPAWNS_PER_TURN,
@@ -517,6 +521,7 @@ impl Daemon {
             while let Some(c) = self.dirty_clients.pop_front() {
                 self.flush_client(c);
             }
+            self.control_flush_followers();
             if !pumped {
                 break;
             }

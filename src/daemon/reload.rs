@@ -442,6 +442,9 @@ impl Daemon {
         if old.log_level != new.log_level {
             crate::logging::config_level_changed(&new.log_level);
         }
+        if old.log_buffer != new.log_buffer {
+            self.control.logs.set_max(new.log_buffer);
+        }
     }
 
     /// `failed` instances get a fresh start on every reload.

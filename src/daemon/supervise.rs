@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use mio::unix::pipe::{Receiver, Sender};
 use mio::{Interest, Token};
 
+use super::control::Control;
+use super::logs::Stream;
 use super::route::InstanceRt;
 use super::{Daemon, IoTarget, Phase, TimerKey};
 use crate::config::Pool;
@@ -23,6 +25,19 @@ use crate::supervisor::lifecycle::{
 use crate::supervisor::spawn::{self, Credentials};
 use crate::sys::{self, Exit};
 use crate::timers::deadline;
+
+/// Log a lifecycle line about an instance (`$inst`, an [`Instance`]) at `$level`, and
+/// keep it in its pool's log buffer for `orchd ctl CONFIG logs`. A macro over the
+/// daemon's fields, not a method: callers hold borrows of other fields.
+macro_rules! lifecycle {
+    ($d:expr, $inst:expr, $level:expr, $($arg:tt)+) => {{
+        let text = format!($($arg)+);
+        log::log!($level, "{text}");
+        if let Some(p) = $d.pools.get($inst.pool) {
+            $d.control.record(&p.cfg.name, $inst.index, Stream::Orchd, text);
+        }
+    }};
+}
 
 /// Worker log lines longer than this are split into several records.
 const LOG_LINE_MAX: usize = 16 * 1024;
@@ -316,7 +331,12 @@ impl Daemon {
                 let await_ready = inst.first_start != FirstStart::Ready && !self.ready_sent;
                 inst.life.spawned(pid, now);
                 self.pids.insert(pid, key);
-                log::info!("{label} started (pid {pid})");
+                lifecycle!(
+                    self,
+                    self.instances[key],
+                    log::Level::Info,
+                    "{label} started (pid {pid})"
+                );
                 if await_ready {
                     // Ready for the ready line once up for START_GRACE; after that
                     // line, no such timer is armed (an idle orchd stays asleep).
@@ -426,7 +446,10 @@ impl Daemon {
             }
             State::Stopping { .. } => {
                 inst.life.last_exit = Some(exit);
-                log::info!(
+                lifecycle!(
+                    self,
+                    inst,
+                    log::Level::Info,
                     "{} stopped ({exit}) after {}",
                     inst.label,
                     fmt_duration(ran_for)
@@ -471,14 +494,16 @@ impl Daemon {
         };
         if phase != Phase::Running || inst.retiring || inst.held {
             inst.life.last_exit = exit;
-            log::info!("{} {what}", inst.label);
+            lifecycle!(self, inst, log::Level::Info, "{} {what}", inst.label);
             self.mark_stopped(key);
             return;
         }
         let pool = &self.pools[inst.pool].cfg;
         match inst.life.exited(exit, ran_for, now, pool, rand) {
             AfterExit::Restart { delay, attempt } => {
-                log::log!(
+                lifecycle!(
+                    self,
+                    inst,
                     level,
                     "{} {what}; restarting in {} (attempt {attempt})",
                     inst.label,
@@ -497,7 +522,9 @@ impl Daemon {
                 } else {
                     level
                 };
-                log::log!(
+                lifecycle!(
+                    self,
+                    inst,
                     level,
                     "{} {what}; not restarting (restart = {})",
                     inst.label,
@@ -515,7 +542,10 @@ impl Daemon {
                     Some(c) => format!("retrying in {}", fmt_duration(c)),
                     None => "until the next reload".to_string(),
                 };
-                log::error!(
+                lifecycle!(
+                    self,
+                    inst,
+                    log::Level::Error,
                     "{} {what}; giving up: more than {} restarts within {}; failed, {until}",
                     inst.label,
                     g.restarts,
@@ -548,7 +578,13 @@ impl Daemon {
             }
             State::Failed { .. } => {
                 if self.phase == Phase::Running {
-                    log::info!("{}: cooldown over, starting afresh", inst.label);
+                    lifecycle!(
+                        self,
+                        inst,
+                        log::Level::Info,
+                        "{}: cooldown over, starting afresh",
+                        inst.label
+                    );
                     inst.life.reset();
                     self.start_instance(key);
                 }
@@ -636,7 +672,14 @@ impl Daemon {
                     since: now,
                     kill_at: deadline(now, timeout),
                 };
-                log::info!("stopping {} (pid {pid}) with {}", inst.label, sig.name);
+                lifecycle!(
+                    self,
+                    inst,
+                    log::Level::Info,
+                    "stopping {} (pid {pid}) with {}",
+                    inst.label,
+                    sig.name
+                );
                 if let Err(e) = signal_group_to_stop(inst.pgid, sig.number) {
                     if e.raw_os_error() != Some(libc::ESRCH) {
                         log::warn!("{}: cannot signal group {}: {e}", inst.label, inst.pgid);
@@ -697,12 +740,22 @@ impl Daemon {
             let label = inst.label.clone();
             if std::mem::take(&mut inst.start_when_stopped) {
                 // `orchd ctl start` came while its hold was still stopping it.
-                log::info!("{label} stopped; starting it again (released)");
+                lifecycle!(
+                    self,
+                    inst,
+                    log::Level::Info,
+                    "{label} stopped; starting it again (released)"
+                );
                 self.refresh_spec(key);
             } else {
                 // A hung worker was stopped: it comes back at once.
                 inst.life.restarts += 1;
-                log::info!("{label} restarting after its timeout");
+                lifecycle!(
+                    self,
+                    inst,
+                    log::Level::Info,
+                    "{label} restarting after its timeout"
+                );
             }
             self.start_instance(key);
             return;
@@ -749,6 +802,7 @@ impl Daemon {
             self.pools.remove(pool_key);
             if self.pool_names.get(&name) == Some(&pool_key) {
                 self.pool_names.remove(&name);
+                self.control.logs.forget(&name);
             }
             log::info!("pool {name} removed");
         }
@@ -800,8 +854,20 @@ impl Daemon {
                     inst.label,
                     rest.len()
                 );
-            } else {
-                log_output(&inst.label, &rest);
+            } else if let Some(p) = self.pools.get(inst.pool) {
+                let stream = if stdout {
+                    Stream::Stdout
+                } else {
+                    Stream::Stderr
+                };
+                log_output(
+                    &mut self.control,
+                    &p.cfg.name,
+                    inst.index,
+                    &inst.label,
+                    stream,
+                    &rest,
+                );
             }
         }
         self.deregister_io(&mut pipe.rx, pipe.token);
@@ -811,8 +877,13 @@ impl Daemon {
         let Some(mut pipe) = self.instances.get_mut(key).and_then(|i| i.stderr.take()) else {
             return;
         };
-        let label = self.instances[key].label.clone();
-        let open = read_lines(&mut pipe, &label, |line| log_output(&label, line));
+        let inst = &self.instances[key];
+        let (label, index) = (inst.label.clone(), inst.index);
+        let pool = &self.pools[inst.pool].cfg.name;
+        let control = &mut self.control;
+        let open = read_lines(&mut pipe, &label, |line| {
+            log_output(control, pool, index, &label, Stream::Stderr, line)
+        });
         self.put_back_pipe(key, pipe, open, false);
     }
 
@@ -843,7 +914,11 @@ impl Daemon {
                 }
             }
         } else {
-            read_lines(&mut pipe, &label, |line| log_output(&label, line))
+            let (index, pool) = (inst.index, &self.pools[inst.pool].cfg.name);
+            let control = &mut self.control;
+            read_lines(&mut pipe, &label, |line| {
+                log_output(control, pool, index, &label, Stream::Stdout, line)
+            })
         };
         self.put_back_pipe(key, pipe, open, true);
     }
@@ -975,11 +1050,20 @@ fn read_lines(pipe: &mut PipeIn, label: &str, mut each: impl FnMut(&[u8])) -> bo
     }
 }
 
-/// Log one line of worker output with the instance as target.
-fn log_output(label: &str, line: &[u8]) {
+/// Log one line of worker output with the instance as target, and keep it in the
+/// pool's log buffer.
+fn log_output(
+    control: &mut Control,
+    pool: &str,
+    index: u32,
+    label: &str,
+    stream: Stream,
+    line: &[u8],
+) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     for piece in log_pieces(line, LOG_LINE_MAX) {
         log::info!(target: label, "{piece}");
+        control.record(pool, index, stream, piece.into_owned());
     }
 }
 

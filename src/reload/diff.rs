@@ -225,6 +225,7 @@ pub fn diff_running<'a>(
         ("watch", a.watch != b.watch),
         ("error_prefix", a.error_prefix != b.error_prefix),
         ("max_clients", a.max_clients != b.max_clients),
+        ("log_buffer", a.log_buffer != b.log_buffer),
     ]);
     plan
 }

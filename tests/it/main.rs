@@ -13,6 +13,7 @@ mod packaging;
 mod preflight;
 
 mod check;
+mod ctl_logs;
 mod harden_config;
 mod harden_logproc;
 mod harden_reload;
