@@ -273,7 +273,7 @@ impl Daemon {
             self.mark_stopped(key);
             return;
         }
-        let Some(inst) = self.instances.get(key) else {
+        let Some(inst) = self.instances.get(key).filter(|i| !i.held) else {
             return;
         };
         if self.spawn_budget == 0 || !self.start_queue.is_empty() {
@@ -291,8 +291,11 @@ impl Daemon {
             let Some((key, gen)) = self.start_queue.pop_front() else {
                 return;
             };
+            // A held instance (`orchd ctl stop`) waits for `start`, which starts it
+            // afresh.
             let due = self.instances.get(key).is_some_and(|i| {
                 i.gen == gen
+                    && !i.held
                     && !matches!(i.life.state, State::Running { .. } | State::Stopping { .. })
             });
             if due {

@@ -518,3 +518,33 @@ to = "web"
     assert_eq!(c.request("and now"), "and now");
     assert_eq!(o.stop(), 0);
 }
+
+#[test]
+fn stop_during_a_large_start_holds_the_instances_still_waiting_to_start() {
+    // orchd starts at most 64 instances per loop turn; the rest wait in a queue. A
+    // `stop` that arrives meanwhile must hold those too, and be answered.
+    let dir = TempDir::new("ctl-stop-queued");
+    let cfg = dir.write(
+        "pool.toml",
+        "[orchd]\ncontrol = \"ctl.sock\"\n\n[pool.web]\ncommand = [\"sleep\", \"1000\"]\ncount = 1000\nstop_timeout = \"2s\"\n",
+    );
+    let mut o = Orchd::start(&cfg);
+    let sock = dir.join("ctl.sock");
+    wait_for("the control socket", DEADLINE, || {
+        sock.exists().then_some(())
+    });
+    let (code, out, err) = ctl(&cfg, &["stop", "web", "--timeout", "20s"]);
+    assert_eq!(code, 0, "stop: {out}{err}\n{}", o.log());
+    let all = instances(&cfg, "web");
+    assert_eq!(all.len(), 1000);
+    let not_held: Vec<_> = all
+        .iter()
+        .filter(|i| i["state"] != "stopped" || i["reason"] != "held")
+        .take(3)
+        .collect();
+    assert!(not_held.is_empty(), "not held: {not_held:?}");
+    wait_for("no worker left", DEADLINE, || {
+        o.children().is_empty().then_some(())
+    });
+    assert_eq!(o.stop(), 0);
+}
