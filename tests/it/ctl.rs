@@ -2,9 +2,7 @@
 //! a rolling restart under load, holds across reloads, and signals.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::time::Duration;
 
 use crate::common::*;
 
@@ -142,83 +140,14 @@ fn ctl_errors_and_exit_codes() {
     assert_eq!(o.stop(), 0);
 }
 
-/// Continuous load on a TCP route: a writer sends `msgN` lines steadily, a reader
-/// collects every reply, until [`Load::finish`].
-struct Load {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    writer: std::thread::JoinHandle<usize>,
-    reader: std::thread::JoinHandle<Vec<String>>,
-}
-
-impl Load {
-    fn start(port: u16) -> Load {
-        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-        use std::sync::Arc;
-        let stream = wait_for("tcp listener", DEADLINE, || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let answered = Arc::new(AtomicUsize::new(0));
-        let mut w = stream.try_clone().unwrap();
-        let stop_w = stop.clone();
-        let writer = std::thread::spawn(move || {
-            let mut sent = 0usize;
-            while !stop_w.load(Ordering::SeqCst) {
-                for _ in 0..20 {
-                    w.write_all(format!("msg{sent}\n").as_bytes()).unwrap();
-                    sent += 1;
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            w.shutdown(std::net::Shutdown::Write).unwrap();
-            sent
-        });
-        let count = answered.clone();
-        let reader = std::thread::spawn(move || {
-            let mut r = BufReader::new(stream);
-            let mut replies = Vec::new();
-            let mut line = String::new();
-            while r.read_line(&mut line).unwrap() > 0 {
-                replies.push(line.trim_end().to_string());
-                count.fetch_add(1, Ordering::SeqCst);
-                line.clear();
-            }
-            replies
-        });
-        Load {
-            stop,
-            answered,
-            writer,
-            reader,
-        }
+/// Stops `load`: every message was answered by `cat`, in order, exactly once.
+/// Returns how many.
+fn finish_echoed(load: Load) -> usize {
+    let replies = load.finish();
+    for (i, rep) in replies.iter().enumerate() {
+        assert_eq!(*rep, format!("msg{i}"), "replies in order, exactly once");
     }
-
-    fn answered(&self) -> usize {
-        self.answered.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Wait until `n` more replies have come.
-    fn wait_more(&self, what: &str, n: usize) {
-        let from = self.answered();
-        wait_for(what, DEADLINE, || {
-            (self.answered() >= from + n).then_some(())
-        });
-    }
-
-    /// Stop sending; every message must have been answered, in order, exactly once.
-    /// Returns how many.
-    fn finish(self) -> usize {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let sent = self.writer.join().unwrap();
-        let replies = self.reader.join().unwrap();
-        assert_eq!(replies.len(), sent, "every message answered");
-        for (i, rep) in replies.iter().enumerate() {
-            assert_eq!(*rep, format!("msg{i}"), "replies in order, exactly once");
-        }
-        sent
-    }
+    replies.len()
 }
 
 /// A pool of `count` `cat` workers behind a TCP route, and a bystander pool.
@@ -267,7 +196,7 @@ fn restart_under_load_loses_nothing_and_ends_with_new_pids() {
         );
     }
     load.wait_more("load after the restart", 500);
-    let sent = load.finish();
+    let sent = finish_echoed(load);
 
     let new = wait_running(&cfg, "web", 3);
     for (index, pid) in &old {
@@ -300,7 +229,7 @@ fn stop_and_start_under_load_lose_nothing() {
     ctl_ok(&cfg, &["start", "web/0"]);
     wait_running(&cfg, "web", 2);
     load.wait_more("load after the start", 500);
-    load.finish();
+    finish_echoed(load);
     assert_eq!(o.log_count("ERR"), 0);
     assert_eq!(o.stop(), 0);
 }

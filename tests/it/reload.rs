@@ -1,7 +1,7 @@
 //! Reload (SPEC 6): SIGHUP and file-watch triggers, diff semantics, no lost messages.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use crate::common::*;
@@ -237,9 +237,6 @@ fn connection_opened_before_reload_keeps_working() {
 
 #[test]
 fn command_change_under_load_loses_nothing() {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Arc;
-
     let dir = TempDir::new("reload-roll");
     let port = free_port();
     let conf = |v: &str| {
@@ -268,55 +265,16 @@ to = "echo"
     let old = wait_count(&cfg, "echo", 4);
     let bystander = wait_count(&cfg, "bystander", 1);
 
-    let stream = wait_for("tcp listener", DEADLINE, || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    });
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
     // Load flows until the replacement is done: the writer sends steadily, the reader
     // collects every reply.
-    let stop = Arc::new(AtomicBool::new(false));
-    let answered = Arc::new(AtomicUsize::new(0));
-    let mut w = stream.try_clone().unwrap();
-    let stop_w = stop.clone();
-    let writer = std::thread::spawn(move || {
-        let mut sent = 0usize;
-        while !stop_w.load(Ordering::SeqCst) {
-            for _ in 0..20 {
-                w.write_all(format!("msg{sent}\n").as_bytes()).unwrap();
-                sent += 1;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        w.shutdown(std::net::Shutdown::Write).unwrap();
-        sent
-    });
-    let count = answered.clone();
-    let reader = std::thread::spawn(move || {
-        let mut r = BufReader::new(stream);
-        let mut replies = Vec::new();
-        let mut line = String::new();
-        while r.read_line(&mut line).unwrap() > 0 {
-            replies.push(line.trim_end().to_string());
-            count.fetch_add(1, Ordering::SeqCst);
-            line.clear();
-        }
-        replies
-    });
-    wait_for("load before the reload", DEADLINE, || {
-        (answered.load(Ordering::SeqCst) > 500).then_some(())
-    });
+    let load = Load::start(port);
+    load.wait_more("load before the reload", 500);
     dir.write("pool.toml", &conf("v2"));
     o.signal(libc::SIGHUP);
     o.wait_log("pool echo: replacement done", 1);
-    let at_done = answered.load(Ordering::SeqCst);
-    wait_for("load after the replacement", DEADLINE, || {
-        (answered.load(Ordering::SeqCst) > at_done + 500).then_some(())
-    });
-    stop.store(true, Ordering::SeqCst);
-    let sent = writer.join().unwrap();
-    let replies = reader.join().unwrap();
+    load.wait_more("load after the replacement", 500);
+    let replies = load.finish();
 
-    assert_eq!(replies.len(), sent, "every message answered");
     for (i, rep) in replies.iter().enumerate() {
         let (ver, msg) = rep.split_once(' ').unwrap();
         assert!(ver == "v1" || ver == "v2", "{rep}");
@@ -348,8 +306,8 @@ to = "echo"
         "unchanged worker never restarted"
     );
     eprintln!(
-        "rolling replacement: {sent} messages sent, {} answered, 0 lost; bystander restarts: 0",
-        replies.len()
+        "rolling replacement: {n} messages sent, {n} answered, 0 lost; bystander restarts: 0",
+        n = replies.len()
     );
     assert_eq!(o.stop(), 0);
 }

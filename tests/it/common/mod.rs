@@ -551,3 +551,79 @@ pub fn control_within(sock: &Path, cmd: &str, timeout: Duration) -> serde_json::
 pub fn control(sock: &Path, cmd: &str) -> serde_json::Value {
     control_within(sock, cmd, DEADLINE)
 }
+
+/// Continuous load on a TCP route: a writer sends `msgN` lines steadily, a reader
+/// collects every reply, until [`Load::finish`].
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    writer: std::thread::JoinHandle<usize>,
+    reader: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Load {
+    pub fn start(port: u16) -> Load {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let stream = wait_for("tcp listener", DEADLINE, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let mut w = stream.try_clone().unwrap();
+        let stop_w = stop.clone();
+        let writer = std::thread::spawn(move || {
+            let mut sent = 0usize;
+            while !stop_w.load(Ordering::SeqCst) {
+                for _ in 0..20 {
+                    w.write_all(format!("msg{sent}\n").as_bytes()).unwrap();
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            w.shutdown(std::net::Shutdown::Write).unwrap();
+            sent
+        });
+        let count = answered.clone();
+        let reader = std::thread::spawn(move || {
+            let mut r = BufReader::new(stream);
+            let mut replies = Vec::new();
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap() > 0 {
+                replies.push(line.trim_end().to_string());
+                count.fetch_add(1, Ordering::SeqCst);
+                line.clear();
+            }
+            replies
+        });
+        Load {
+            stop,
+            answered,
+            writer,
+            reader,
+        }
+    }
+
+    pub fn answered(&self) -> usize {
+        self.answered.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Wait until `n` more replies have come.
+    pub fn wait_more(&self, what: &str, n: usize) {
+        let from = self.answered();
+        wait_for(what, DEADLINE, || {
+            (self.answered() >= from + n).then_some(())
+        });
+    }
+
+    /// Stop sending; every message must have been answered exactly once. Returns the
+    /// replies in the order they came.
+    pub fn finish(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let sent = self.writer.join().unwrap();
+        let replies = self.reader.join().unwrap();
+        assert_eq!(replies.len(), sent, "every message answered");
+        replies
+    }
+}
