@@ -32,29 +32,6 @@ fn instance<'a>(v: &'a Value, pool: &str, index: u64) -> &'a Value {
         .unwrap_or_else(|| panic!("no {pool}[{index}] in {v}"))
 }
 
-/// The log's lines containing `needle`.
-fn lines_with(o: &Orchd, needle: &str) -> Vec<String> {
-    o.log()
-        .lines()
-        .filter(|l| l.contains(needle))
-        .map(str::to_string)
-        .collect()
-}
-
-/// Milliseconds since midnight of a log line's timestamp (`...T12:34:56.789Z ...`).
-fn ts_ms(line: &str) -> i64 {
-    let ts = line.split_whitespace().next().unwrap_or("");
-    let time = ts
-        .split_once('T')
-        .map(|(_, t)| t.trim_end_matches('Z'))
-        .unwrap_or_else(|| panic!("no timestamp in {line:?}"));
-    let mut f = time.split(':');
-    let h: i64 = f.next().unwrap().parse().unwrap();
-    let m: i64 = f.next().unwrap().parse().unwrap();
-    let s: f64 = f.next().unwrap().parse().unwrap();
-    (h * 3600 + m * 60) * 1000 + (s * 1000.0).round() as i64
-}
-
 const BUSY: &str = r#"
 [orchd]
 control = "ctl.sock"

@@ -526,6 +526,30 @@ pub fn run_batch(
     (code, stdout, stderr)
 }
 
+/// Log lines containing `needle`.
+pub fn lines_with(o: &Orchd, needle: &str) -> Vec<String> {
+    o.log()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Milliseconds since midnight of a log line's timestamp
+/// (`2026-11-23T13:15:16.803Z INFO ...`).
+pub fn ts_ms(line: &str) -> i64 {
+    let ts = line.split_whitespace().next().unwrap_or("");
+    let time = ts
+        .split_once('T')
+        .map(|(_, t)| t.trim_end_matches('Z'))
+        .unwrap_or_else(|| panic!("no timestamp in {line:?}"));
+    let mut f = time.split(':');
+    let h: i64 = f.next().unwrap().parse().unwrap();
+    let m: i64 = f.next().unwrap().parse().unwrap();
+    let s: f64 = f.next().unwrap().parse().unwrap();
+    (h * 3600 + m * 60) * 1000 + (s * 1000.0).round() as i64
+}
+
 /// One command on a control socket and its JSON answer line; `None` if the socket does
 /// not answer with JSON within `timeout`.
 pub fn control_try(sock: &Path, cmd: &str, timeout: Duration) -> Option<serde_json::Value> {
