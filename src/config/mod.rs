@@ -22,6 +22,7 @@ pub use model::*;
 mod describe;
 mod error;
 mod file;
+mod listen;
 mod preflight;
 mod raw;
 mod signal;
