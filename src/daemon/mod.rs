@@ -15,6 +15,7 @@ pub mod client;
 mod control;
 mod ctl;
 pub mod logs;
+pub mod outbuf;
 mod reload;
 mod route;
 mod supervise;
