@@ -21,8 +21,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_orchd");
 /// The scratch directory and the programs built into it.
 pub struct Bench {
     pub dir: PathBuf,
-    /// The stamp worker, or why it could not be built.
-    pub stamp_worker: Result<PathBuf>,
+    /// The stamp worker and how it is linked, or why it could not be built.
+    pub stamp_worker: Result<(PathBuf, &'static str)>,
 }
 
 impl Bench {
@@ -78,11 +78,14 @@ int main(int argc, char **argv) {
 
 /// Static when the C library allows it (no dynamic loader between exec and `main`),
 /// else dynamic: either way orchd and the reference loops start the same binary.
-fn build_stamp_worker(dir: &Path) -> Result<PathBuf> {
+fn build_stamp_worker(dir: &Path) -> Result<(PathBuf, &'static str)> {
     let src = dir.join("stamp.c");
     let bin = dir.join("stamp");
     std::fs::write(&src, STAMP_WORKER_C).map_err(|e| format!("write stamp.c: {e}"))?;
-    for flags in [&["-O2", "-static"][..], &["-O2"][..]] {
+    for (flags, linkage) in [
+        (&["-O2", "-static"][..], "static"),
+        (&["-O2"][..], "dynamic"),
+    ] {
         let st = Command::new("cc")
             .args(flags)
             .arg("-o")
@@ -91,7 +94,7 @@ fn build_stamp_worker(dir: &Path) -> Result<PathBuf> {
             .stderr(Stdio::null())
             .status();
         if matches!(st, Ok(s) if s.success()) {
-            return Ok(bin);
+            return Ok((bin, linkage));
         }
     }
     Err("the stamp worker did not build (`cc` missing or failing)".into())

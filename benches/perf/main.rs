@@ -1,8 +1,8 @@
 //! orchd's performance against references, all measured in one run:
 //! `cargo bench` (1,000,000 lines), `cargo bench -- --quick` (a smoke run).
 //!
-//! Options after `--`: `--quick`, `--lines N`, `--runs N` (throughput runs per row,
-//! the median is shown; default 3), `--max-inflight N|auto` (written into the pool;
+//! Options after `--`: `--quick`, `--lines N`, `--runs N` (runs per throughput and
+//! start-up row, the median is shown; default 3), `--max-inflight N|auto` (written into the pool;
 //! absent = the default pool settings, which is what the targets are about).
 //!
 //! It prints one Markdown table: each orchd figure, its reference, the ratio, and the
@@ -94,9 +94,13 @@ fn main() {
     throughput_rows(&bench, &o, &mut t);
     latency_rows(&bench, &o, &mut t);
     process_rows(&bench, &o, &mut t);
+    let stamp = bench
+        .stamp_worker
+        .as_ref()
+        .map_or("none", |&(_, linkage)| linkage);
     println!(
         "\n{} lines of 64 bytes; 4 `cat` workers, pool settings: {}; {} run(s) per \
-         throughput row (median); {} CPU(s)\n",
+         throughput and start-up row (median); stamp worker: {stamp} C; {} CPU(s)\n",
         o.lines,
         o.max_inflight
             .as_deref()
@@ -181,7 +185,7 @@ fn latency_rows(bench: &Bench, o: &Options, t: &mut Table) {
 
 fn process_rows(bench: &Bench, o: &Options, t: &mut Table) {
     let worker = match &bench.stamp_worker {
-        Ok(w) => w.clone(),
+        Ok((w, _)) => w.clone(),
         Err(e) => {
             t.skip("restart, start-up, RSS, idle", e);
             return;
@@ -206,10 +210,18 @@ fn process_rows(bench: &Bench, o: &Options, t: &mut Table) {
         Some(1.2),
     );
 
+    // One start-up is a single sample, and a noisy one on a shared machine: the
+    // median of `runs`, like the throughput rows.
     let n = o.instances;
-    let forks = procs::fork_exec_loop(bench, &worker, n).map(Figure::time);
+    let forks = median(o.runs, || procs::fork_exec_loop(bench, &worker, n)).map(Figure::time);
     let forks = t.reference(&format!("fork+exec loop, {n} processes"), forks);
-    let startup = procs::startup(bench, &worker, n);
+    let startup = (0..o.runs)
+        .map(|_| procs::startup(bench, &worker, n))
+        .collect::<Result<Vec<_>>>()
+        .map(|mut v| {
+            v.sort_unstable_by_key(|s| s.time);
+            v.swap_remove(v.len() / 2)
+        });
     let time = startup
         .as_ref()
         .map(|s| Figure::time(s.time))
