@@ -148,7 +148,7 @@ fn parse_stamps(data: &[u8]) -> Vec<(i32, u64)> {
 }
 
 /// orchd running one config. Its stderr is read on a thread (a full pipe would stall
-/// orchd's logging) that reports the `ready:` line. Dropped: SIGKILL and reap.
+/// orchd's logging) that reports the `ready:` line.
 pub struct Orchd {
     child: Child,
     ready: mpsc::Receiver<()>,
@@ -221,11 +221,16 @@ impl Orchd {
     }
 }
 
+/// On an error path: SIGTERM first, so that orchd stops its workers too, and
+/// SIGKILL only if it has not exited within 10 s.
 impl Drop for Orchd {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            signal(self.pid(), libc::SIGTERM);
+            if self.wait_exit(Duration::from_secs(10)).is_err() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
         }
     }
 }

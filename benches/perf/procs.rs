@@ -49,21 +49,29 @@ pub fn restart(bench: &Bench, worker: &Path, samples: usize) -> Result<Vec<u64>>
 pub fn respawn_loop(bench: &Bench, worker: &Path, samples: usize) -> Result<Vec<u64>> {
     let stamps = bench.stamps("respawn");
     let argv = Argv::new(worker, &stamps.path)?;
-    let mut pid = argv.spawn()?;
-    stamps.wait(1, Duration::from_secs(10))?;
+    let mut live = Some(argv.spawn()?);
     let mut out = Vec::with_capacity(samples);
-    for i in 1..=samples {
-        std::thread::sleep(Duration::from_millis(20));
-        let t0 = monotonic_ns();
+    let mut measure = || -> Result<()> {
+        stamps.wait(1, Duration::from_secs(10))?;
+        for i in 1..=samples {
+            std::thread::sleep(Duration::from_millis(20));
+            let t0 = monotonic_ns();
+            if let Some(pid) = live.take() {
+                signal(pid, libc::SIGKILL);
+                reap(pid);
+            }
+            live = Some(argv.spawn()?);
+            let at = stamps.wait(i + 1, Duration::from_secs(10))?[i].1;
+            out.push(at.saturating_sub(t0));
+        }
+        Ok(())
+    };
+    let measured = measure();
+    if let Some(pid) = live {
         signal(pid, libc::SIGKILL);
         reap(pid);
-        pid = argv.spawn()?;
-        let at = stamps.wait(i + 1, Duration::from_secs(10))?[i].1;
-        out.push(at.saturating_sub(t0));
     }
-    signal(pid, libc::SIGKILL);
-    reap(pid);
-    Ok(out)
+    measured.map(|()| out)
 }
 
 /// What starting `count` instances took.
