@@ -76,12 +76,17 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// Static when the C library allows it (no dynamic loader between exec and `main`),
-/// else dynamic: either way orchd and the reference loops start the same binary.
 fn build_stamp_worker(dir: &Path) -> Result<(PathBuf, &'static str)> {
-    let src = dir.join("stamp.c");
-    let bin = dir.join("stamp");
-    std::fs::write(&src, STAMP_WORKER_C).map_err(|e| format!("write stamp.c: {e}"))?;
+    build_c(dir, "stamp", STAMP_WORKER_C)
+}
+
+/// Builds `dir/NAME` from C `source`, and says how it is linked: static when the C
+/// library allows it (no dynamic loader between exec and `main`), else dynamic;
+/// either way orchd and the reference loops start the same binary.
+pub fn build_c(dir: &Path, name: &str, source: &str) -> Result<(PathBuf, &'static str)> {
+    let src = dir.join(format!("{name}.c"));
+    let bin = dir.join(name);
+    std::fs::write(&src, source).map_err(|e| format!("write {name}.c: {e}"))?;
     for (flags, linkage) in [
         (&["-O2", "-static"][..], "static"),
         (&["-O2"][..], "dynamic"),
@@ -97,7 +102,7 @@ fn build_stamp_worker(dir: &Path) -> Result<(PathBuf, &'static str)> {
             return Ok((bin, linkage));
         }
     }
-    Err("the stamp worker did not build (`cc` missing or failing)".into())
+    Err(format!("{name}.c did not build (`cc` missing or failing)"))
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock the stamp worker writes.

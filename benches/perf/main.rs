@@ -92,6 +92,7 @@ fn main() {
     };
     let mut t = Table::default();
     throughput_rows(&bench, &o, &mut t);
+    balance_rows(&bench, &o, &mut t);
     latency_rows(&bench, &o, &mut t);
     process_rows(&bench, &o, &mut t);
     let stamp = bench
@@ -137,7 +138,8 @@ fn throughput_rows(bench: &Bench, o: &Options, t: &mut Table) {
             None
         }
     };
-    let batch = median(o.runs, || throughput::batch(bench, &input, o.lines, window)).map(rate);
+    let cats = throughput::cats("stdin", window);
+    let batch = median(o.runs, || throughput::batch(bench, &input, o.lines, &cats)).map(rate);
     t.compare("batch, 4 `cat`", &batch, &cat, Better::Higher, Some(0.40));
     t.compare("batch, 4 `cat`", &batch, &node, Better::Higher, Some(50.0));
     for clients in [1, 8] {
@@ -155,6 +157,34 @@ fn throughput_rows(bench: &Bench, o: &Options, t: &mut Table) {
         &echo,
         &cat,
         Better::Higher,
+        None,
+    );
+}
+
+/// One fast and one slow worker: the total time of a batch against the fast worker
+/// alone. The window decides how many messages wait in the slow one at the end;
+/// this is the other side of the `max_inflight = "auto"` question of issue 8.
+fn balance_rows(bench: &Bench, o: &Options, t: &mut Table) {
+    let lines = (o.lines / 10).max(1);
+    let input = bench.dir.join("input-balance.txt");
+    if let Err(e) = std::fs::write(&input, harness::input_lines(lines)) {
+        t.skip("balance", &format!("cannot write the input: {e}"));
+        return;
+    }
+    let window = o.max_inflight.as_deref();
+    let alone = throughput::pool("[\"cat\"]", 1, "stdin", window);
+    let alone = median(o.runs, || throughput::batch(bench, &input, lines, &alone));
+    let alone = t.reference("batch, 1 `cat` alone", alone.map(Figure::time));
+    let mixed = throughput::fast_and_slow(bench, window)
+        .and_then(|cfg| median(o.runs, || throughput::batch(bench, &input, lines, &cfg)));
+    t.compare(
+        &format!(
+            "batch of {lines}, 1 `cat` + 1 slow worker ({} ms a line), total time",
+            f64::from(throughput::SLOW_US) / 1000.0
+        ),
+        &mixed.map(Figure::time),
+        &alone,
+        Better::Lower,
         None,
     );
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::harness::{connect, count_lines, free_port, Bench, Orchd, Result};
+use crate::harness::{build_c, connect, count_lines, free_port, Bench, Orchd, Result};
 
 /// `cat FILE | cat`, lines counted from the second `cat`.
 pub fn cat_cat(input: &Path, lines: usize) -> Result<Duration> {
@@ -93,9 +93,10 @@ rl.on('line', (line) => workers[i++ % 4].send(line));
     Ok(elapsed)
 }
 
-/// The pool every throughput run uses: 4 `cat`s with the default pool settings
-/// (`max_inflight` only when `--max-inflight` asks for one).
-fn cat_pool(from: &str, max_inflight: Option<&str>) -> String {
+/// A config routing `from` to `[pool.work]`: `command` (a TOML value) run `count`
+/// times, with the default pool settings (`max_inflight` only when `--max-inflight`
+/// asks for one).
+pub fn pool(command: &str, count: usize, from: &str, max_inflight: Option<&str>) -> String {
     let window = max_inflight.map_or(String::new(), |m| {
         let value = if m.parse::<u32>().is_ok() {
             m.to_string()
@@ -105,24 +106,57 @@ fn cat_pool(from: &str, max_inflight: Option<&str>) -> String {
         format!("max_inflight = {value}\n")
     });
     format!(
-        "[orchd]\nwatch = false\n\n[pool.cat]\ncommand = [\"cat\"]\ncount = 4\n{window}\n\
-         [[route]]\nfrom = \"{from}\"\nto = \"cat\"\n"
+        "[orchd]\nwatch = false\n\n[pool.work]\ncommand = {command}\ncount = {count}\n{window}\n\
+         [[route]]\nfrom = \"{from}\"\nto = \"work\"\n"
     )
 }
 
-/// orchd in batch mode: `orchd pool.toml < input > pipe`, timed from spawn to exit.
-pub fn batch(
-    bench: &Bench,
-    input: &Path,
-    lines: usize,
-    max_inflight: Option<&str>,
-) -> Result<Duration> {
-    let cfg = bench.config("batch", &cat_pool("stdin", max_inflight))?;
+/// The pool of every throughput row: 4 `cat`s.
+pub fn cats(from: &str, max_inflight: Option<&str>) -> String {
+    pool("[\"cat\"]", 4, from, max_inflight)
+}
+
+/// A worker that answers each line after sleeping `argv[1]` microseconds.
+const SLOW_ECHO_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+int main(int argc, char **argv) {
+    long us = argc > 1 ? atol(argv[1]) : 1000;
+    struct timespec pause = { us / 1000000, (us % 1000000) * 1000 };
+    static char line[(1 << 20) + 2];
+    while (fgets(line, sizeof line, stdin)) {
+        nanosleep(&pause, NULL);
+        if (fputs(line, stdout) == EOF || fflush(stdout) == EOF) return 1;
+    }
+    return 0;
+}
+"#;
+
+/// How long the slow worker of [`fast_and_slow`] takes per line.
+pub const SLOW_US: u32 = 1000;
+
+/// Two instances, `cat` and a worker taking [`SLOW_US`] per line: what a window
+/// costs when one worker is slow (messages wait in its pipe instead of the queue
+/// the fast one takes from).
+pub fn fast_and_slow(bench: &Bench, max_inflight: Option<&str>) -> Result<String> {
+    let (slow, _) = build_c(&bench.dir, "slow", SLOW_ECHO_C)?;
+    let script = format!(
+        "if [ \"$ORCHD_INSTANCE\" = 1 ]; then exec {} {SLOW_US}; else exec cat; fi",
+        slow.display()
+    );
+    Ok(pool(&format!("{script:?}"), 2, "stdin", max_inflight))
+}
+
+/// orchd in batch mode with the pool of `config` (routed from stdin):
+/// `orchd pool.toml < input > pipe`, timed from spawn to exit.
+pub fn batch(bench: &Bench, input: &Path, lines: usize, config: &str) -> Result<Duration> {
+    let cfg = bench.config("batch", config)?;
     let file = std::fs::File::open(input).map_err(|e| format!("open input: {e}"))?;
     let t = Instant::now();
     let mut orchd = Orchd::start_with(&cfg, file.into(), Stdio::piped())?;
     let n = count_lines(orchd.stdout().ok_or("no stdout pipe")?)?;
-    let st = orchd.wait_exit(Duration::from_secs(60))?;
+    let st = orchd.wait_exit(Duration::from_secs(120))?;
     let elapsed = t.elapsed();
     if !st.success() {
         return Err(format!("orchd batch run failed: {st}"));
@@ -142,7 +176,7 @@ pub fn tcp(
     let port = free_port()?;
     let cfg = bench.config(
         &format!("tcp{clients}"),
-        &cat_pool(&format!("tcp://127.0.0.1:{port}"), max_inflight),
+        &cats(&format!("tcp://127.0.0.1:{port}"), max_inflight),
     )?;
     let orchd = Orchd::start(&cfg)?;
     orchd.wait_ready(Duration::from_secs(10))?;
