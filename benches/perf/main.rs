@@ -51,7 +51,7 @@ impl Options {
                 args.next()
                     .unwrap_or_else(|| usage(&format!("{name} needs a value")))
             };
-            let number = |name: &str, v: String| {
+            let number = |name: &str, v: String| -> usize {
                 v.parse()
                     .unwrap_or_else(|_| usage(&format!("{name}: not a number: {v}")))
             };
@@ -63,7 +63,7 @@ impl Options {
                     o.restart_samples = 10;
                     o.idle = Duration::from_secs(1);
                 }
-                "--lines" => o.lines = number("--lines", value("--lines")),
+                "--lines" => o.lines = number("--lines", value("--lines")).max(1),
                 "--runs" => o.runs = number("--runs", value("--runs")).max(1),
                 "--max-inflight" => o.max_inflight = Some(value("--max-inflight")),
                 "--bench" => {} // cargo passes it
@@ -191,17 +191,19 @@ fn balance_rows(bench: &Bench, o: &Options, t: &mut Table) {
 
 fn latency_rows(bench: &Bench, o: &Options, t: &mut Table) {
     let orchd = latency::orchd(bench, o.latency_samples);
-    let socat = latency::socat(o.latency_samples);
+    // One note if socat cannot run, not one per quantile.
+    let socat = latency::socat(o.latency_samples)
+        .map_err(|e| t.skip("socat reference", &e))
+        .ok();
     for (q, label, target) in [
         (0.5, "p50", Some(1.2)),
         (0.99, "p99", Some(1.5)),
         (0.999, "p99.9", None),
     ] {
         let us = |l: &latency::Latencies| Figure::time(l.quantile(q));
-        let reference = match &socat {
-            Ok(s) => t.reference(&format!("socat relay, round trip {label}"), Ok(us(s))),
-            Err(e) => t.reference(&format!("socat relay, round trip {label}"), Err(e.clone())),
-        };
+        let reference = socat
+            .as_ref()
+            .and_then(|s| t.reference(&format!("socat relay, round trip {label}"), Ok(us(s))));
         let ours = orchd.as_ref().map(us).map_err(Clone::clone);
         t.compare(
             &format!("round trip {label}, TCP, pool of one `cat`"),
