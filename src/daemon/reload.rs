@@ -31,10 +31,11 @@ use slab::Slab;
 
 use super::{notify_systemd, Daemon, Instance, Phase, TimerKey};
 use crate::config::{self, Config, Pool};
+use crate::reload::apply::{self, Step};
 use crate::reload::diff::{diff_running, same_process, RunningPool, RunningSpec};
 pub use crate::reload::roll::Roll;
 use crate::reload::roll::{Action as RollAction, Event as RollEvent, Slot, Slots, Why};
-use crate::reload::{Plan, PoolChange};
+use crate::reload::Plan;
 use crate::supervisor::lifecycle::State;
 
 /// Quiet time after the last file event before the file is read.
@@ -391,28 +392,12 @@ impl Daemon {
             self.control_discard(control);
             return Err(e.to_string());
         }
-        for change in &plan.pools {
-            match change {
-                PoolChange::Unchanged { .. } => {}
-                PoolChange::Added { name, .. } => {
-                    if let Some(p) = new.pool(name) {
-                        self.pool_add(p.clone(), new.is_routed(name));
-                    }
-                }
-                PoolChange::Removed { name, .. } => self.pool_remove(name),
-                PoolChange::Changed {
-                    name,
-                    resize,
-                    replace,
-                    cancel,
-                    ..
-                } => {
-                    if let Some(p) = new.pool(name) {
-                        let routed = new.is_routed(name);
-                        self.pool_change(p.clone(), routed, *resize, *replace, *cancel);
-                    }
-                }
-            }
+        let slots = |name: &str| {
+            let pool = self.pool_names.get(name).and_then(|&k| self.pools.get(k));
+            pool.map_or(0, |p| p.slots.len() as u32)
+        };
+        for (name, step) in apply::steps(plan, slots) {
+            self.apply_step(name, step, &new);
         }
         self.router_install(&new);
         self.listeners_close_unused(&new);
@@ -484,57 +469,59 @@ impl Daemon {
         self.pool_maybe_done(key);
     }
 
-    fn pool_change(
-        &mut self,
-        cfg: crate::config::Pool,
-        routed: bool,
-        resize: Option<(u32, u32)>,
-        replace: u32,
-        cancel: bool,
-    ) {
-        let Some(&key) = self.pool_names.get(&cfg.name) else {
+    /// Perform one step of applying a plan to pool `name` (see [`apply::steps`]).
+    fn apply_step(&mut self, name: &str, step: Step, new: &Config) {
+        match step {
+            Step::AddPool => {
+                if let Some(p) = new.pool(name) {
+                    self.pool_add(p.clone(), new.is_routed(name));
+                }
+                return;
+            }
+            Step::RemovePool => return self.pool_remove(name),
+            _ => {}
+        }
+        let Some(&key) = self.pool_names.get(name) else {
             return;
         };
-        let new_count = cfg.count;
-        if self.pools[key].cfg.user != cfg.user || self.pools[key].cfg.group != cfg.group {
-            super::supervise::warn_if_ids_ignored(&cfg);
-        }
-        {
-            let p = &mut self.pools[key];
-            p.spec = std::rc::Rc::new(cfg.clone());
-            p.cfg = cfg;
-            p.routed = routed;
-        }
-        // A roll in progress started instances of the previous spec: its waiting
-        // replacement is stopped and it starts over below if some instance does not
-        // run the new spec (restarts asked for by `orchd ctl restart` outlive it).
-        let replan = cancel || replace > 0;
-        if replan {
-            self.roll_event(key, RollEvent::Cancel);
-        }
-        if let Some((_, to)) = resize {
-            while self.pools[key].slots.len() as u32 > to {
+        match step {
+            Step::AddPool | Step::RemovePool => {}
+            Step::Update => {
+                if let Some(cfg) = new.pool(name) {
+                    self.pool_update(key, cfg.clone(), new.is_routed(name));
+                }
+            }
+            Step::Roll(event) => {
+                if matches!(event, RollEvent::Begin { .. }) {
+                    self.pools[key].roll.get_or_insert_with(Roll::default);
+                }
+                self.roll_event(key, event);
+            }
+            Step::RetireSlot => {
                 if let Some(k) = self.pools[key].slots.pop() {
                     self.retire(k);
                 }
             }
-            self.roll_event(key, RollEvent::Shrunk { count: to });
-            while (self.pools[key].slots.len() as u32) < new_count {
+            Step::AddSlot => {
                 self.instance_add(key);
             }
-        }
-        if replace > 0 && !self.pools[key].slots.is_empty() {
-            log::info!(
+            Step::Replacing { replace } => log::info!(
                 "pool {}: replacing {replace} instance(s) one at a time",
                 self.pools[key].cfg.name
-            );
+            ),
+            Step::Refresh => self.pool_refresh(key),
         }
-        if replan {
-            self.pools[key].roll.get_or_insert_with(Roll::default);
-            self.roll_event(key, RollEvent::Begin { replace });
+    }
+
+    /// A changed pool takes its new settings, and the spec its new instances run.
+    fn pool_update(&mut self, key: usize, cfg: Pool, routed: bool) {
+        let p = &mut self.pools[key];
+        if p.cfg.user != cfg.user || p.cfg.group != cfg.group {
+            super::supervise::warn_if_ids_ignored(&cfg);
         }
-        // More room (max_inflight, queue) may let waiting work go.
-        self.pool_refresh(key);
+        p.spec = std::rc::Rc::new(cfg.clone());
+        p.cfg = cfg;
+        p.routed = routed;
     }
 
     /// Stop giving an instance work; stop it once it has finished what it has.

@@ -184,10 +184,45 @@ impl Roll {
         self.restart.contains(&index) || self.incoming.iter().any(|i| i.index == index)
     }
 
+    /// Take one event; push what the shell must do to `out`, in order. The shell
+    /// answers each [`Action::Start`] with [`Event::Created`] as it performs it.
     pub fn handle(&mut self, event: Event, slots: &impl Slots, out: &mut Vec<Action>) {
         if self.over {
             return;
         }
+        self.on(event, slots, out);
+        self.check();
+    }
+
+    /// The invariants, after every event (debug builds).
+    fn check(&self) {
+        debug_assert!(
+            self.over || self.incoming.len() + self.outgoing.len() <= PARALLEL,
+            "more replacements under way than PARALLEL: {self:?}"
+        );
+        debug_assert!(
+            self.incoming.iter().enumerate().all(|(n, i)| {
+                self.incoming[..n]
+                    .iter()
+                    .all(|j| j.index != i.index && (j.key != i.key || i.key.is_none()))
+            }),
+            "two replacements for one slot, or one instance twice: {self:?}"
+        );
+        debug_assert!(
+            self.incoming
+                .iter()
+                .all(|i| i.key.is_none_or(|k| !self.outgoing.contains(&k))),
+            "an instance both incoming and outgoing: {self:?}"
+        );
+        debug_assert!(
+            self.incoming
+                .iter()
+                .all(|i| i.armed.is_none_or(|g| g <= self.gen)),
+            "a promote timer from the future: {self:?}"
+        );
+    }
+
+    fn on(&mut self, event: Event, slots: &impl Slots, out: &mut Vec<Action>) {
         match event {
             Event::Proceed => self.step(slots, out),
             Event::Restart { index } => {
