@@ -763,6 +763,29 @@ mod tests {
     }
 
     #[test]
+    fn a_ctl_restart_outlives_a_reload_that_cancels_the_roll() {
+        let current = |key| Slot {
+            key,
+            held: false,
+            current: true,
+        };
+        let mut pool = Pool::of(vec![current(0), current(1)]);
+        let mut roll = Roll::default();
+        pool.feed(&mut roll, Event::Restart { index: 1 });
+        pool.feed(&mut roll, Event::Proceed);
+        let first = roll.incoming_at(1).expect("replacement");
+        // A reload undoes an edit: the pending replacement goes, the restart stays.
+        let out = pool.feed(&mut roll, Event::Cancel);
+        assert_eq!(out, retired(first, Why::Cancelled));
+        assert_eq!(
+            pool.feed(&mut roll, Event::Begin { replace: 0 }),
+            [Action::Start { index: 1 }]
+        );
+        assert!(roll.pending(1) && !roll.is_over());
+        assert_ne!(roll.incoming_at(1), Some(first));
+    }
+
+    #[test]
     fn ctl_stop_cancels_the_replacement_of_the_held_index() {
         let mut pool = Pool::stale(3);
         let mut roll = begin(&mut pool, 3);
