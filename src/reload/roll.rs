@@ -450,11 +450,22 @@ mod tests {
         held: false,
         current: false,
     };
+    const CURRENT: Slot = Slot {
+        current: true,
+        ..STALE
+    };
 
     impl Pool {
         /// `n` slots with keys 0..n, all running another spec than the pool's.
         fn stale(n: usize) -> Pool {
-            Pool::of((0..n).map(|key| Slot { key, ..STALE }).collect())
+            let slots = (0..n).map(|key| Slot { key, ..STALE });
+            Pool::of(slots.collect())
+        }
+
+        /// `n` slots with keys 0..n, all running the pool's spec.
+        fn current(n: usize) -> Pool {
+            let slots = (0..n).map(|key| Slot { key, ..CURRENT });
+            Pool::of(slots.collect())
         }
 
         fn of(slots: Vec<Slot>) -> Pool {
@@ -620,19 +631,15 @@ mod tests {
     #[test]
     fn instances_already_running_the_spec_and_held_ones_stay() {
         let t = Instant::now();
-        let current = Slot {
-            current: true,
-            ..STALE
-        };
         let mut pool = Pool::of(vec![
-            Slot { key: 0, ..current },
+            Slot { key: 0, ..CURRENT },
             Slot {
                 key: 1,
                 held: true,
                 ..STALE
             },
             Slot { key: 2, ..STALE },
-            Slot { key: 3, ..current },
+            Slot { key: 3, ..CURRENT },
         ]);
         let mut roll = begin(&mut pool, 2);
         assert_eq!(pool.started, [2], "index 0 runs the spec, 1 is held");
@@ -740,13 +747,7 @@ mod tests {
     #[test]
     fn ctl_restart_replaces_one_instance_that_runs_the_spec() {
         let t = Instant::now();
-        let current = |key| Slot {
-            key,
-            held: false,
-            current: true,
-        };
-        let mut pool = Pool::of(vec![current(0), current(1), current(2)]);
-        let mut roll = Roll::default();
+        let (mut pool, mut roll) = (Pool::current(3), Roll::default());
         pool.feed(&mut roll, Event::Restart { index: 1 });
         assert!(roll.pending(1) && !roll.pending(0));
         assert_eq!(
@@ -764,13 +765,7 @@ mod tests {
 
     #[test]
     fn a_ctl_restart_outlives_a_reload_that_cancels_the_roll() {
-        let current = |key| Slot {
-            key,
-            held: false,
-            current: true,
-        };
-        let mut pool = Pool::of(vec![current(0), current(1)]);
-        let mut roll = Roll::default();
+        let (mut pool, mut roll) = (Pool::current(2), Roll::default());
         pool.feed(&mut roll, Event::Restart { index: 1 });
         pool.feed(&mut roll, Event::Proceed);
         let first = roll.incoming_at(1).expect("replacement");
@@ -802,13 +797,7 @@ mod tests {
 
     #[test]
     fn a_given_up_restart_moves_on_and_keeps_the_old_instance() {
-        let current = |key| Slot {
-            key,
-            held: false,
-            current: true,
-        };
-        let mut pool = Pool::of(vec![current(0), current(1)]);
-        let mut roll = Roll::default();
+        let (mut pool, mut roll) = (Pool::current(2), Roll::default());
         for index in [0, 1] {
             pool.feed(&mut roll, Event::Restart { index });
         }
