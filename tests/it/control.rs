@@ -91,6 +91,7 @@ fn plan_shows_the_diff_without_applying_it() {
     let (code, out, err) = run_orchd(&["--plan", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("count 2→5"), "{out}");
+    // A bounded window in which a (wrongly) applied plan would start instances.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(o.children().len(), 2, "plan must not apply anything");
     // The control socket's own `reload` does apply it.
@@ -187,6 +188,8 @@ fn control_replies_larger_than_the_socket_buffer_arrive_whole() {
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     // 300 status requests at once, not read until all are sent: megabytes of replies.
     s.write_all("status\n".repeat(300).as_bytes()).unwrap();
+    // Not for ordering: gives orchd time to fill the socket buffer and hit WouldBlock
+    // before we read (the replies must arrive whole either way).
     std::thread::sleep(Duration::from_millis(200));
     let mut n = 0;
     for line in BufReader::new(&s).lines().take(300) {

@@ -140,6 +140,7 @@ backoff = { initial = "200ms", factor = 1.0, jitter = 0.0 }
     );
     let mut o = Orchd::start(&cfg);
     o.wait_log("failed to start", 2);
+    // A bounded window in which a hot loop would show.
     std::thread::sleep(Duration::from_millis(300));
     let n = o.log_count("failed to start");
     assert!(n <= 4, "not a hot loop: {n} attempts in ~0.7s\n{}", o.log());

@@ -469,6 +469,7 @@ fn restart_on_failure_restarts_failures_but_not_clean_exits() {
     wait_started(&o, "web[1]", 2); // exit 1
     wait_started(&o, "web[2]", 2); // SIGKILL
     o.wait_log("web[0] exited with status 0", 1);
+    // A bounded window in which a (wrong) restart would show.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         started(&o, "web[0]").len(),
@@ -494,6 +495,7 @@ fn restart_never_restarts_nothing() {
     let dir = TempDir::new("sup-never");
     let mut o = Orchd::start(&policy_config(&dir, "never"));
     o.wait_log("not restarting", 3);
+    // A bounded window in which a (wrong) restart would show.
     std::thread::sleep(Duration::from_millis(300));
     for i in 0..3 {
         assert_eq!(
@@ -582,6 +584,7 @@ backoff = { initial = "0s" }
     );
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
+    // A bounded window in which to count attempts.
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(o.stop(), 0);
     let attempts = o.log_count(" missing[0] failed to start [");
@@ -906,6 +909,7 @@ fn negative_control_sigkill_of_the_leader_alone_leaves_its_child_alive() {
     let child: u32 = line.trim().parse().unwrap();
     kill(sh.id(), libc::SIGKILL);
     sh.wait().unwrap();
+    // A bounded window in which the child would die if it were going to.
     std::thread::sleep(Duration::from_millis(200));
     let survived = alive(child);
     // Clean up before asserting.
@@ -984,6 +988,7 @@ stop_timeout = "500ms"
     o.wait_ready();
     o.wait_log("loud says hi", 1);
     wait_started(&o, "quiet[0]", 1);
+    // A bounded window in which a (wrongly) logged line would show.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(o.log_count("quiet says hi"), 0, "{}", o.log());
     assert_eq!(o.stop(), 0);

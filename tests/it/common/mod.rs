@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -574,6 +575,69 @@ pub fn control_within(sock: &Path, cmd: &str, timeout: Duration) -> serde_json::
 /// [`control_try`] that must answer within [`DEADLINE`].
 pub fn control(sock: &Path, cmd: &str) -> serde_json::Value {
     control_within(sock, cmd, DEADLINE)
+}
+
+/// `orchd --status CONFIG --json`, parsed.
+pub fn status(cfg: &Path) -> serde_json::Value {
+    let (code, out, err) = run_orchd(&["--status", cfg.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "--status failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"))
+}
+
+/// Every instance of `pool` in a status object: slots, retiring ones and replacements.
+pub fn instances_in(status: &serde_json::Value, pool: &str) -> Vec<serde_json::Value> {
+    status["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == pool)
+        .flat_map(|p| p["instances"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+pub fn instances(cfg: &Path, pool: &str) -> Vec<serde_json::Value> {
+    instances_in(&status(cfg), pool)
+}
+
+/// index → pid of the running slot instances of `pool` in a status object (neither
+/// retiring nor a pending replacement).
+pub fn pids_in(status: &serde_json::Value, pool: &str) -> BTreeMap<u64, u64> {
+    instances_in(status, pool)
+        .iter()
+        .filter(|i| i["retiring"] == false && i["replacement"] == false && i["pid"].is_u64())
+        .map(|i| (i["index"].as_u64().unwrap(), i["pid"].as_u64().unwrap()))
+        .collect()
+}
+
+pub fn pids(cfg: &Path, pool: &str) -> BTreeMap<u64, u64> {
+    pids_in(&status(cfg), pool)
+}
+
+/// Messages of `pool` that orchd holds: queued for an instance or in flight at one.
+pub fn messages_held(status: &serde_json::Value, pool: &str) -> u64 {
+    let queued: u64 = status["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == pool)
+        .filter_map(|p| p["queued"].as_u64())
+        .sum();
+    let inflight: u64 = instances_in(status, pool)
+        .iter()
+        .filter_map(|i| i["inflight"].as_u64())
+        .sum();
+    queued + inflight
+}
+
+/// Wait until orchd holds at least `n` messages of `pool` (queued or in flight): a
+/// message sent by a client has been read and routed, so what the test does next
+/// (a reload, a signal) happens after that, not before.
+pub fn wait_messages_held(cfg: &Path, pool: &str, n: u64) {
+    wait_for(
+        &format!("{n} message(s) of {pool} queued or in flight"),
+        DEADLINE,
+        || (messages_held(&status(cfg), pool) >= n).then_some(()),
+    );
 }
 
 /// Continuous load on a TCP route: a writer sends `msgN` lines steadily, a reader
