@@ -176,3 +176,20 @@ command = "echo hello-from-worker >&2; sleep 1000"
     }
     assert!(saw_worker, "{log}");
 }
+
+/// Negative control for the harness: dropping an [`Orchd`] whose process exited but
+/// left a process it started running fails the test (the check in `Drop` can fail).
+#[test]
+#[should_panic(expected = "outlived it")]
+fn harness_fails_a_test_whose_orchd_leaves_a_process_behind() {
+    let dir = TempDir::new("harness-survivor");
+    let cfg = dir.write("pool.toml", "");
+    // Not orchd: a shell that starts a sleeper and exits without stopping it.
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "sleep 1000 2>/dev/null & echo \"sleeper $!\" >&2"]);
+    let mut o = Orchd::spawn(cmd, &cfg);
+    assert_eq!(o.wait_exit(DEADLINE), 0);
+    let sleeper: u32 = o.log().trim().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(alive(sleeper), "the sleeper is gone already");
+    drop(o); // panics, and kills the sleeper
+}

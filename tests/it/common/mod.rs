@@ -1,7 +1,9 @@
 //! Test harness: temp configs, the real `orchd` binary, deadlines instead of sleeps.
 //!
 //! Every test gets its own temp directory (config, sockets, worker scripts) and an
-//! [`Orchd`] that is killed (with its whole process tree) if the test fails midway.
+//! [`Orchd`] that is killed (with every process it started) if the test fails midway.
+//! When orchd has exited by itself (a stop, a batch run ending, a SIGKILL with
+//! pdeathsig), dropping the [`Orchd`] asserts that no process it started survived it.
 
 #![allow(dead_code)]
 
@@ -107,6 +109,111 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// The environment variable that marks every process of one [`Orchd`].
+const TAG_VAR: &str = "ORCHD_IT_TAG";
+
+/// Marks the processes one orchd starts: orchd gets `ORCHD_IT_TAG=<unique>` in its
+/// environment and every worker and grandchild inherits it. Found through
+/// `/proc/PID/environ`, they are found wherever they were re-parented to (init, after
+/// a `setsid`, after orchd died), which a walk of orchd's children cannot do once
+/// orchd is gone.
+pub struct ProcessTag(String);
+
+impl ProcessTag {
+    pub fn new() -> ProcessTag {
+        static N: AtomicU32 = AtomicU32::new(0);
+        ProcessTag(format!(
+            "{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ))
+    }
+
+    /// Put the tag in the environment of `cmd` (and so of all it starts).
+    pub fn mark(&self, cmd: &mut Command) {
+        cmd.env(TAG_VAR, &self.0);
+    }
+
+    /// Live (not zombie) processes carrying the tag.
+    pub fn alive(&self) -> Vec<u32> {
+        let want = format!("{TAG_VAR}={}", self.0);
+        processes()
+            .into_iter()
+            .filter(|p| p.3 != 'Z' && p.3 != 'X')
+            .map(|p| p.0)
+            .filter(|&pid| environ(pid).contains(&want))
+            .collect()
+    }
+
+    /// SIGKILL every tagged process until none is left (or `timeout` passed); the
+    /// ones still alive then.
+    pub fn kill_all(&self, timeout: Duration) -> Vec<u32> {
+        let start = Instant::now();
+        loop {
+            let left = self.alive();
+            if left.is_empty() || start.elapsed() > timeout {
+                return left;
+            }
+            for pid in left {
+                // SAFETY: plain kill(2) on a process this test's orchd started.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// After orchd exited: the tagged processes that are still alive after a short
+    /// grace (the kernel delivers pdeathsig and reaps asynchronously), each with its
+    /// command line. They are killed, so that one failing test leaks nothing.
+    pub fn survivors(&self) -> Vec<String> {
+        let left = wait_for_some(Duration::from_secs(5), || {
+            let v = self.alive();
+            v.is_empty().then_some(())
+        })
+        .map_or_else(|| self.alive(), |()| Vec::new());
+        let described = left
+            .iter()
+            .map(|&pid| format!("pid {pid}: {}", cmdline(pid)))
+            .collect();
+        self.kill_all(DEADLINE);
+        described
+    }
+
+    /// Panic (print, if the thread is already panicking) naming every tagged process
+    /// still alive: `who` did not take them down.
+    pub fn assert_no_survivors(&self, who: &str) {
+        let survivors = self.survivors();
+        if survivors.is_empty() {
+            return;
+        }
+        let msg = format!(
+            "{} process(es) started by {who} outlived it:\n  {}",
+            survivors.len(),
+            survivors.join("\n  ")
+        );
+        if std::thread::panicking() {
+            eprintln!("{msg}");
+        } else {
+            panic!("{msg}");
+        }
+    }
+}
+
+/// A process's command line, arguments separated by spaces.
+pub fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
 /// A running orchd with its stderr captured into a shared buffer.
 pub struct Orchd {
     pub child: Child,
@@ -114,6 +221,10 @@ pub struct Orchd {
     /// Set once orchd's stderr reached EOF (every log line is in `log`).
     pub log_eof: Arc<std::sync::atomic::AtomicBool>,
     pub config: PathBuf,
+    /// Marks every process this orchd starts (see [`ProcessTag`]).
+    pub tag: ProcessTag,
+    /// Why this test may leave processes behind; `None`: Drop asserts it does not.
+    pub survivors_allowed: Option<&'static str>,
 }
 
 impl Orchd {
@@ -135,6 +246,8 @@ impl Orchd {
             cmd.env("RUST_LOG", "debug");
         }
         cmd.stderr(Stdio::piped());
+        let tag = ProcessTag::new();
+        tag.mark(&mut cmd);
         let mut child = cmd.spawn().expect("spawn orchd");
         let log = Arc::new(Mutex::new(String::new()));
         let log_eof = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -157,7 +270,14 @@ impl Orchd {
             log,
             log_eof,
             config: config.to_path_buf(),
+            tag,
+            survivors_allowed: None,
         }
+    }
+
+    /// Opt out of Drop's check that nothing orchd started survived it, saying why.
+    pub fn allow_survivors(&mut self, reason: &'static str) {
+        self.survivors_allowed = Some(reason);
     }
 
     pub fn pid(&self) -> u32 {
@@ -226,14 +346,25 @@ impl Orchd {
 impl Drop for Orchd {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            // Kill the whole tree: orchd first would leave orphans to init.
-            for pid in descendants(self.pid()) {
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGKILL);
-                }
-            }
+            // The test left orchd running (it failed midway, or did not need a clean
+            // exit): kill orchd first, so that it starts nothing new, then everything
+            // it started, found by tag wherever it was re-parented to.
             let _ = self.child.kill();
             let _ = self.child.wait();
+            let left = self.tag.kill_all(DEADLINE);
+            if !left.is_empty() {
+                eprintln!("processes of a killed orchd would not die: {left:?}");
+            }
+            return;
+        }
+        // orchd exited by itself: SPEC 8, no worker, grandchild or zombie outlives it.
+        match self.survivors_allowed {
+            Some(_) => {
+                self.tag.kill_all(DEADLINE);
+            }
+            None => self
+                .tag
+                .assert_no_survivors(&format!("orchd (pid {})", self.pid())),
         }
     }
 }
@@ -472,15 +603,16 @@ pub fn run_batch(
     input: Option<Vec<u8>>,
     timeout: Duration,
 ) -> (i32, Vec<u8>, String) {
-    let mut child = Command::new(BIN)
-        .arg("--no-watch")
+    let tag = ProcessTag::new();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--no-watch")
         .arg(config)
         .env("RUST_LOG", "debug")
         .stdin(stdin)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn orchd");
+        .stderr(Stdio::piped());
+    tag.mark(&mut cmd);
+    let mut child = cmd.spawn().expect("spawn orchd");
     let feeder = input.map(|bytes| {
         let mut w = child.stdin.take().expect("stdin is not piped");
         std::thread::spawn(move || {
@@ -505,13 +637,9 @@ pub fn run_batch(
             break s;
         }
         if start.elapsed() > timeout {
-            for pid in descendants(child.id()) {
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGKILL);
-                }
-            }
             let _ = child.kill();
             let _ = child.wait();
+            tag.kill_all(DEADLINE);
             panic!("batch orchd did not exit within {timeout:?}");
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -521,6 +649,7 @@ pub fn run_batch(
     }
     let stdout = out_t.join().unwrap();
     let stderr = err_t.join().unwrap();
+    tag.assert_no_survivors(&format!("batch orchd (pid {})", child.id()));
     let code = status
         .code()
         .unwrap_or_else(|| panic!("batch orchd died by signal: {status:?}\n{stderr}"));
