@@ -170,10 +170,10 @@ fn systemd_notifications_ready_reloading_stopping() {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     assert_eq!(recv(), "READY=1");
-    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    kill(child.id(), libc::SIGHUP);
     assert_eq!(recv(), "RELOADING=1");
     assert_eq!(recv(), "READY=1");
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    kill(child.id(), libc::SIGTERM);
     assert_eq!(recv(), "STOPPING=1");
     assert!(child.wait().unwrap().success());
 }

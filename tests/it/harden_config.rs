@@ -291,8 +291,7 @@ timeout = "{cap}"
         })
     };
     for pid in [running("cat"), running("sleep")] {
-        // SAFETY: plain kill(2) on a worker of our orchd.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        kill(pid, libc::SIGKILL);
     }
     o.wait_log("failed", 1);
     o.wait_log("restarting in", 1);

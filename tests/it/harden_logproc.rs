@@ -14,10 +14,7 @@ fn is_root() -> bool {
 
 /// SIGKILL a process that is not our child (ignore "already gone").
 fn sigkill(pid: u32) {
-    // SAFETY: plain kill(2).
-    unsafe {
-        libc::kill(pid as i32, libc::SIGKILL);
-    }
+    kill(pid, libc::SIGKILL);
 }
 
 #[test]
@@ -81,10 +78,7 @@ impl Stalled {
     }
 
     fn signal_term(&self) {
-        // SAFETY: plain kill(2) on our child.
-        unsafe {
-            libc::kill(self.pid() as i32, libc::SIGTERM);
-        }
+        kill(self.pid(), libc::SIGTERM);
     }
 
     /// Bytes sitting unread in the stderr pipe, and the pipe's capacity.

@@ -231,10 +231,7 @@ fn sockets_are_created_with_their_final_mode_under_umask_000() {
     }
     // A worker still gets orchd's own umask (000 here), not the one used for binding.
     let pid = pids(&cfg, "p")[&0];
-    let umask = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_string()));
+    let umask = proc_status(pid as u32, "Umask");
     assert_eq!(umask.as_deref(), Some("0000"));
     assert_eq!(o.stop(), 0);
 }

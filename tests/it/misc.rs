@@ -60,7 +60,7 @@ stop_timeout = "1s"
     let tree = descendants(inner);
     assert!(tree.len() >= 2, "{tree:?}");
     // SIGTERM to orchd (PID 1 inside): it must handle it, stop everything, exit 0.
-    unsafe { libc::kill(inner as i32, libc::SIGTERM) };
+    kill(inner, libc::SIGTERM);
     let code = o.wait_exit(DEADLINE);
     assert_eq!(code, 0, "{}", o.log());
     for p in tree {

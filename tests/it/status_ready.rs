@@ -62,12 +62,7 @@ fn status_json_has_cpu_seconds_and_rss_bytes_of_running_instances() {
     let rss = idle["rss_bytes"]
         .as_u64()
         .expect("rss of a running instance");
-    let kib = std::fs::read_to_string(format!("/proc/{}/status", idle["pid"]))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|s| s.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS");
+    let kib = vm_rss_kib(idle["pid"].as_u64().expect("pid") as u32);
     assert!(
         rss > 0 && rss.abs_diff(kib * 1024) <= 64 * 1024,
         "{rss} vs {kib} KiB"

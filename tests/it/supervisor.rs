@@ -19,26 +19,6 @@ fn spawn_orchd(mut cmd: Command, config: &Path) -> Orchd {
     Orchd::spawn(cmd, config)
 }
 
-/// Pids from the `LABEL started (pid N)` lines, in order.
-fn started(o: &Orchd, label: &str) -> Vec<u32> {
-    let needle = format!(" {label} started (pid ");
-    o.log()
-        .lines()
-        .filter_map(|l| {
-            let rest = &l[l.find(&needle)? + needle.len()..];
-            rest[..rest.find(')')?].parse().ok()
-        })
-        .collect()
-}
-
-/// Wait until `label` has been started `n` times; returns every pid so far.
-fn wait_started(o: &Orchd, label: &str, n: usize) -> Vec<u32> {
-    wait_for(&format!("{n} starts of {label}"), DEADLINE, || {
-        let p = started(o, label);
-        (p.len() >= n).then_some(p)
-    })
-}
-
 /// The number a worker wrote to stderr as `WORD N` (logged as `LABEL: WORD N`).
 fn worker_said(o: &Orchd, label: &str, word: &str) -> u32 {
     let needle = format!(" {label}: {word} ");
@@ -123,22 +103,6 @@ fn fd_target(pid: u32, fd: u32) -> String {
     std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
         .map(|p| p.display().to_string())
         .unwrap_or_default()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn kill(pid: u32, sig: i32) {
-    // SAFETY: plain kill(2).
-    unsafe {
-        libc::kill(pid as i32, sig);
-    }
 }
 
 /// SIGTERM orchd; (exit code, time until it exited).
@@ -1022,7 +986,7 @@ stop_timeout = "500ms"
     let c3 = ctx_switches(o.pid());
     std::thread::sleep(Duration::from_secs(2));
     let c5 = ctx_switches(o.pid());
-    let rss = rss_kib(o.pid());
+    let rss = vm_rss_kib(o.pid());
     eprintln!(
         "idle with 20 workers: {} context switches in 5 s ({} in the first 3 s), VmRSS {rss} KiB",
         c5 - c0,

@@ -67,12 +67,34 @@ impl Drop for TempDir {
 /// Whether `pid` has SIGTERM ignored (its shell has run `trap '' TERM`). Tests that
 /// need a TERM-proof process must wait for this: "started" means exec'd, not trapped.
 pub fn ignores_term(pid: u32) -> bool {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigIgn:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+    proc_status(pid, "SigIgn")
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
         .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+}
+
+/// A field of `/proc/PID/status` (what follows `NAME:`, trimmed); `None` if the
+/// process is gone or has no such field.
+pub fn proc_status(pid: u32, name: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        let value = l.strip_prefix(name)?.strip_prefix(':')?;
+        Some(value.trim().to_string())
+    })
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM` ...) in KiB, 0 if the
+/// process is gone.
+pub fn proc_status_kib(pid: u32, name: &str) -> u64 {
+    proc_status(pid, name)
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Plain kill(2); whether the signal was sent (false: the process is gone).
+pub fn kill(pid: u32, sig: i32) -> bool {
+    // SAFETY: kill(2) has no memory effects; tests only signal processes they started
+    // (orchd, its workers, their children).
+    unsafe { libc::kill(pid as i32, sig) == 0 }
 }
 
 pub fn wait_ignores_term(pid: u32) {
@@ -155,10 +177,7 @@ impl ProcessTag {
                 return left;
             }
             for pid in left {
-                // SAFETY: plain kill(2) on a process this test's orchd started.
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGKILL);
-                }
+                kill(pid, libc::SIGKILL);
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -305,10 +324,7 @@ impl Orchd {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: plain kill(2) on our child.
-        unsafe {
-            libc::kill(self.pid() as i32, sig);
-        }
+        kill(self.pid(), sig);
     }
 
     /// Wait for exit; returns the exit code (panics if killed by a signal).
@@ -567,12 +583,9 @@ pub fn free_port() -> u16 {
 
 /// Voluntary + involuntary context switches of a process.
 pub fn ctx_switches(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .filter(|l| {
-            l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches")
-        })
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+    ["voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"]
+        .iter()
+        .filter_map(|f| proc_status(pid, f)?.parse::<u64>().ok())
         .sum()
 }
 
@@ -587,11 +600,7 @@ pub fn recv_bytes(reader: &mut impl BufRead) -> Vec<u8> {
 
 /// Resident set size of a process in KiB (VmRSS), 0 if it is gone.
 pub fn vm_rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
+    proc_status_kib(pid, "VmRSS")
 }
 
 /// Run `orchd --no-watch CONFIG` in batch mode with `stdin`, feeding `input` through a
@@ -654,6 +663,26 @@ pub fn run_batch(
         .code()
         .unwrap_or_else(|| panic!("batch orchd died by signal: {status:?}\n{stderr}"));
     (code, stdout, stderr)
+}
+
+/// Pids from the `LABEL started (pid N)` lines, in order.
+pub fn started(o: &Orchd, label: &str) -> Vec<u32> {
+    let needle = format!(" {label} started (pid ");
+    o.log()
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(&needle)? + needle.len()..];
+            rest[..rest.find(')')?].parse().ok()
+        })
+        .collect()
+}
+
+/// Wait until `label` has been started `n` times; returns every pid so far.
+pub fn wait_started(o: &Orchd, label: &str, n: usize) -> Vec<u32> {
+    wait_for(&format!("{n} starts of {label}"), DEADLINE, || {
+        let p = started(o, label);
+        (p.len() >= n).then_some(p)
+    })
 }
 
 /// Log lines containing `needle`.
