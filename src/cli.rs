@@ -324,7 +324,7 @@ fn parse_ctl(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
             let Some((signal, rest)) = rest.split_first() else {
                 return Err("signal: missing SIG and TARGET".into());
             };
-            crate::daemon::parse_signal(signal)?;
+            crate::config::parse_signal(signal)?;
             CtlVerb::Signal {
                 signal: signal.clone(),
                 targets: targets(rest.to_vec())?,

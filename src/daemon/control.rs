@@ -26,6 +26,8 @@ use super::route::bind_unix;
 use super::{Daemon, IoTarget, CONTROL};
 use crate::framing::{Fill, Frame, LineBuf};
 
+pub use crate::config::parse_signal;
+
 /// Control commands are short; anything longer is refused.
 const MAX_COMMAND: usize = 64 * 1024;
 /// Unsent reply bytes past which no further command of a connection is read, until
@@ -121,25 +123,6 @@ pub fn parse_target(s: &str) -> Result<Target<'_>, String> {
         }
     };
     Ok(Target { pool, index })
-}
-
-/// Parses a signal for `signal`: a name with or without `SIG` (any case), or a number
-/// from 1 to 64. Returns the number.
-pub fn parse_signal(s: &str) -> Result<i32, String> {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return match s.parse::<i32>() {
-            Ok(n @ 1..=64) => Ok(n),
-            _ => Err(format!("bad signal {s:?}: a number must be from 1 to 64")),
-        };
-    }
-    crate::config::signal_by_name(s)
-        .map(|sig| sig.number)
-        .ok_or_else(|| {
-            format!(
-                "unknown signal {s:?}; expected a number or one of {}",
-                crate::config::known_signal_names()
-            )
-        })
 }
 
 /// Targets separated by whitespace; at least one.
