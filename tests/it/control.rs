@@ -31,29 +31,7 @@ fn status_table_and_json_show_every_instance() {
     let c = cfg.to_str().unwrap();
     let (code, out, err) = run_orchd(&["--status", c]);
     assert_eq!(code, 0, "{err}");
-    let header: Vec<&str> = out
-        .lines()
-        .next()
-        .unwrap()
-        .split("  ")
-        .filter(|s| !s.is_empty())
-        .collect();
-    assert_eq!(
-        header.iter().map(|s| s.trim()).collect::<Vec<_>>(),
-        [
-            "POOL",
-            "INSTANCE",
-            "PID",
-            "STATE",
-            "UPTIME",
-            "RESTARTS",
-            "IN FLIGHT",
-            "ANSWERED",
-            "CPU",
-            "RSS",
-            "LAST EXIT"
-        ]
-    );
+    assert_status_header(&out);
     let kids = o.children();
     for pid in &kids {
         assert!(out.contains(&pid.to_string()), "pid {pid} in\n{out}");

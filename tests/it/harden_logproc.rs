@@ -7,16 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// SIGKILL a process that is not our child (ignore "already gone").
-fn sigkill(pid: u32) {
-    kill(pid, libc::SIGKILL);
-}
-
 #[test]
 fn worker_with_user_dies_when_orchd_is_sigkilled() {
     if !is_root() {
@@ -37,14 +27,13 @@ user = "nobody"
     o.wait_ready();
     let worker = wait_for("the worker", DEADLINE, || o.children().first().copied());
     // The worker really runs as nobody (the credential change happened).
-    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
-    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let uid_line = proc_status(worker, "Uid").unwrap();
     assert!(!uid_line.contains("\t0\t"), "worker still root: {uid_line}");
     o.signal(libc::SIGKILL);
     let _ = o.child.wait();
     let died = wait_for_some(DEADLINE, || (!alive(worker)).then_some(()));
     // Clean up before asserting: never leave a sleeper behind.
-    sigkill(worker);
+    kill(worker, libc::SIGKILL);
     assert!(
         died.is_some(),
         "worker {worker} (user nobody) outlived a SIGKILLed orchd"
@@ -105,7 +94,7 @@ impl Drop for Stalled {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             for pid in descendants(self.pid()) {
-                sigkill(pid);
+                kill(pid, libc::SIGKILL);
             }
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -183,7 +172,7 @@ fn stalled_stderr_does_not_freeze_orchd() {
     let pid = wait_for("echo running", DEADLINE, || {
         running_pid(&control_try(&ctl, "status", short)?, "echo")
     });
-    sigkill(pid as u32);
+    kill(pid as u32, libc::SIGKILL);
     wait_for("echo to be restarted", DEADLINE, || {
         let now = running_pid(&control_try(&ctl, "status", short)?, "echo")?;
         (now != pid).then_some(())
@@ -291,7 +280,7 @@ fn run_sh(script: &str, cfg: &std::path::Path, input: &str, stdout: Stdio) -> (i
     let status = wait_for_some(DEADLINE, || child.try_wait().ok().flatten());
     let Some(status) = status else {
         for pid in descendants(child.id()) {
-            sigkill(pid);
+            kill(pid, libc::SIGKILL);
         }
         let _ = child.kill();
         let _ = child.wait();

@@ -70,8 +70,7 @@ stop_timeout = "1s"
 
 #[test]
 fn user_and_group_are_applied_when_root() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("skipped: not root");
         return;
     }
@@ -124,7 +123,7 @@ group = "nogroup"
 
 #[test]
 fn unknown_user_is_a_failed_start_logged_once_per_attempt() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("skipped: not root");
         return;
     }

@@ -71,30 +71,7 @@ fn status_json_has_cpu_seconds_and_rss_bytes_of_running_instances() {
     // The table has both columns, in SPEC order, with human units.
     let (code, out, err) = run_orchd(&["--status", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    let header: Vec<&str> = out
-        .lines()
-        .next()
-        .unwrap()
-        .split("  ")
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    assert_eq!(
-        header,
-        [
-            "POOL",
-            "INSTANCE",
-            "PID",
-            "STATE",
-            "UPTIME",
-            "RESTARTS",
-            "IN FLIGHT",
-            "ANSWERED",
-            "CPU",
-            "RSS",
-            "LAST EXIT"
-        ]
-    );
+    assert_status_header(&out);
     let row = out
         .lines()
         .find(|l| l.contains(&format!(" {pid} ")))

@@ -90,6 +90,12 @@ pub fn proc_status_kib(pid: u32, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether the tests run as root (tests of `user`/`group` are skipped otherwise).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Plain kill(2); whether the signal was sent (false: the process is gone).
 pub fn kill(pid: u32, sig: i32) -> bool {
     // SAFETY: kill(2) has no memory effects; tests only signal processes they started
@@ -769,6 +775,35 @@ pub fn pids_in(status: &serde_json::Value, pool: &str) -> BTreeMap<u64, u64> {
 
 pub fn pids(cfg: &Path, pool: &str) -> BTreeMap<u64, u64> {
     pids_in(&status(cfg), pool)
+}
+
+/// The `--status` table starts with the columns of SPEC 7, in that order.
+pub fn assert_status_header(table: &str) {
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split("  ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "POOL",
+            "INSTANCE",
+            "PID",
+            "STATE",
+            "UPTIME",
+            "RESTARTS",
+            "IN FLIGHT",
+            "ANSWERED",
+            "CPU",
+            "RSS",
+            "LAST EXIT"
+        ],
+        "{table}"
+    );
 }
 
 /// Messages of `pool` that orchd holds: queued for an instance or in flight at one.
