@@ -139,21 +139,20 @@ fn systemd_notifications_ready_reloading_stopping() {
     cmd.arg("--no-watch")
         .arg(&cfg)
         .env("NOTIFY_SOCKET", dir.join("notify.sock"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut child = cmd.spawn().unwrap();
+        .stdout(std::process::Stdio::null());
+    let mut o = Orchd::spawn(cmd, &cfg);
     let recv = || {
         let mut buf = [0u8; 256];
         let n = sock.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     assert_eq!(recv(), "READY=1");
-    kill(child.id(), libc::SIGHUP);
+    o.signal(libc::SIGHUP);
     assert_eq!(recv(), "RELOADING=1");
     assert_eq!(recv(), "READY=1");
-    kill(child.id(), libc::SIGTERM);
+    o.signal(libc::SIGTERM);
     assert_eq!(recv(), "STOPPING=1");
-    assert!(child.wait().unwrap().success());
+    assert_eq!(o.wait_exit(DEADLINE), 0, "{}", o.log());
 }
 
 #[test]

@@ -41,25 +41,28 @@ user = "nobody"
 }
 
 /// An orchd whose stderr is a pipe the test holds and reads only when it wants to.
-/// Kills orchd and its workers on drop.
+/// Kills orchd and its workers on drop; if orchd exited by itself, asserts that
+/// nothing it started survived it (as [`Orchd`] does).
 struct Stalled {
     child: std::process::Child,
     stderr: Option<std::process::ChildStderr>,
+    tag: ProcessTag,
 }
 
 impl Stalled {
     fn start(cfg: &std::path::Path) -> Stalled {
-        let mut child = Command::new(BIN)
-            .arg("--no-watch")
+        let tag = ProcessTag::new();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--no-watch")
             .arg(cfg)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn orchd");
+            .stderr(Stdio::piped());
+        tag.mark(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn orchd");
         let stderr = child.stderr.take();
-        Stalled { child, stderr }
+        Stalled { child, stderr, tag }
     }
 
     fn pid(&self) -> u32 {
@@ -93,16 +96,16 @@ impl Stalled {
 impl Drop for Stalled {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            for pid in descendants(self.pid()) {
-                kill(pid, libc::SIGKILL);
-            }
             let _ = self.child.kill();
             let _ = self.child.wait();
+            self.tag.kill_all(DEADLINE);
+        } else {
+            self.tag
+                .assert_no_survivors(&format!("orchd (pid {})", self.pid()));
         }
     }
 }
 
-/// One control-socket command, answered within `timeout` (None if not).
 /// The pid of instance 0 of `pool` while it is running.
 fn running_pid(status: &serde_json::Value, pool: &str) -> Option<u64> {
     let p = status["pools"]
@@ -251,8 +254,9 @@ to = "echo"
 /// Run `sh -c SCRIPT` (which runs orchd) to completion within a deadline, feeding
 /// `input` on stdin; stdout as `stdout`. Returns (exit code, stderr).
 fn run_sh(script: &str, cfg: &std::path::Path, input: &str, stdout: Stdio) -> (i32, String) {
-    let mut child = Command::new("sh")
-        .arg("-c")
+    let tag = ProcessTag::new();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg(script)
         .arg("sh")
         .arg(BIN)
@@ -260,9 +264,9 @@ fn run_sh(script: &str, cfg: &std::path::Path, input: &str, stdout: Stdio) -> (i
         .env("RUST_LOG", "info")
         .stdin(Stdio::piped())
         .stdout(stdout)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sh");
+        .stderr(Stdio::piped());
+    tag.mark(&mut cmd);
+    let mut child = cmd.spawn().expect("spawn sh");
     // The reader of stdout (if piped) is gone before orchd writes anything.
     drop(child.stdout.take());
     let mut w = child.stdin.take().unwrap();
@@ -279,14 +283,13 @@ fn run_sh(script: &str, cfg: &std::path::Path, input: &str, stdout: Stdio) -> (i
     });
     let status = wait_for_some(DEADLINE, || child.try_wait().ok().flatten());
     let Some(status) = status else {
-        for pid in descendants(child.id()) {
-            kill(pid, libc::SIGKILL);
-        }
         let _ = child.kill();
         let _ = child.wait();
+        tag.kill_all(DEADLINE);
         panic!("orchd did not exit within {DEADLINE:?}");
     };
     feeder.join().unwrap();
+    tag.assert_no_survivors("orchd run by sh");
     (status.code().unwrap_or(-1), err_t.join().unwrap())
 }
 

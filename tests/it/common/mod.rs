@@ -265,7 +265,8 @@ impl Orchd {
     }
 
     /// Start a prepared command (orchd, or something that runs it) with stderr
-    /// captured. `RUST_LOG=debug` unless the command sets it; stdout piped unless set.
+    /// captured. `RUST_LOG=debug` unless the command sets it; stdin and stdout as the
+    /// command sets them (inherited by default).
     pub fn spawn(mut cmd: Command, config: &Path) -> Orchd {
         if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
             cmd.env("RUST_LOG", "debug");
