@@ -288,7 +288,11 @@ to = "echo"
 #[test]
 fn removing_a_pool_and_its_route_drains_it_and_later_messages_get_no_route() {
     let dir = TempDir::new("reload-remove");
-    let two = r#"
+    // Pool b answers only once the test has seen the reload: the message is in
+    // flight while its pool is removed, by construction.
+    let release = dir.join("release");
+    let two = &format!(
+        r#"
 [orchd]
 control = "ctl.sock"
 
@@ -296,7 +300,7 @@ control = "ctl.sock"
 command = "while read -r l; do echo \"a $l\"; done"
 
 [pool.b]
-command = "while read -r l; do sleep 0.3; echo \"b $l\"; done"
+command = "while read -r l; do while [ ! -e '{}' ]; do sleep 0.02; done; echo \"b $l\"; done"
 
 [[route]]
 from = "unix:s.sock"
@@ -307,7 +311,9 @@ to = "a"
 from = "unix:s.sock"
 match = "^b"
 to = "b"
-"#;
+"#,
+        release.display()
+    );
     let cfg = dir.write("pool.toml", two);
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
@@ -320,12 +326,13 @@ to = "b"
         + "[[route]]\nfrom = \"unix:s.sock\"\nmatch = \"^a\"\nto = \"a\"\n";
     dir.write("pool.toml", &one);
     o.signal(libc::SIGHUP);
+    o.wait_log("reload: -1 b", 1);
+    std::fs::write(&release, "").unwrap();
     assert_eq!(
         c.recv(),
         "b b1",
         "in-flight message finished by the draining pool"
     );
-    o.wait_log("reload: -1 b", 1);
     wait_for("pool b stopped", DEADLINE, || {
         (!alive(b_pid as u32)).then_some(())
     });
