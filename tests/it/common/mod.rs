@@ -248,8 +248,6 @@ pub struct Orchd {
     pub config: PathBuf,
     /// Marks every process this orchd starts (see [`ProcessTag`]).
     pub tag: ProcessTag,
-    /// Why this test may leave processes behind; `None`: Drop asserts it does not.
-    pub survivors_allowed: Option<&'static str>,
 }
 
 impl Orchd {
@@ -297,13 +295,7 @@ impl Orchd {
             log_eof,
             config: config.to_path_buf(),
             tag,
-            survivors_allowed: None,
         }
-    }
-
-    /// Opt out of Drop's check that nothing orchd started survived it, saying why.
-    pub fn allow_survivors(&mut self, reason: &'static str) {
-        self.survivors_allowed = Some(reason);
     }
 
     pub fn pid(&self) -> u32 {
@@ -381,14 +373,10 @@ impl Drop for Orchd {
             return;
         }
         // orchd exited by itself: SPEC 8, no worker, grandchild or zombie outlives it.
-        match self.survivors_allowed {
-            Some(_) => {
-                self.tag.kill_all(DEADLINE);
-            }
-            None => self
-                .tag
-                .assert_no_survivors(&format!("orchd (pid {})", self.pid())),
-        }
+        // (No test needs to opt out: a test that SIGKILLs orchd relies on pdeathsig,
+        // which takes the workers down too.)
+        self.tag
+            .assert_no_survivors(&format!("orchd (pid {})", self.pid()));
     }
 }
 
