@@ -7,19 +7,10 @@ use std::time::Duration;
 
 use crate::common::*;
 
-const CONF: &str = r#"
-[orchd]
-control = "ctl.sock"
-
-[pool.web]
-command = ["sleep", "1000"]
-count = 2
-"#;
-
 #[test]
 fn status_table_and_json_show_every_instance() {
     let dir = TempDir::new("ctl-status");
-    let cfg = dir.write("pool.toml", CONF);
+    let cfg = dir.write("pool.toml", TWO_SLEEPERS);
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
     let mode = std::fs::metadata(dir.join("ctl.sock"))
@@ -52,7 +43,7 @@ fn status_table_and_json_show_every_instance() {
 #[test]
 fn status_without_a_running_orchd_fails_clearly() {
     let dir = TempDir::new("ctl-none");
-    let cfg = dir.write("pool.toml", CONF);
+    let cfg = dir.write("pool.toml", TWO_SLEEPERS);
     let (code, _, err) = run_orchd(&["--status", cfg.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("no orchd is answering"), "{err}");
@@ -61,11 +52,11 @@ fn status_without_a_running_orchd_fails_clearly() {
 #[test]
 fn plan_shows_the_diff_without_applying_it() {
     let dir = TempDir::new("ctl-plan");
-    let cfg = dir.write("pool.toml", CONF);
+    let cfg = dir.write("pool.toml", TWO_SLEEPERS);
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
     let before = o.children();
-    dir.write("pool.toml", &CONF.replace("count = 2", "count = 5"));
+    dir.write("pool.toml", &TWO_SLEEPERS.replace("count = 2", "count = 5"));
     let (code, out, err) = run_orchd(&["--plan", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("count 2→5"), "{out}");
@@ -88,10 +79,13 @@ fn plan_shows_the_diff_without_applying_it() {
 #[test]
 fn reload_command_reports_an_invalid_config() {
     let dir = TempDir::new("ctl-bad");
-    let cfg = dir.write("pool.toml", CONF);
+    let cfg = dir.write("pool.toml", TWO_SLEEPERS);
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
-    dir.write("pool.toml", &CONF.replace("count = 2", "count = -1"));
+    dir.write(
+        "pool.toml",
+        &TWO_SLEEPERS.replace("count = 2", "count = -1"),
+    );
     let v = control(&dir.join("ctl.sock"), "reload");
     assert_eq!(v["ok"], false);
     assert!(
@@ -106,7 +100,7 @@ fn reload_command_reports_an_invalid_config() {
 #[test]
 fn stale_control_socket_is_replaced_and_live_one_is_an_error() {
     let dir = TempDir::new("ctl-stale");
-    let cfg = dir.write("pool.toml", CONF);
+    let cfg = dir.write("pool.toml", TWO_SLEEPERS);
     // A stale socket file: bound once, nobody listening any more.
     drop(std::os::unix::net::UnixListener::bind(dir.join("ctl.sock")).unwrap());
     let mut o = Orchd::start(&cfg);
@@ -132,7 +126,7 @@ fn stale_control_socket_is_replaced_and_live_one_is_an_error() {
 #[test]
 fn systemd_notifications_ready_reloading_stopping() {
     let dir = TempDir::new("ctl-notify");
-    let cfg = dir.write("pool.toml", CONF);
+    let cfg = dir.write("pool.toml", TWO_SLEEPERS);
     let sock = UnixDatagram::bind(dir.join("notify.sock")).unwrap();
     sock.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut cmd = std::process::Command::new(BIN);
@@ -158,7 +152,10 @@ fn systemd_notifications_ready_reloading_stopping() {
 #[test]
 fn control_replies_larger_than_the_socket_buffer_arrive_whole() {
     let dir = TempDir::new("ctl-big");
-    let cfg = dir.write("pool.toml", &CONF.replace("count = 2", "count = 40"));
+    let cfg = dir.write(
+        "pool.toml",
+        &TWO_SLEEPERS.replace("count = 2", "count = 40"),
+    );
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
     let mut s = UnixStream::connect(dir.join("ctl.sock")).unwrap();

@@ -21,6 +21,16 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_orchd");
 /// Generous default deadline: tests must not flake on a loaded 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// Two idle instances of pool `web` and a control socket `ctl.sock`.
+pub const TWO_SLEEPERS: &str = r#"
+[orchd]
+control = "ctl.sock"
+
+[pool.web]
+command = ["sleep", "1000"]
+count = 2
+"#;
+
 /// A fresh temp directory, removed on drop.
 pub struct TempDir(pub PathBuf);
 
