@@ -154,31 +154,43 @@ const TAG_VAR: &str = "ORCHD_IT_TAG";
 /// environment and every worker and grandchild inherits it. Found through
 /// `/proc/PID/environ`, they are found wherever they were re-parented to (init, after
 /// a `setsid`, after orchd died), which a walk of orchd's children cannot do once
-/// orchd is gone.
-pub struct ProcessTag(String);
+/// orchd is gone. Only processes started after the tag was made are looked at.
+pub struct ProcessTag {
+    value: String,
+    /// Clock ticks since boot, a second before the tag was made: every tagged
+    /// process started later.
+    since: u64,
+}
 
 impl ProcessTag {
     pub fn new() -> ProcessTag {
         static N: AtomicU32 = AtomicU32::new(0);
-        ProcessTag(format!(
+        let value = format!(
             "{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
-        ))
+        );
+        let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        let since = ((uptime - 1.0).max(0.0) * clock_ticks_per_second() as f64) as u64;
+        ProcessTag { value, since }
     }
 
     /// Put the tag in the environment of `cmd` (and so of all it starts).
     pub fn mark(&self, cmd: &mut Command) {
-        cmd.env(TAG_VAR, &self.0);
+        cmd.env(TAG_VAR, &self.value);
     }
 
     /// Live (not zombie) processes carrying the tag.
     pub fn alive(&self) -> Vec<u32> {
-        let want = format!("{TAG_VAR}={}", self.0);
+        let want = format!("{TAG_VAR}={}", self.value);
         processes()
             .into_iter()
             .filter(|p| p.3 != 'Z' && p.3 != 'X')
             .map(|p| p.0)
+            .filter(|&pid| start_ticks(pid).is_some_and(|t| t >= self.since))
             .filter(|&pid| environ(pid).contains(&want))
             .collect()
     }
@@ -233,6 +245,27 @@ impl ProcessTag {
         } else {
             panic!("{msg}");
         }
+    }
+}
+
+/// When a process started, in clock ticks since boot (`/proc/PID/stat` field 22).
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(22 - 3)?
+        .parse()
+        .ok()
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
     }
 }
 
