@@ -1070,15 +1070,7 @@ fn log_output(
     }
 }
 
-pub fn fmt_duration(d: Duration) -> String {
-    // Millisecond precision reads well in logs ("3.2s", "400ms").
-    let ms = d.as_millis();
-    if ms >= 1000 && d < Duration::from_secs(60) {
-        format!("{:.1}s", d.as_secs_f64())
-    } else {
-        humantime::format_duration(Duration::from_millis(ms as u64)).to_string()
-    }
-}
+pub use crate::timers::fmt_duration;
 
 #[cfg(test)]
 mod tests {

@@ -2,5 +2,6 @@
 //! client's replies go out. The event loop owns sockets and pipes and asks these
 //! functions for decisions.
 
+pub mod ledger;
 pub mod reorder;
 pub mod strategy;
