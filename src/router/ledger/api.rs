@@ -149,13 +149,24 @@ impl Actions {
         self.list.push(a);
     }
 
+    /// The latest action carrying bytes, looking back over a few that carry none
+    /// (timers, resumes: their order relative to bytes does not matter). Bytes
+    /// appended right after its range may extend it: nothing was written between.
+    fn last_bytes(&mut self) -> Option<&mut Action> {
+        self.list
+            .iter_mut()
+            .rev()
+            .take(4)
+            .find(|a| matches!(a, Action::ToWorker { .. } | Action::ToClient { .. }))
+    }
+
     /// Bytes for an instance; appended to the previous action when that one is for
     /// the same instance (a run of messages becomes one write).
-    pub(super) fn to_worker(&mut self, instance: usize, data: &[u8]) {
+    pub(super) fn worker_bytes(&mut self, instance: usize, data: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(data);
         let end = self.bytes.len();
-        if let Some(Action::ToWorker { instance: i, bytes }) = self.list.last_mut() {
+        if let Some(Action::ToWorker { instance: i, bytes }) = self.last_bytes() {
             if *i == instance && bytes.end == start {
                 bytes.end = end;
                 return;
@@ -167,15 +178,15 @@ impl Actions {
         });
     }
 
-    /// Bytes for a client, written by `f`; merged like [`Actions::to_worker`].
-    pub(super) fn to_client(&mut self, client: usize, f: impl FnOnce(&mut Vec<u8>)) -> usize {
+    /// Bytes for a client, written by `f`; merged like [`Actions::worker_bytes`].
+    pub(super) fn client_bytes(&mut self, client: usize, f: impl FnOnce(&mut Vec<u8>)) -> usize {
         let start = self.bytes.len();
         f(&mut self.bytes);
         let end = self.bytes.len();
         if end == start {
             return 0;
         }
-        if let Some(Action::ToClient { client: c, bytes }) = self.list.last_mut() {
+        if let Some(Action::ToClient { client: c, bytes }) = self.last_bytes() {
             if *c == client && bytes.end == start {
                 bytes.end = end;
                 return end - start;

@@ -26,40 +26,43 @@ impl Ledger {
         }
     }
 
-    /// A pool appears, or its settings change (more room may let waiting work go).
-    pub fn pool_set(
-        &mut self,
-        pool: usize,
-        settings: PoolSettings,
-        now: Instant,
-        out: &mut Actions,
-    ) {
+    /// A pool appears, or its settings change (then call [`Ledger::pool_refresh`]).
+    pub fn pool_set(&mut self, pool: usize, settings: PoolSettings) {
         if let Some(p) = self.pools.get_mut(pool) {
-            p.settings = settings;
-            let keys = p.slots.clone();
-            for k in keys {
-                self.instance_pull(k, now, out);
+            if p.settings != settings {
+                p.settings = settings;
             }
-            self.pool_pump(pool, now, out);
-        } else {
-            self.pools.insert(
-                pool,
-                Pool {
-                    settings,
-                    slots: Vec::new(),
-                    retiring: Vec::new(),
-                    removed: false,
-                    queue: Default::default(),
-                    cursor: 0,
-                    waiting: 0,
-                    bytes: 0,
-                    waiters: Vec::new(),
-                    empty_since: None,
-                    expire_at: None,
-                    expire_gen: 0,
-                },
-            );
+            return;
         }
+        self.pools.insert(
+            pool,
+            Pool {
+                settings,
+                slots: Vec::new(),
+                retiring: Vec::new(),
+                removed: false,
+                queue: Default::default(),
+                cursor: 0,
+                waiting: 0,
+                bytes: 0,
+                waiters: Vec::new(),
+                empty_since: None,
+                expire_at: None,
+                expire_gen: 0,
+            },
+        );
+    }
+
+    /// Pool settings changed in place: more room may let waiting work go.
+    pub fn pool_refresh(&mut self, pool: usize, now: Instant, out: &mut Actions) {
+        let Some(p) = self.pools.get(pool) else {
+            return;
+        };
+        let keys = p.slots.clone();
+        for k in keys {
+            self.instance_pull(k, now, out);
+        }
+        self.pool_pump(pool, now, out);
         self.check();
     }
 

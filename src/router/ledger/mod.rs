@@ -257,6 +257,10 @@ enum Placement {
     Fail(&'static str),
 }
 
+/// Above this many messages, clients and instances, a debug daemon skips the
+/// invariant check after events (unit tests always run it).
+const CHECK_MAX: usize = 256;
+
 /// See the module documentation.
 #[derive(Debug, Default)]
 pub struct Ledger {
@@ -320,6 +324,16 @@ impl Ledger {
         self.pools.get(pool).map(|p| p.bytes).unwrap_or(0)
     }
 
+    /// The pool's settings as last set.
+    pub fn pool_settings(&self, pool: usize) -> Option<&PoolSettings> {
+        self.pools.get(pool).map(|p| &p.settings)
+    }
+
+    /// The pool was removed from the config (it drains).
+    pub fn pool_is_removed(&self, pool: usize) -> bool {
+        self.pools.get(pool).is_some_and(|p| p.removed)
+    }
+
     /// Known to have no live instance.
     pub fn pool_none_live(&self, pool: usize) -> bool {
         self.pools
@@ -358,17 +372,30 @@ impl Ledger {
         self.clients.get(c).map(|c| c.errors).unwrap_or(0)
     }
 
-    /// Check the invariants of the module documentation (debug builds; cheap
-    /// enough for tests, bounded for a loaded daemon).
+    /// Check the invariants of the module documentation. Runs after every event in
+    /// debug builds: always in unit tests, and in a debug daemon while the ledger is
+    /// small (it is O(size), and a debug daemon under load would crawl).
     #[cfg(debug_assertions)]
     pub fn check(&self) {
-        if !cfg!(test) && self.msgs.len() > 4096 {
+        let size = self.msgs.len() + self.clients.0.len() + self.instances.0.len();
+        if !cfg!(test) && size > CHECK_MAX {
             return;
         }
+        self.check_all();
+    }
+
+    #[cfg(not(debug_assertions))]
+    #[inline]
+    pub fn check(&self) {}
+
+    /// Check every invariant now, whatever the size (tests, the model test).
+    pub fn check_all(&self) {
         let mut seen = vec![0u8; self.msgs.capacity()];
         let mut waiting = std::collections::HashMap::<usize, usize>::new();
-        for (_, p) in self.pools.iter() {
+        for (pk, p) in self.pools.iter() {
             for &m in &p.queue {
+                assert!(self.msgs.contains(m), "stale message {m} in a queue");
+                assert_eq!(self.msgs[m].pool, pk, "message {m} queued in another pool");
                 seen[m] += 1;
             }
         }
@@ -377,7 +404,8 @@ impl Ledger {
         }
         for (_, i) in self.instances.iter() {
             for &m in i.inflight.iter().chain(&i.backlog) {
-                debug_assert!(self.msgs.contains(m), "stale message {m} at {}", i.label);
+                assert!(self.msgs.contains(m), "stale message {m} at {}", i.label);
+                assert_eq!(self.msgs[m].pool, i.pool, "message {m} at {}", i.label);
                 seen[m] += 1;
             }
             *waiting.entry(i.pool).or_default() += i.backlog.len();
@@ -385,7 +413,7 @@ impl Ledger {
         let mut bytes = std::collections::HashMap::<usize, usize>::new();
         let mut outstanding = std::collections::HashMap::<(usize, u64), u32>::new();
         for (m, msg) in self.msgs.iter() {
-            debug_assert_eq!(seen[m], 1, "message {m} is in {} places", seen[m]);
+            assert_eq!(seen[m], 1, "message {m} is in {} places", seen[m]);
             *bytes.entry(msg.pool).or_default() += msg.payload.len();
             if msg.gather.is_none() {
                 *outstanding.entry((msg.client, msg.client_id)).or_default() += 1;
@@ -395,13 +423,13 @@ impl Ledger {
             *outstanding.entry((g.client, g.client_id)).or_default() += 1;
         }
         for (pk, p) in self.pools.iter() {
-            debug_assert_eq!(
+            assert_eq!(
                 p.waiting,
                 waiting.get(&pk).copied().unwrap_or(0),
                 "pool {} waiting",
                 p.settings.name
             );
-            debug_assert_eq!(
+            assert_eq!(
                 p.bytes,
                 bytes.get(&pk).copied().unwrap_or(0),
                 "pool {} bytes",
@@ -410,11 +438,7 @@ impl Ledger {
         }
         for (ck, c) in self.clients.iter() {
             let n = outstanding.get(&(ck, c.id)).copied().unwrap_or(0);
-            debug_assert_eq!(c.outstanding, n, "client {ck} outstanding");
+            assert_eq!(c.outstanding, n, "client {ck} outstanding");
         }
     }
-
-    #[cfg(not(debug_assertions))]
-    #[inline]
-    pub fn check(&self) {}
 }

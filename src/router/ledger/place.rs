@@ -135,7 +135,7 @@ impl Ledger {
             self.pools[inst.pool].waiting += 1;
             return;
         }
-        out.to_worker(k, &self.msgs[m].payload);
+        out.worker_bytes(k, &self.msgs[m].payload);
         inst.inflight.push_back(m);
         if inst.inflight.len() == 1 {
             inst.head_since = Some(now);
@@ -547,7 +547,7 @@ impl Ledger {
             _ => {
                 let order = &mut client.order;
                 let order_bytes = &mut client.order_bytes;
-                client.unwritten += out.to_client(c, |buf| {
+                client.unwritten += out.client_bytes(c, |buf| {
                     reply.write_to(buf, prefix);
                     while let Some(b) = order.pop_ready() {
                         *order_bytes -= b.len();
