@@ -7,9 +7,12 @@
 //! orchd makes no system calls at all. Writes are batched: handlers append to output
 //! buffers and mark them dirty, and each loop turn flushes every dirty buffer once.
 //!
-//! Submodules add methods to [`Daemon`]: `supervise` (processes), `route` (messages),
-//! `reload` (config changes), `control` (control socket), `ctl` (its operations);
-//! `logs` keeps recent output per pool for `orchd ctl CONFIG logs`.
+//! Submodules add methods to [`Daemon`]: `supervise` (processes), `route` (messages:
+//! it feeds what `net`, the listeners and client connections, reads to the pure
+//! message ledger, [`crate::router::ledger`]), `exec` (tells the ledger what happened
+//! to instances and executes its actions), `reload` (config changes), `control`
+//! (control socket), `ctl` (its operations); `logs` keeps recent output per pool for
+//! `orchd ctl CONFIG logs`.
 
 pub mod client;
 mod control;

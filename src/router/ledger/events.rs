@@ -585,7 +585,7 @@ impl Ledger {
         let targets: Vec<u32> = self.pools[pool]
             .slots
             .iter()
-            .filter_map(|&k| self.instances.get(k))
+            .filter_map(|&k| self.member(pool, k))
             .filter(|i| i.view.is_live())
             .map(|i| i.index)
             .collect();

@@ -10,6 +10,12 @@ use crate::router::strategy::{self, Candidate};
 use crate::timers::deadline;
 
 impl Ledger {
+    /// Instance `k` as a member of `pool` (a pool's lists may name a key forgotten
+    /// and reused by another pool until the shell reports the pool's members again).
+    pub(super) fn member(&self, pool: usize, k: usize) -> Option<&super::Inst> {
+        self.instances.get(k).filter(|i| i.pool == pool)
+    }
+
     /// Fill `cand_keys`/`cands` with the instances of `pool` that may take new
     /// messages, in index order. Reuses the buffers: no allocation per message.
     fn fill_candidates(&mut self, pool: usize) {
@@ -21,7 +27,7 @@ impl Ledger {
         let draining = p.draining();
         let keys: &[usize] = if draining { &p.retiring } else { &p.slots };
         for &k in keys {
-            let Some(i) = self.instances.get(k) else {
+            let Some(i) = self.instances.get(k).filter(|i| i.pool == pool) else {
                 continue;
             };
             if i.view.is_live() || (draining && i.view.writable) {
@@ -68,7 +74,7 @@ impl Ledger {
                     .slots
                     .iter()
                     .copied()
-                    .find(|&k| self.instances.get(k).is_some_and(|i| i.index == index));
+                    .find(|&k| self.member(pool, k).is_some_and(|i| i.index == index));
                 match slot {
                     None => Placement::Fail("instance removed"),
                     Some(k) => {
@@ -347,7 +353,7 @@ impl Ledger {
         let live = p
             .slots
             .iter()
-            .any(|&k| self.instances.get(k).is_some_and(|i| i.view.is_live()));
+            .any(|&k| self.member(pool, k).is_some_and(|i| i.view.is_live()));
         let p = &mut self.pools[pool];
         if live {
             p.empty_since = None;
@@ -387,7 +393,7 @@ impl Ledger {
         let p = &self.pools[pool];
         let mut v: Vec<usize> = p.queue.iter().copied().collect();
         for &k in p.slots.iter().chain(&p.retiring) {
-            if let Some(i) = self.instances.get(k) {
+            if let Some(i) = self.member(pool, k) {
                 if !i.view.is_live() {
                     v.extend(i.backlog.iter().copied());
                 }
