@@ -390,17 +390,17 @@ impl Ledger {
 
     /// Check every invariant now, whatever the size (tests, the model test).
     pub fn check_all(&self) {
+        let npools = self.pools.0.len();
+        // Each message in exactly one place.
         let mut seen = vec![0u8; self.msgs.capacity()];
-        let mut waiting = std::collections::HashMap::<usize, usize>::new();
+        let mut waiting = vec![0usize; npools];
         for (pk, p) in self.pools.iter() {
             for &m in &p.queue {
                 assert!(self.msgs.contains(m), "stale message {m} in a queue");
                 assert_eq!(self.msgs[m].pool, pk, "message {m} queued in another pool");
                 seen[m] += 1;
             }
-        }
-        for (pk, p) in self.pools.iter() {
-            *waiting.entry(pk).or_default() += p.queue.len();
+            waiting[pk] += p.queue.len();
         }
         for (_, i) in self.instances.iter() {
             for &m in i.inflight.iter().chain(&i.backlog) {
@@ -408,37 +408,52 @@ impl Ledger {
                 assert_eq!(self.msgs[m].pool, i.pool, "message {m} at {}", i.label);
                 seen[m] += 1;
             }
-            *waiting.entry(i.pool).or_default() += i.backlog.len();
-        }
-        let mut bytes = std::collections::HashMap::<usize, usize>::new();
-        let mut outstanding = std::collections::HashMap::<(usize, u64), u32>::new();
-        for (m, msg) in self.msgs.iter() {
-            assert_eq!(seen[m], 1, "message {m} is in {} places", seen[m]);
-            *bytes.entry(msg.pool).or_default() += msg.payload.len();
-            if msg.gather.is_none() {
-                *outstanding.entry((msg.client, msg.client_id)).or_default() += 1;
+            if let Some(w) = waiting.get_mut(i.pool) {
+                *w += i.backlog.len();
             }
         }
-        for (_, g) in self.gathers.iter() {
-            *outstanding.entry((g.client, g.client_id)).or_default() += 1;
+        // Budgets: what each pool holds; what each client still waits for.
+        let mut bytes = vec![0usize; npools];
+        let mut outstanding = vec![0u32; self.clients.0.len()];
+        let mut copies = vec![0usize; self.gathers.capacity()];
+        let mut count = |client: usize, id: u64| {
+            if self.clients.get(client).is_some_and(|c| c.id == id) {
+                outstanding[client] += 1;
+            }
+        };
+        for (m, msg) in self.msgs.iter() {
+            assert_eq!(seen[m], 1, "message {m} is in {} places", seen[m]);
+            assert!(
+                self.pools.get(msg.pool).is_some(),
+                "message {m} of an unknown pool"
+            );
+            bytes[msg.pool] += msg.payload.len();
+            match msg.gather {
+                None => count(msg.client, msg.client_id),
+                Some((g, pos)) => {
+                    assert!(
+                        self.gathers[g].replies[pos].is_none(),
+                        "copy {m} answered twice"
+                    );
+                    copies[g] += 1;
+                }
+            }
+        }
+        for (g, gather) in self.gathers.iter() {
+            count(gather.client, gather.client_id);
+            let open = gather.replies.iter().filter(|r| r.is_none()).count();
+            assert_eq!(gather.remaining, open, "broadcast {g}");
+            assert_eq!(copies[g], open, "broadcast {g}: one copy per missing reply");
         }
         for (pk, p) in self.pools.iter() {
-            assert_eq!(
-                p.waiting,
-                waiting.get(&pk).copied().unwrap_or(0),
-                "pool {} waiting",
-                p.settings.name
-            );
-            assert_eq!(
-                p.bytes,
-                bytes.get(&pk).copied().unwrap_or(0),
-                "pool {} bytes",
-                p.settings.name
-            );
+            assert_eq!(p.waiting, waiting[pk], "pool {} waiting", p.settings.name);
+            assert_eq!(p.bytes, bytes[pk], "pool {} bytes", p.settings.name);
         }
         for (ck, c) in self.clients.iter() {
-            let n = outstanding.get(&(ck, c.id)).copied().unwrap_or(0);
-            assert_eq!(c.outstanding, n, "client {ck} outstanding");
+            assert_eq!(c.outstanding, outstanding[ck], "client {ck} outstanding");
+            if c.order.is_empty() {
+                assert_eq!(c.order_bytes, 0, "client {ck}: bytes held without replies");
+            }
         }
     }
 }
