@@ -568,3 +568,138 @@ fn consecutive_bytes_for_one_instance_are_one_action() {
     assert_eq!(writes, 1);
     h.collect();
 }
+
+#[test]
+fn a_hashed_message_waiting_for_a_dead_instance_moves_to_a_live_one() {
+    let mut h = H::new(2, 1, 10, rule(Strategy::Hash));
+    // Find two messages with the same key owner.
+    h.send(1, "k");
+    let k = (0..2).find(|&k| h.worker(k) == "k\n").unwrap();
+    h.send(1, "k"); // same key: waits in k's backlog
+    assert_eq!(h.l.pool_waiting(POOL), 1);
+    h.down(k, false, true);
+    let other = 1 - k;
+    assert_eq!(h.worker(other), "k\n", "both go to the one live instance");
+    assert_eq!(h.l.instance_counts(other).0, 1);
+    assert_eq!(h.l.pool_waiting(POOL), 1);
+}
+
+#[test]
+fn more_room_after_a_settings_change_lets_waiting_work_go() {
+    let mut h = H::new(1, 1, 10, rule(Strategy::RoundRobin));
+    h.send(1, "a");
+    h.send(1, "b");
+    assert_eq!(h.worker(0), "a\n");
+    h.l.pool_set(
+        POOL,
+        PoolSettings {
+            name: "p".into(),
+            max_inflight: 2,
+            queue: 10,
+        },
+    );
+    h.l.pool_refresh(POOL, h.now, &mut h.out);
+    h.collect();
+    assert_eq!(h.worker(0), "a\nb\n");
+}
+
+#[test]
+fn a_timer_armed_before_the_instance_went_down_is_ignored() {
+    let mut h = H::new(2, 1, 10, rule(Strategy::RoundRobin));
+    h.send(1, "a");
+    h.down(0, false, true);
+    h.up(0);
+    assert_eq!(h.worker(1), "a\n");
+    h.advance(Duration::from_secs(6));
+    // Only instance 1's timer (armed when a moved there) fires.
+    assert_eq!(h.restarts, [1]);
+}
+
+#[test]
+fn a_held_instance_with_nothing_to_do_is_drained_at_once() {
+    let mut h = H::new(2, 1, 10, rule(Strategy::RoundRobin));
+    h.view(
+        1,
+        InstanceView {
+            leaving: true,
+            coming_back: false,
+            ..live()
+        },
+    );
+    h.l.instance_retiring(1, h.now, &mut h.out);
+    h.collect();
+    assert_eq!(h.drained, [1]);
+    h.send(1, "a");
+    h.send(1, "b");
+    assert_eq!(
+        h.worker(0),
+        "a\n",
+        "a held instance stays in its slot but gets nothing"
+    );
+    assert_eq!(h.worker(1), "");
+}
+
+#[test]
+fn a_pool_without_slots_lets_its_retiring_instances_work_off_the_queue() {
+    let mut h = H::new(1, 1, 10, rule(Strategy::RoundRobin));
+    h.send(1, "a");
+    h.send(1, "b");
+    let leaving = InstanceView {
+        leaving: true,
+        coming_back: false,
+        ..live()
+    };
+    h.view(0, leaving);
+    h.l.pool_members(POOL, &[], &[0]);
+    h.l.instance_retiring(0, h.now, &mut h.out);
+    h.collect();
+    h.echo(0);
+    assert_eq!(h.worker(0), "b\n", "the queue still goes to it");
+    assert!(h.drained.is_empty());
+    h.echo(0);
+    assert_eq!(h.drained, [0]);
+    assert_eq!(h.client(1), "a!\nb!\n");
+}
+
+#[test]
+fn messages_without_a_timeout_wait_for_an_instance_forever() {
+    let mut r = rule(Strategy::RoundRobin);
+    r.timeout = None;
+    let mut h = H::new(1, 1, 10, r);
+    h.down(0, false, true);
+    h.send(1, "a");
+    assert!(h.timers.is_empty());
+    h.advance(Duration::from_secs(3600));
+    assert_eq!(h.client(1), "");
+    h.up(0);
+    assert_eq!(h.worker(0), "a\n");
+}
+
+#[test]
+fn an_error_in_place_of_a_reply_is_counted() {
+    let mut h = H::new(1, 1, 10, rule(Strategy::RoundRobin));
+    h.send(1, "a");
+    h.l.worker_reply(0, Err("reply too long"), h.now, &mut h.out);
+    h.collect();
+    assert_eq!(h.client(1), "ERR reply too long\n");
+    assert_eq!(h.l.client_errors(1), 1);
+    h.l.client_error(1, "message too long", &mut h.out);
+    h.collect();
+    assert_eq!(h.l.client_errors(1), 2);
+    assert_eq!(h.l.client_gone(1).errors, 2);
+}
+
+#[test]
+fn a_stalled_message_is_refused_when_the_client_will_read_no_more() {
+    let mut h = H::new(1, 1, 1, rule(Strategy::RoundRobin));
+    h.send(1, "a");
+    h.send(1, "b");
+    assert!(!h.send(1, "c"));
+    h.l.client_refuse_stalled(1, "shutting down", &mut h.out);
+    h.collect();
+    assert!(!h.l.client_stalled(1));
+    h.echo(0);
+    h.echo(0);
+    assert_eq!(h.client(1), "a!\nb!\nERR shutting down\n");
+    assert!(h.l.client_answered(1));
+}
