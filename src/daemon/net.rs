@@ -20,10 +20,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use mio::Token;
+use mio::unix::SourceFd;
+use mio::{Interest, Poll, Token};
 use slab::Slab;
 
 use super::outbuf::{Flushed, OutBuf};
+use super::{deregister, register, IoTarget};
 use crate::config::Source;
 use crate::framing::{Fill, LineBuf};
 use crate::sys::{self, FdKind};
@@ -55,11 +57,240 @@ pub(super) struct Net {
     pub cap_paused: bool,
 }
 
+/// What the shell lends connections to be watched: its `Poll` and token table.
+pub(super) struct Watch<'a> {
+    pub poll: &'a Poll,
+    pub io: &'a mut Slab<IoTarget>,
+}
+
+impl Watch<'_> {
+    fn register(
+        &mut self,
+        source: &mut (impl mio::event::Source + ?Sized),
+        target: IoTarget,
+        interest: Interest,
+    ) -> io::Result<Token> {
+        register(self.poll, self.io, source, target, interest)
+    }
+
+    fn deregister(&mut self, source: &mut (impl mio::event::Source + ?Sized), token: Token) {
+        deregister(self.poll, self.io, source, token)
+    }
+}
+
 impl Net {
     /// Connections over all routes (the batch client is not one).
     pub fn connections(&self) -> usize {
         self.clients.len() - usize::from(self.batch.is_some())
     }
+
+    /// A new connection from `listener`, watched for input. Returns its key.
+    pub fn add(
+        &mut self,
+        w: &mut Watch,
+        listener: usize,
+        stream: Stream,
+        peer: String,
+        max_line: usize,
+    ) -> io::Result<usize> {
+        let entry = self.clients.vacant_entry();
+        let key = entry.key();
+        self.next_client_id += 1;
+        let mut conn = Conn::new(self.next_client_id, listener, stream, max_line, peer);
+        if let Some(s) = conn.socket() {
+            conn.token = Some(w.register(s, IoTarget::Client(key), Interest::READABLE)?);
+        }
+        log::debug!("client {} connected", conn.label);
+        entry.insert(conn);
+        Ok(key)
+    }
+
+    /// Stop watching a connection and forget it.
+    pub fn close(&mut self, w: &mut Watch, key: usize) -> Conn {
+        let mut c = self.clients.remove(key);
+        if let Some(t) = c.out_token.take() {
+            w.deregister(&mut SourceFd(&1), t);
+        }
+        if let Some(token) = c.token {
+            match c.socket() {
+                Some(s) => w.deregister(s, token),
+                None => w.deregister(&mut SourceFd(&0), token),
+            }
+        }
+        log::debug!("client {} closed", c.label);
+        if self.clients.is_empty() && self.clients.capacity() >= 1024 {
+            // The last client of a burst left: give its memory back (once per burst,
+            // not periodically; a trim takes well under a millisecond here).
+            self.clients.shrink_to_fit();
+            w.io.shrink_to_fit();
+            sys::release_free_memory();
+        }
+        c
+    }
+
+    /// Watch a listener for new connections, or stop. A listener not watched keeps
+    /// its socket: new connections wait in the kernel's backlog and cost no wake-up.
+    pub fn listener_watch(&mut self, w: &mut Watch, key: usize, on: bool) {
+        let Some(l) = self.listeners.get_mut(key) else {
+            return;
+        };
+        let token = l.token;
+        let label = l.label.clone();
+        let Some(s) = l.source() else {
+            return;
+        };
+        match (on, token) {
+            (true, None) => match w.register(s, IoTarget::Listener(key), Interest::READABLE) {
+                Ok(t) => l.token = Some(t),
+                Err(e) => log::error!("cannot watch {label} again: {e}"),
+            },
+            (false, Some(token)) => {
+                w.deregister(s, token);
+                l.token = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// `max_clients` reached: stop watching every listener (no accept-and-close, no
+    /// wake-ups) until a client leaves.
+    pub fn cap_pause(&mut self, w: &mut Watch, now: Instant, max_clients: u32) {
+        if self.cap_since.is_none() {
+            self.cap_since = Some(now);
+            log::warn!(
+                "max_clients = {max_clients} reached: not accepting new connections until a client leaves"
+            );
+        }
+        if !self.cap_paused {
+            self.cap_paused = true;
+            let keys: Vec<usize> = self.listeners.iter().map(|(k, _)| k).collect();
+            for k in keys {
+                self.listener_watch(w, k, false);
+            }
+        }
+    }
+
+    /// The `max_clients` episode is over (every waiting connection was accepted).
+    pub fn cap_over(&mut self, now: Instant, max_clients: u32) {
+        if let Some(since) = self.cap_since.take() {
+            log::info!(
+                "accepting connections again: {} connected, max_clients = {max_clients}, full for {}",
+                self.connections(),
+                humantime::format_duration(round_ms(now.saturating_duration_since(since)))
+            );
+        }
+    }
+
+    /// EMFILE/ENFILE (or another error that retrying right away would repeat): the
+    /// pending connection stays in the backlog. Stop watching this listener until the
+    /// retry timer `gen` (one per episode, after [`ACCEPT_RETRY`]); warn once per
+    /// episode. False if the listener is gone.
+    pub fn accept_failed(
+        &mut self,
+        w: &mut Watch,
+        key: usize,
+        e: &io::Error,
+        now: Instant,
+        gen: u64,
+    ) -> bool {
+        let Some(l) = self.listeners.get_mut(key) else {
+            return false;
+        };
+        match &mut l.starved {
+            Some((_, n)) => *n += 1,
+            None => {
+                let why = match e.raw_os_error() {
+                    Some(libc::EMFILE) | Some(libc::ENFILE) => "out of file descriptors",
+                    _ => "failing",
+                };
+                log::warn!(
+                    "accept on {}: {why} ({e}); not accepting there until it works again \
+                     (retrying every {}ms)",
+                    l.label,
+                    ACCEPT_RETRY.as_millis()
+                );
+                l.starved = Some((now, 1));
+            }
+        }
+        l.retry = Some(gen);
+        self.listener_watch(w, key, false);
+        true
+    }
+
+    /// Every waiting connection has been accepted: end the listener's out-of-fds
+    /// episode, if any. (Not at the first success: at the limit, fds come and go as
+    /// clients do, and that is one episode, not one per client.)
+    pub fn accept_recovered(&mut self, key: usize, now: Instant) {
+        let Some(l) = self.listeners.get_mut(key) else {
+            return;
+        };
+        if let Some((since, n)) = l.starved.take() {
+            log::info!(
+                "accepting on {} again after {} failed retr{} over {}",
+                l.label,
+                n,
+                if n == 1 { "y" } else { "ies" },
+                humantime::format_duration(round_ms(now.saturating_duration_since(since)))
+            );
+        }
+    }
+
+    /// Poll the client for WRITABLE while it has output pending, or stop.
+    pub fn write_interest(&mut self, w: &mut Watch, key: usize, want: bool) -> io::Result<()> {
+        let interest = if want {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let c = &mut self.clients[key];
+        let token = c.token;
+        if let (Some(s), Some(t)) = (c.socket(), token) {
+            return w.poll.registry().reregister(s, t, interest);
+        }
+        match c.stream {
+            Stream::Stdio {
+                output: FdKind::Stream,
+                ..
+            } => {
+                // stdout is its own fd: registered only while output is pending.
+                if want && c.out_token.is_none() {
+                    let t =
+                        w.register(&mut SourceFd(&1), IoTarget::Client(key), Interest::WRITABLE)?;
+                    c.out_token = Some(t);
+                } else if !want {
+                    if let Some(t) = c.out_token.take() {
+                        w.deregister(&mut SourceFd(&1), t);
+                    }
+                }
+                Ok(())
+            }
+            // Terminals and files: written with blocking writes, never polled.
+            _ => Ok(()),
+        }
+    }
+
+    /// orchd stopped reading from a client that may still be sending: closing now,
+    /// with input unread, would send a reset that can destroy replies the peer has not
+    /// read yet. Half-close instead; the caller discards input until the peer closes,
+    /// at most [`LINGER`]. False if that is not possible (batch stdio, or an error).
+    pub fn half_close(&mut self, key: usize) -> bool {
+        let c = &mut self.clients[key];
+        if matches!(c.stream, Stream::Stdio { .. }) {
+            return false;
+        }
+        if let Err(e) = c.shutdown_write() {
+            log::debug!("client {}: shutdown: {e}", c.label);
+            return false;
+        }
+        c.lingering = true;
+        log::debug!("client {}: half-closed, waiting for it to close", c.label);
+        true
+    }
+}
+
+/// A duration to the millisecond, for logs.
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX))
 }
 
 pub(super) struct Listener {

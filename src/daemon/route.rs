@@ -15,11 +15,22 @@ use super::net::{
     accept_loop, AcceptEnd, Conn, Listener, ListenerKind, Stream, ACCEPT_RETRY, LINGER,
 };
 use super::supervise::MAX_LINE;
-use super::{deregister, register, Daemon, IoTarget, TimerKey};
+use super::{register, Daemon, IoTarget, TimerKey};
 use crate::config::Config;
 use crate::framing::{Fill, Frame};
 use crate::router::ledger::Rule;
 use crate::sys::{self, FdKind};
+
+/// The shell's `Poll` and token table, lent to [`super::net::Net`] (disjoint from
+/// `self.net`).
+macro_rules! watch {
+    ($d:expr) => {
+        super::net::Watch {
+            poll: &$d.poll,
+            io: &mut $d.io,
+        }
+    };
+}
 
 impl Daemon {
     // ----- set-up and reload --------------------------------------------------------
@@ -137,7 +148,8 @@ impl Daemon {
             self,
             |d| {
                 if d.clients_at_cap() {
-                    d.cap_reached();
+                    let max = d.config.settings.max_clients;
+                    d.net.cap_pause(&mut watch!(d), d.now, max);
                     return None;
                 }
                 // A readiness event from before a pause: the retry timer is pending.
@@ -154,59 +166,18 @@ impl Daemon {
             },
         );
         match end {
-            AcceptEnd::Idle => self.accept_recovered(key),
+            AcceptEnd::Idle => self.net.accept_recovered(key, self.now),
             AcceptEnd::Stopped => {}
-            AcceptEnd::Failed(e) => self.accept_failed(key, &e),
-        }
-    }
-
-    /// EMFILE/ENFILE (or another error that retrying right away would repeat): the
-    /// pending connection stays in the backlog. Stop watching this listener and try
-    /// again after [`ACCEPT_RETRY`], with one timer and one warning per episode.
-    fn accept_failed(&mut self, key: usize, e: &io::Error) {
-        let gen = self.gen();
-        let Some(l) = self.net.listeners.get_mut(key) else {
-            return;
-        };
-        match &mut l.starved {
-            Some((_, n)) => *n += 1,
-            None => {
-                let why = match e.raw_os_error() {
-                    Some(libc::EMFILE) | Some(libc::ENFILE) => "out of file descriptors",
-                    _ => "failing",
-                };
-                log::warn!(
-                    "accept on {}: {why} ({e}); not accepting there until it works again \
-                     (retrying every {}ms)",
-                    l.label,
-                    ACCEPT_RETRY.as_millis()
-                );
-                l.starved = Some((self.now, 1));
+            AcceptEnd::Failed(e) => {
+                let gen = self.gen();
+                if self
+                    .net
+                    .accept_failed(&mut watch!(self), key, &e, self.now, gen)
+                {
+                    let at = self.now + ACCEPT_RETRY;
+                    self.timers.arm(at, TimerKey::Accept { listener: key, gen });
+                }
             }
-        }
-        l.retry = Some(gen);
-        self.timers.arm(
-            self.now + ACCEPT_RETRY,
-            TimerKey::Accept { listener: key, gen },
-        );
-        self.listener_watch(key, false);
-    }
-
-    /// Every waiting connection has been accepted: end the listener's out-of-fds
-    /// episode, if any. (Not at the first success: at the limit, fds come and go as
-    /// clients do, and that is one episode, not one per client.)
-    fn accept_recovered(&mut self, key: usize) {
-        let Some(l) = self.net.listeners.get_mut(key) else {
-            return;
-        };
-        if let Some((since, n)) = l.starved.take() {
-            log::info!(
-                "accepting on {} again after {} failed retr{} over {}",
-                l.label,
-                n,
-                if n == 1 { "y" } else { "ies" },
-                humantime::format_duration(round_ms(self.now.saturating_duration_since(since)))
-            );
         }
     }
 
@@ -219,65 +190,14 @@ impl Daemon {
         }
         l.retry = None;
         if !self.net.cap_paused {
-            self.listener_watch(listener, true);
+            self.net.listener_watch(&mut watch!(self), listener, true);
         }
         self.on_listener(listener);
-    }
-
-    /// Watch a listener for new connections, or stop. A listener not watched keeps
-    /// its socket: new connections wait in the kernel's backlog and cost no wake-up.
-    fn listener_watch(&mut self, key: usize, on: bool) {
-        let Some(l) = self.net.listeners.get_mut(key) else {
-            return;
-        };
-        let token = l.token;
-        let label = l.label.clone();
-        let Some(s) = l.source() else {
-            return;
-        };
-        match (on, token) {
-            (true, None) => {
-                match register(
-                    &self.poll,
-                    &mut self.io,
-                    s,
-                    IoTarget::Listener(key),
-                    Interest::READABLE,
-                ) {
-                    Ok(t) => self.net.listeners[key].token = Some(t),
-                    Err(e) => log::error!("cannot watch {label} again: {e}"),
-                }
-            }
-            (false, Some(token)) => {
-                deregister(&self.poll, &mut self.io, s, token);
-                self.net.listeners[key].token = None;
-            }
-            _ => {}
-        }
     }
 
     /// Connections over all routes (the batch client is not one).
     fn clients_at_cap(&self) -> bool {
         self.net.connections() >= self.config.settings.max_clients as usize
-    }
-
-    /// `max_clients` reached: stop watching every listener (no accept-and-close, no
-    /// wake-ups) until a client leaves.
-    fn cap_reached(&mut self) {
-        if self.net.cap_since.is_none() {
-            self.net.cap_since = Some(self.now);
-            log::warn!(
-                "max_clients = {} reached: not accepting new connections until a client leaves",
-                self.config.settings.max_clients
-            );
-        }
-        if !self.net.cap_paused {
-            self.net.cap_paused = true;
-            let keys: Vec<usize> = self.net.listeners.iter().map(|(k, _)| k).collect();
-            for k in keys {
-                self.listener_watch(k, false);
-            }
-        }
     }
 
     /// Below `max_clients` again: watch the listeners and take waiting connections.
@@ -289,7 +209,7 @@ impl Daemon {
         let keys: Vec<usize> = self.net.listeners.iter().map(|(k, _)| k).collect();
         for k in keys {
             if self.net.listeners.get(k).is_some_and(|l| l.retry.is_none()) {
-                self.listener_watch(k, true);
+                self.net.listener_watch(&mut watch!(self), k, true);
                 self.on_listener(k);
             }
         }
@@ -297,32 +217,14 @@ impl Daemon {
             return; // full again: the episode goes on
         }
         // Every waiting connection has been accepted: the episode is over.
-        if let Some(since) = self.net.cap_since.take() {
-            log::info!(
-                "accepting connections again: {} connected, max_clients = {}, full for {}",
-                self.net.connections(),
-                self.config.settings.max_clients,
-                humantime::format_duration(round_ms(self.now.saturating_duration_since(since)))
-            );
-        }
+        self.net
+            .cap_over(self.now, self.config.settings.max_clients);
     }
 
     fn client_add(&mut self, listener: usize, stream: Stream, peer: String) -> io::Result<()> {
-        let entry = self.net.clients.vacant_entry();
-        let key = entry.key();
-        self.net.next_client_id += 1;
-        let mut conn = Conn::new(self.net.next_client_id, listener, stream, MAX_LINE, peer);
-        if let Some(s) = conn.socket() {
-            conn.token = Some(register(
-                &self.poll,
-                &mut self.io,
-                s,
-                IoTarget::Client(key),
-                Interest::READABLE,
-            )?);
-        }
-        log::debug!("client {} connected", conn.label);
-        entry.insert(conn);
+        let key = self
+            .net
+            .add(&mut watch!(self), listener, stream, peer, MAX_LINE)?;
         self.ledger.client_open(key, Some(listener));
         Ok(())
     }
@@ -537,7 +439,7 @@ impl Daemon {
             self.ledger_exec();
         }
         if changed {
-            if let Err(e) = self.client_write_interest(key, want) {
+            if let Err(e) = self.net.write_interest(&mut watch!(self), key, want) {
                 log::warn!(
                     "client {}: cannot change interest: {e}",
                     self.net.clients[key].label
@@ -545,44 +447,6 @@ impl Daemon {
             }
         }
         self.client_maybe_close(key);
-    }
-
-    fn client_write_interest(&mut self, key: usize, want: bool) -> io::Result<()> {
-        let interest = if want {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
-        let c = &mut self.net.clients[key];
-        let token = c.token;
-        if let (Some(s), Some(t)) = (c.socket(), token) {
-            return self.poll.registry().reregister(s, t, interest);
-        }
-        match c.stream {
-            Stream::Stdio {
-                output: FdKind::Stream,
-                ..
-            } => {
-                // stdout is its own fd: registered only while output is pending.
-                if want && c.out_token.is_none() {
-                    let t = register(
-                        &self.poll,
-                        &mut self.io,
-                        &mut SourceFd(&1),
-                        IoTarget::Client(key),
-                        Interest::WRITABLE,
-                    )?;
-                    self.net.clients[key].out_token = Some(t);
-                } else if !want {
-                    if let Some(t) = c.out_token.take() {
-                        self.deregister_io(&mut SourceFd(&1), t);
-                    }
-                }
-                Ok(())
-            }
-            // Terminals and files: written with blocking writes, never polled.
-            _ => Ok(()),
-        }
     }
 
     /// Close a client that is finished: peer gone, or input done and every reply out.
@@ -601,22 +465,14 @@ impl Daemon {
         self.client_remove(key);
     }
 
-    /// orchd stopped reading from a client that may still be sending (its listener was
-    /// removed, or shutdown): closing now, with input unread, would send a reset that
-    /// can destroy replies the peer has not read yet. Half-close instead, and discard
-    /// input until the peer closes, at most [`LINGER`]. False if that is not possible.
+    /// A client orchd reads no more from but whose peer may still send: half-close
+    /// and discard its input until it closes, at most [`LINGER`] (see
+    /// [`super::net::Net::half_close`]). False if that is not possible.
     fn client_linger(&mut self, key: usize) -> bool {
-        let c = &mut self.net.clients[key];
-        if matches!(c.stream, Stream::Stdio { .. }) {
+        if !self.net.half_close(key) {
             return false;
         }
-        if let Err(e) = c.shutdown_write() {
-            log::debug!("client {}: shutdown: {e}", c.label);
-            return false;
-        }
-        c.lingering = true;
-        let id = c.id;
-        log::debug!("client {}: half-closed, waiting for it to close", c.label);
+        let id = self.net.clients[key].id;
         self.timers
             .arm(self.now + LINGER, TimerKey::Linger { client: key, id });
         self.client_discard_input(key);
@@ -652,25 +508,8 @@ impl Daemon {
     }
 
     fn client_remove(&mut self, key: usize) {
-        let mut c = self.net.clients.remove(key);
+        let c = self.net.close(&mut watch!(self), key);
         let summary = self.ledger.client_gone(key);
-        if let Some(t) = c.out_token.take() {
-            self.deregister_io(&mut SourceFd(&1), t);
-        }
-        if let Some(token) = c.token {
-            match c.socket() {
-                Some(s) => self.deregister_io(s, token),
-                None => self.deregister_io(&mut SourceFd(&0), token),
-            }
-        }
-        log::debug!("client {} closed", c.label);
-        if self.net.clients.is_empty() && self.net.clients.capacity() >= 1024 {
-            // The last client of a burst left: give its memory back (once per burst,
-            // not periodically; a trim takes well under a millisecond here).
-            self.net.clients.shrink_to_fit();
-            self.io.shrink_to_fit();
-            sys::release_free_memory();
-        }
         if self.net.batch == Some(key) {
             self.net.batch = None;
             let mut errors = summary.errors;
@@ -789,9 +628,4 @@ impl Daemon {
             self.listener_close(k);
         }
     }
-}
-
-/// A duration to the millisecond, for logs.
-fn round_ms(d: std::time::Duration) -> std::time::Duration {
-    std::time::Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX))
 }
