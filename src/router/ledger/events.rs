@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::{
     Actions, Client, ClientSummary, Failure, Gather, Inst, InstanceView, Ledger, Pin, Pool,
-    PoolSettings, Reply, Rule, Timer,
+    PoolSettings, Reply, Rule, Terms, Timer,
 };
 use crate::config::Strategy;
 use crate::router::reorder::Reorder;
@@ -540,8 +540,13 @@ impl Ledger {
             }
             return false;
         }
-        let rule = self.rules[r].clone();
-        let pin = match rule.strategy {
+        let rule = &self.rules[r];
+        let terms = Terms {
+            timeout: rule.timeout,
+            retries: rule.retries,
+        };
+        let (strategy, ordered) = (rule.strategy, rule.ordered);
+        let pin = match strategy {
             Strategy::Hash => {
                 let k = match &rule.key {
                     Some(re) => {
@@ -558,14 +563,14 @@ impl Ledger {
         };
         let cl = &mut self.clients[c];
         let client_id = cl.id;
-        let seq = rule.ordered.then(|| cl.order.reserve());
+        let seq = ordered.then(|| cl.order.reserve());
         cl.outstanding += 1;
         line.push(b'\n');
-        if rule.strategy == Strategy::Broadcast {
-            self.submit_broadcast(c, client_id, seq, line, pool, &rule, now, out);
+        if strategy == Strategy::Broadcast {
+            self.submit_broadcast(c, client_id, seq, line, pool, terms, now, out);
             return true;
         }
-        let m = self.new_msg(c, client_id, seq, line, pool, pin, &rule, None, now);
+        let m = self.new_msg(c, client_id, seq, line, pool, pin, terms, None, now);
         self.place(m, false, now, out);
         true
     }
@@ -578,7 +583,7 @@ impl Ledger {
         seq: Option<u64>,
         payload: Vec<u8>,
         pool: usize,
-        rule: &Rule,
+        terms: Terms,
         now: Instant,
         out: &mut Actions,
     ) {
@@ -610,7 +615,7 @@ impl Ledger {
                 payload.clone(),
                 pool,
                 Pin::Slot(index),
-                rule,
+                terms,
                 Some((g, pos)),
                 now,
             );

@@ -128,6 +128,13 @@ struct Msg {
     queued_at: Instant,
 }
 
+/// A message's delivery terms, from its rule.
+#[derive(Debug, Clone, Copy)]
+struct Terms {
+    timeout: Option<Duration>,
+    retries: u32,
+}
+
 /// Collects the replies of a broadcast, released together in instance order.
 #[derive(Debug)]
 struct Gather {
@@ -259,6 +266,7 @@ enum Placement {
 
 /// Above this many messages, clients and instances, a debug daemon skips the
 /// invariant check after events (unit tests always run it).
+#[cfg(debug_assertions)]
 const CHECK_MAX: usize = 256;
 
 /// See the module documentation.
