@@ -703,3 +703,150 @@ fn a_stalled_message_is_refused_when_the_client_will_read_no_more() {
     assert_eq!(h.client(1), "a!\nb!\nERR shutting down\n");
     assert!(h.l.client_answered(1));
 }
+
+// ----- random interleavings --------------------------------------------------------
+
+/// A small deterministic random walk over the ledger's events: messages on an ordered
+/// and an unordered route (round-robin or hash), echo replies, deaths, hangs, restarts,
+/// clients leaving. After every step every invariant holds; at the end each client that
+/// stayed got exactly one reply per message, in order on the ordered route, each
+/// either its echo or an error. (The lead's model test goes further.)
+#[test]
+fn random_interleavings_keep_every_invariant_and_answer_everything() {
+    for seed in 1..=300u64 {
+        random_walk(seed, 1500);
+    }
+}
+
+fn random_walk(seed: u64, steps: usize) {
+    let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let strategy = [Strategy::RoundRobin, Strategy::LeastBusy, Strategy::Hash][next(3) as usize];
+    let mut ordered = rule(strategy);
+    ordered.timeout = Some(Duration::from_secs(3));
+    ordered.retries = next(3) as u32;
+    let mut unordered = ordered.clone();
+    unordered.ordered = false;
+    unordered.listener = LISTENER + 1;
+    let mut h = H::new(3, 1 + next(3) as u32, 2 + next(6) as u32, ordered);
+    h.l.set_rules(vec![h.l.rules[0].clone(), unordered]);
+    h.l.client_open(2, Some(LISTENER + 1));
+    // Per client: messages sent, in order.
+    let mut sent: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    let mut gone = [false; 3];
+    let mut up = [true; 3];
+    let mut n = 0;
+    for _ in 0..steps {
+        match next(10) {
+            0..=3 => {
+                let c = 1 + next(2) as usize;
+                if gone[c] || h.l.client_stalled(c) {
+                    if !gone[c] && h.resumed.contains(&c) {
+                        h.resumed.retain(|&x| x != c);
+                        h.l.client_resume(c, h.now, &mut h.out);
+                        h.collect();
+                    }
+                    continue;
+                }
+                n += 1;
+                let m = format!("m{n}");
+                sent.entry(c).or_default().push(m.clone());
+                h.send(c, &m);
+            }
+            4..=5 => {
+                // One instance answers what it has read.
+                let k = next(3) as usize;
+                if let Some(line) = h.workers.get_mut(&k).and_then(|b| {
+                    let i = b.iter().position(|&x| x == b'\n')?;
+                    Some(b.drain(..=i).collect::<Vec<u8>>())
+                }) {
+                    let line = String::from_utf8(line).unwrap();
+                    h.reply(k, &format!("{}!", line.trim_end()));
+                }
+            }
+            6 => {
+                // A worker dies (some of what it was sent unread), or comes back.
+                let k = next(3) as usize;
+                if up[k] {
+                    let unread = h.workers.get(&k).map_or(0, |b| b.len()) * next(2) as usize;
+                    h.workers.remove(&k);
+                    h.l.instance_unread(k, unread);
+                    up[k] = false;
+                    h.down(k, false, true);
+                    h.l.pool_liveness(POOL, true, h.now, &mut h.out);
+                    h.collect();
+                } else {
+                    up[k] = true;
+                    h.up(k);
+                }
+            }
+            7 => {
+                h.advance(Duration::from_millis(500 * (1 + next(4))));
+                for k in std::mem::take(&mut h.restarts) {
+                    if up[k] {
+                        h.workers.remove(&k);
+                        h.down(k, true, true);
+                        h.up(k);
+                    }
+                }
+            }
+            8 => {
+                // A client's output is written (part of it).
+                let c = 1 + next(2) as usize;
+                let unwritten = h.l.clients.get(c).map_or(0, |c| c.unwritten);
+                let n = unwritten / (1 + next(2) as usize);
+                h.l.client_wrote(c, n, &mut h.out);
+                h.collect();
+            }
+            _ => {
+                if next(20) == 0 {
+                    let c = 1 + next(2) as usize;
+                    if !gone[c] {
+                        gone[c] = true;
+                        h.l.client_gone(c);
+                    }
+                }
+            }
+        }
+    }
+    // Shutdown as the daemon does it: stalled lines are refused, the rest failed.
+    for c in 1..=2 {
+        h.l.client_refuse_stalled(c, "shutting down", &mut h.out);
+    }
+    h.l.fail_all("shutting down", &mut h.out);
+    h.collect();
+    assert!(h.l.is_idle(), "seed {seed}");
+    for c in 1..=2 {
+        if gone[c] {
+            continue;
+        }
+        let replies: Vec<String> = h.client(c).lines().map(str::to_string).collect();
+        let msgs = sent.remove(&c).unwrap_or_default();
+        assert_eq!(
+            replies.len(),
+            msgs.len(),
+            "seed {seed} client {c}: {replies:?} for {msgs:?}"
+        );
+        if c == 1 {
+            for (r, m) in replies.iter().zip(&msgs) {
+                assert!(
+                    *r == format!("{m}!") || r.starts_with("ERR "),
+                    "seed {seed}: {r} for {m}"
+                );
+            }
+        } else {
+            let mut got: Vec<&String> = replies.iter().filter(|r| !r.starts_with("ERR ")).collect();
+            got.sort();
+            got.dedup();
+            assert_eq!(
+                got.len(),
+                replies.iter().filter(|r| !r.starts_with("ERR ")).count()
+            );
+        }
+    }
+}
