@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 use slab::Slab;
 
 use super::logs::{selected, LogBook, Selector, Stream};
+use super::net::bind_unix;
 use super::outbuf::OutBuf;
-use super::route::bind_unix;
 use super::{Daemon, IoTarget, CONTROL};
 use crate::framing::{Fill, Frame, LineBuf};
 
@@ -373,45 +373,38 @@ impl Daemon {
     }
 
     pub(super) fn control_accept(&mut self) {
-        loop {
-            let Some((l, _)) = self.control.listener.as_ref() else {
-                return;
-            };
-            match l.accept() {
-                Ok((mut stream, _)) => {
-                    let id = self.gen();
-                    let entry = self.control.conns.vacant_entry();
-                    let key = entry.key();
-                    let token = match self.register_io(
-                        &mut stream,
-                        IoTarget::ControlConn(key),
-                        Interest::READABLE,
-                    ) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            log::warn!("control: cannot watch a connection: {e}");
-                            continue;
-                        }
-                    };
-                    self.control.conns.insert(Conn {
-                        stream,
-                        token,
-                        id,
-                        busy: false,
-                        inbuf: LineBuf::new(MAX_COMMAND),
-                        out: OutBuf::new(),
-                        eof: false,
-                        follow: None,
-                        dirty: false,
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    log::warn!("control: accept: {e}");
-                    return;
-                }
-            }
+        let end = super::net::accept_loop(
+            self,
+            |d| d.control.listener.as_ref().map(|(l, _)| l.accept()),
+            |d, (mut stream, _)| {
+                let id = d.gen();
+                let key = d.control.conns.vacant_entry().key();
+                let token = match d.register_io(
+                    &mut stream,
+                    IoTarget::ControlConn(key),
+                    Interest::READABLE,
+                ) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        log::warn!("control: cannot watch a connection: {e}");
+                        return;
+                    }
+                };
+                d.control.conns.insert(Conn {
+                    stream,
+                    token,
+                    id,
+                    busy: false,
+                    inbuf: LineBuf::new(MAX_COMMAND),
+                    out: OutBuf::new(),
+                    eof: false,
+                    follow: None,
+                    dirty: false,
+                });
+            },
+        );
+        if let super::net::AcceptEnd::Failed(e) = end {
+            log::warn!("control: accept: {e}");
         }
     }
 

@@ -252,7 +252,7 @@ impl Daemon {
                 log::info!(
                     "{} held (orchd ctl stop): draining {} message(s)",
                     inst.label,
-                    inst.rt.inflight.len()
+                    self.ledger.instance_counts(k).0
                 );
                 self.route_retiring(k);
                 self.instance_maybe_drained(k);

@@ -15,7 +15,6 @@ use mio::{Interest, Token};
 
 use super::control::Control;
 use super::logs::Stream;
-use super::route::InstanceRt;
 use super::{Daemon, IoTarget, Phase, TimerKey};
 use crate::config::Pool;
 use crate::framing::{log_pieces, Fill, Frame, LineBuf};
@@ -61,7 +60,6 @@ pub struct PoolRt {
     pub retiring: Vec<usize>,
     /// Removed from the config: forgotten once its last instance has stopped.
     pub removed: bool,
-    pub q: super::route::PoolQueue,
     /// A rolling replacement in progress (reload changed what the process is, or
     /// `orchd ctl restart`).
     pub roll: Option<super::reload::Roll>,
@@ -132,7 +130,6 @@ pub struct Instance {
     pub(super) stdout: Option<PipeIn>,
     pub(super) stderr: Option<PipeIn>,
     pub(super) stdin: Option<PipeOut>,
-    pub(super) rt: InstanceRt,
 }
 
 impl Instance {
@@ -204,7 +201,6 @@ impl Daemon {
             slots: Vec::new(),
             retiring: Vec::new(),
             removed: false,
-            q: Default::default(),
             roll: None,
             held: false,
         });
@@ -261,7 +257,6 @@ impl Daemon {
             stdout: None,
             stderr: None,
             stdin: None,
-            rt: InstanceRt::default(),
         })
     }
 
@@ -772,6 +767,7 @@ impl Daemon {
 
     fn instance_forget(&mut self, key: usize) {
         let inst = self.instances.remove(key);
+        self.route_instance_forget(key);
         let pool_key = inst.pool;
         self.close_worker_pipes_of(inst);
         let Some(pool) = self.pools.get_mut(pool_key) else {
@@ -827,6 +823,7 @@ impl Daemon {
     pub(super) fn close_worker_stdin(&mut self, key: usize) {
         if let Some(mut p) = self.instances.get_mut(key).and_then(|i| i.stdin.take()) {
             self.deregister_io(&mut p.tx, p.token);
+            self.route_instance_changed(key);
         }
     }
 
@@ -1070,15 +1067,7 @@ fn log_output(
     }
 }
 
-pub fn fmt_duration(d: Duration) -> String {
-    // Millisecond precision reads well in logs ("3.2s", "400ms").
-    let ms = d.as_millis();
-    if ms >= 1000 && d < Duration::from_secs(60) {
-        format!("{:.1}s", d.as_secs_f64())
-    } else {
-        humantime::format_duration(Duration::from_millis(ms as u64)).to_string()
-    }
-}
+pub use crate::timers::fmt_duration;
 
 #[cfg(test)]
 mod tests {
@@ -1111,7 +1100,6 @@ mod tests {
             stdout: None,
             stderr: None,
             stdin: None,
-            rt: InstanceRt::default(),
         }
     }
 
