@@ -651,7 +651,7 @@ impl World {
 }
 
 /// The reply to `msg` from a worker: `msg@instance`.
-fn reply_of<'a>(line: &'a [u8]) -> Option<(&'a [u8], &'a [u8])> {
+fn reply_of(line: &[u8]) -> Option<(&[u8], &[u8])> {
     let at = line.iter().rposition(|&b| b == b'@')?;
     Some((&line[..at], &line[at + 1..]))
 }
