@@ -214,7 +214,7 @@ impl World {
                 max_inflight,
                 queue,
             };
-            w.ledger.pool_set(p, settings, now, &mut w.out);
+            w.ledger.pool_set(p, settings);
             for index in 0..count {
                 let k = w.add_worker(p, index as u32);
                 w.slots[p].push(k);
@@ -546,6 +546,7 @@ impl World {
             Op::Drain { client } => self.drain(client),
             Op::Reconnect { client } => self.reconnect(client),
         }
+        self.ledger.check_all();
         self.check_budgets();
     }
 
