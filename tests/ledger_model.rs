@@ -184,6 +184,8 @@ struct World {
     exec_later: Vec<usize>,
     /// Shutdown: clients are read no more.
     stopped: bool,
+    /// Per pool: the most instances (slots and retiring) it had at once.
+    peak_instances: Vec<usize>,
 }
 
 impl World {
@@ -206,6 +208,7 @@ impl World {
             next_msg: 0,
             exec_later: Vec::new(),
             stopped: false,
+            peak_instances: vec![0; POOLS.len()],
         };
         w.ledger.set_rules(rules());
         for (p, &(name, count, max_inflight, queue)) in POOLS.iter().enumerate() {
@@ -257,6 +260,8 @@ impl World {
     }
 
     fn members(&mut self, pool: usize) {
+        let now = self.slots[pool].len() + self.retiring[pool].len();
+        self.peak_instances[pool] = self.peak_instances[pool].max(now);
         self.ledger
             .pool_members(pool, &self.slots[pool], &self.retiring[pool]);
     }
@@ -552,13 +557,17 @@ impl World {
 
     fn check_budgets(&self) {
         for (p, &(name, count, max_inflight, queue)) in POOLS.iter().enumerate() {
-            // Redelivered messages go back to the queue, so waiting may exceed
-            // `queue` by what was in flight.
-            let inflight_cap = (count * 2) * max_inflight as usize;
+            // A submission is refused once `queue` are waiting, but a broadcast adds
+            // one copy per slot, and redelivered messages go back to the queue: waiting
+            // may exceed `queue` by a broadcast's fan-out and by what every instance
+            // (retiring ones too) had in flight: at most what the most instances the
+            // pool ever had at once could hold.
+            let instances = self.peak_instances[p];
+            let bound = queue as usize - 1 + count + instances * max_inflight as usize;
             let waiting = self.ledger.pool_waiting(p);
             assert!(
-                waiting <= queue as usize + inflight_cap,
-                "pool {name}: {waiting} waiting"
+                waiting <= bound,
+                "pool {name}: {waiting} waiting (bound {bound})"
             );
             let bytes = self.ledger.pool_bytes(p);
             assert!(
