@@ -17,7 +17,7 @@ use super::control::Target;
 use super::reload::Roll;
 use super::Daemon;
 use crate::reload::roll::Event as RollEvent;
-use crate::supervisor::lifecycle::State;
+use crate::supervisor::lifecycle::{State, Then};
 use crate::sys;
 
 /// A `restart` or `stop` waiting to be answered.
@@ -246,7 +246,7 @@ impl Daemon {
         self.roll_event(pool, RollEvent::Hold { index });
         let inst = &mut self.instances[k];
         let was_held = std::mem::replace(&mut inst.held, true);
-        inst.start_when_stopped = false;
+        inst.life.after_stop(Then::Stay);
         match inst.life.state {
             State::Running { .. } => {
                 log::info!(
@@ -299,7 +299,7 @@ impl Daemon {
                     started.push(label);
                 }
                 State::Stopping { .. } => {
-                    inst.start_when_stopped = true;
+                    inst.life.after_stop(Then::Release);
                     started.push(label);
                 }
                 State::Running { .. } | State::Backoff { .. } => {
@@ -439,7 +439,7 @@ impl Daemon {
             // Answered once the other targets are settled too.
             let settled = op.targets.iter().all(|t| {
                 self.op_instance(t)
-                    .is_none_or(|i| !i.retiring && !self.restart_pending(t))
+                    .is_none_or(|i| !i.retiring() && !self.restart_pending(t))
             });
             return settled.then(|| err(why.clone()));
         }
@@ -461,7 +461,7 @@ impl Daemon {
                 OpKind::Restart => match inst {
                     // Gone: its replacement took the slot and it has drained.
                     None => {}
-                    Some(i) if i.retiring => return None,
+                    Some(i) if i.retiring() => return None,
                     Some(i) if i.held => {
                         return Some(err(format!("{} was stopped before it restarted", t.label)))
                     }

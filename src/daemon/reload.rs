@@ -429,7 +429,7 @@ impl Daemon {
         let failed: Vec<usize> = self
             .instances
             .iter()
-            .filter(|(_, i)| matches!(i.life.state, State::Failed { .. }) && !i.retiring)
+            .filter(|(_, i)| matches!(i.life.state, State::Failed { .. }) && !i.retiring())
             .map(|(k, _)| k)
             .collect();
         let mut n = 0;
@@ -438,7 +438,7 @@ impl Daemon {
             let still_failed = self
                 .instances
                 .get(k)
-                .is_some_and(|i| matches!(i.life.state, State::Failed { .. }) && !i.retiring);
+                .is_some_and(|i| matches!(i.life.state, State::Failed { .. }) && !i.retiring());
             if !still_failed {
                 continue;
             }
@@ -529,7 +529,7 @@ impl Daemon {
         let Some(inst) = self.instances.get_mut(k) else {
             return;
         };
-        inst.retiring = true;
+        inst.life.retire();
         let pool = inst.pool;
         if !self.pools[pool].retiring.contains(&k) {
             self.pools[pool].retiring.push(k);
@@ -671,7 +671,7 @@ impl Daemon {
                     );
                 }
                 // Forgotten once stopped, like any instance leaving.
-                i.retiring = true;
+                i.life.retire();
             }
         }
     }

@@ -1127,10 +1127,10 @@ impl Daemon {
             self.pools[self.router.msgs[m].pool].q.waiting += 1;
             return;
         };
-        if stdin.buf.is_empty() {
+        if stdin.out.is_empty() {
             self.dirty_stdin.push_back(k);
         }
-        stdin.buf.extend_from_slice(&msg.payload);
+        stdin.out.push(&msg.payload);
         inst.rt.inflight.push_back(m);
         if inst.rt.inflight.len() == 1 {
             inst.rt.head_since = Some(now);
@@ -1236,7 +1236,7 @@ impl Daemon {
     /// delivered again (answered replies were read first), its backlog goes elsewhere.
     pub(super) fn route_instance_down(&mut self, k: usize) {
         let failure = match self.instances.get(k) {
-            Some(i) if i.timed_out => Failure::TimedOut,
+            Some(i) if i.timed_out() => Failure::TimedOut,
             Some(_) => Failure::Died,
             None => return,
         };
@@ -1258,8 +1258,7 @@ impl Daemon {
         inst.rt.deadline_at = None;
         let pool = inst.pool;
         if let Some(p) = inst.stdin.as_mut() {
-            p.buf.clear();
-            p.pos = 0;
+            p.out.discard();
         }
         // Redelivered in their original order, ahead of everything waiting.
         // Only the oldest is charged an attempt: it is the one the worker was working
@@ -1300,7 +1299,7 @@ impl Daemon {
     /// ones stay while the slot may come back.
     fn rehome_backlog(&mut self, k: usize) {
         let inst = &mut self.instances[k];
-        let coming_back = !inst.retiring
+        let coming_back = !inst.retiring()
             && !inst.held
             && matches!(
                 inst.life.state,
@@ -1491,7 +1490,6 @@ impl Daemon {
                     inst.label,
                     super::supervise::fmt_duration(waited)
                 );
-                inst.timed_out = true;
                 self.restart_instance(k);
             }
             Some(_) => self.arm_head_deadline(k),
@@ -1962,7 +1960,7 @@ impl Daemon {
             i.life.state,
             crate::supervisor::lifecycle::State::Running { .. }
         );
-        if (i.retiring || i.held)
+        if (i.retiring() || i.held)
             && running
             && i.rt.inflight.is_empty()
             && i.rt.backlog.is_empty()
@@ -1981,7 +1979,7 @@ impl Daemon {
             Some(p) => {
                 let in_pipe =
                     sys::readable_bytes(std::os::fd::AsRawFd::as_raw_fd(&p.tx)).unwrap_or(0);
-                p.buf.len() - p.pos + in_pipe
+                p.out.pending() + in_pipe
             }
             None => 0,
         };
