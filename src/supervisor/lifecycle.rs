@@ -634,12 +634,12 @@ impl Lifecycle {
             }
             (TimerKind::FirstReady, _) => {}
             (TimerKind::State, State::Backoff { .. }) => {
-                if cx.running {
+                if cx.running && !cx.held {
                     out.push(Action::Start { fresh_spec: false });
                 }
             }
             (TimerKind::State, State::Failed { .. }) => {
-                if cx.running {
+                if cx.running && !cx.held {
                     log(
                         out,
                         log::Level::Info,
@@ -1612,5 +1612,140 @@ mod tests {
         let gen = r.life.gen();
         r.life.retire();
         assert_eq!(r.life.gen(), gen);
+    }
+
+    /// Random walks through the machine, with a shell that only feeds what can
+    /// happen (a spawn when nothing runs, an exit when a leader lives, old timers
+    /// firing late): the invariants hold after every step.
+    #[test]
+    fn random_walks_keep_the_invariants() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let g = GiveUp {
+            restarts: 3,
+            within: Duration::from_secs(2),
+            cooldown: Some(MS(500)),
+        };
+        for case in 0..2000 {
+            let policy = [
+                RestartPolicy::Always,
+                RestartPolicy::OnFailure,
+                RestartPolicy::Never,
+            ][case % 3];
+            let mut r = Rig::new(pool(policy, (case % 2 == 0).then_some(g)));
+            r.await_ready = case % 5 != 0;
+            let mut timers: Vec<Timer> = Vec::new();
+            let mut next_pid = 100;
+            let mut t = 0;
+            for _ in 0..60 {
+                t += rand(700);
+                r.at(t);
+                let before = (std::mem::discriminant(&r.life.state), r.life.gen());
+                let process =
+                    matches!(r.life.state, State::Running { .. } | State::Stopping { .. });
+                let event = match rand(12) {
+                    0 | 1 if !process => {
+                        next_pid += 1;
+                        Event::Spawned { pid: next_pid }
+                    }
+                    2 if !process => Event::SpawnFailed { why: "no".into() },
+                    3 | 4 if r.life.state.pid().is_some() => Event::Exited {
+                        exit: Exit::Code(rand(3) as i32),
+                        group_alive: rand(3) == 0,
+                    },
+                    5 => Event::Stop {
+                        then: [Then::Stay, Then::Restart, Then::Release][rand(3) as usize],
+                    },
+                    6 if matches!(r.life.state, State::Stopping { pid: None, .. }) => {
+                        Event::GroupGone
+                    }
+                    7 if !process => Event::Settle,
+                    8 if rand(4) == 0 => Event::Killed,
+                    // Retired: the shell stops what is not running at once.
+                    9 => {
+                        r.life.retire();
+                        match r.life.state {
+                            State::Backoff { .. } | State::Failed { .. } => {
+                                Event::Stop { then: Then::Stay }
+                            }
+                            State::Stopped => Event::Settle,
+                            _ => continue,
+                        }
+                    }
+                    10 => {
+                        r.life
+                            .after_stop([Then::Stay, Then::Release][rand(2) as usize]);
+                        r.held = rand(4) == 0;
+                        r.running = rand(8) != 0;
+                        continue;
+                    }
+                    _ if !timers.is_empty() => Event::Timer {
+                        timer: timers.swap_remove(rand(timers.len() as u64) as usize),
+                        group_alive: rand(2) == 0,
+                    },
+                    _ => continue,
+                };
+                let was = format!("{:?} {event:?}", r.life.state);
+                let actions = r.step(event);
+                let ctx = || format!("case {case}: {was} -> {:?}: {actions:?}", r.life.state);
+                for a in &actions {
+                    match a {
+                        Action::Arm { at, timer } => {
+                            assert_eq!(timer.gen, r.life.gen(), "{}", ctx());
+                            assert!(*at >= r.now, "{}", ctx());
+                            timers.push(*timer);
+                        }
+                        Action::Start { .. } => {
+                            assert!(r.running && !r.held && !r.life.retiring(), "{}", ctx());
+                            assert!(
+                                matches!(
+                                    r.life.state,
+                                    State::Stopped | State::Backoff { .. } | State::Failed { .. }
+                                ),
+                                "{}",
+                                ctx()
+                            );
+                        }
+                        Action::Gone => assert!(
+                            matches!(r.life.state, State::Stopped | State::Failed { .. }),
+                            "{}",
+                            ctx()
+                        ),
+                        Action::Up => {
+                            assert!(matches!(r.life.state, State::Running { .. }), "{}", ctx())
+                        }
+                        _ => {}
+                    }
+                }
+                let downs = actions.iter().filter(|a| **a == Action::Down).count();
+                assert!(downs <= 1, "{}", ctx());
+                let starts = actions
+                    .iter()
+                    .filter(|a| matches!(a, Action::Start { .. }))
+                    .count();
+                assert!(starts <= 1, "{}", ctx());
+                if std::mem::discriminant(&r.life.state) != before.0 {
+                    assert_ne!(r.life.gen(), before.1, "{}", ctx());
+                }
+                assert_eq!(
+                    r.life.group().is_some(),
+                    matches!(r.life.state, State::Running { .. } | State::Stopping { .. }),
+                    "{}",
+                    ctx()
+                );
+                if r.life.retiring() {
+                    assert!(
+                        !matches!(r.life.state, State::Backoff { .. } | State::Failed { .. }),
+                        "{}",
+                        ctx()
+                    );
+                }
+            }
+        }
     }
 }
