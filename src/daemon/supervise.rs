@@ -323,9 +323,9 @@ impl Daemon {
                 self.workers.lingering.insert(pgid, gen);
                 self.timers.arm(kill_at, TimerKey::Group { pgid, gen });
             }
-            Action::WatchGroup => {
-                if !self.workers.awaiting_group.contains(&key) {
-                    self.workers.awaiting_group.push(key);
+            Action::WatchGroup { pgid } => {
+                if !self.workers.awaiting_group.contains(&(key, id, pgid)) {
+                    self.workers.awaiting_group.push((key, id, pgid));
                 }
             }
             Action::Up => {

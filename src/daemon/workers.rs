@@ -22,7 +22,7 @@ use super::outbuf::OutBuf;
 use super::supervise::Instance;
 use super::{Daemon, IoTarget};
 use crate::framing::{log_pieces, Fill, Frame, LineBuf};
-use crate::supervisor::lifecycle::{Event, State};
+use crate::supervisor::lifecycle::Event;
 use crate::supervisor::spawn::{self, Credentials};
 use crate::sys::{self, Exit};
 
@@ -39,8 +39,9 @@ pub struct Workers {
     /// Process groups left behind by a leader that exited: pgid → generation of its
     /// SIGKILL timer.
     pub lingering: HashMap<u32, u64>,
-    /// Instances stopping whose leader is gone but whose group may not be.
-    pub awaiting_group: Vec<usize>,
+    /// Instances stopping whose leader is gone but whose group may not be: key, id
+    /// (the key may be reused), pgid.
+    pub awaiting_group: Vec<(usize, u64, u32)>,
 }
 
 pub(super) struct PipeIn {
@@ -177,19 +178,15 @@ impl Daemon {
             .lingering
             .retain(|&pgid, _| sys::group_alive(pgid));
         let waiting = std::mem::take(&mut self.workers.awaiting_group);
-        for key in waiting {
-            let Some(pgid) = self.instances.get(key).and_then(|i| match i.life.state {
-                State::Stopping {
-                    pid: None, pgid, ..
-                } => Some(pgid),
-                _ => None,
-            }) else {
+        for (key, id, pgid) in waiting {
+            if self.instances.get(key).is_none_or(|i| i.id != id) {
                 continue;
-            };
+            }
             if sys::group_alive(pgid) {
-                self.workers.awaiting_group.push(key);
+                self.workers.awaiting_group.push((key, id, pgid));
             } else {
-                self.feed(key, Event::GroupGone);
+                // Ignored unless it still waits for that group.
+                self.feed(key, Event::GroupGone { pgid });
             }
         }
     }

@@ -215,8 +215,8 @@ pub enum Event {
     SpawnFailed { why: String },
     /// The leader exited; `group_alive`: processes remain in its group.
     Exited { exit: Exit, group_alive: bool },
-    /// The group of a stopping instance whose leader is gone has emptied.
-    GroupGone,
+    /// Group `pgid` has emptied (of a stopping instance whose leader is gone).
+    GroupGone { pgid: u32 },
     /// Stop it (stop_signal now, SIGKILL at stop_timeout), then `then`.
     Stop { then: Then },
     /// Not running and not to run (shutdown, retired or held before it ran): it is
@@ -245,8 +245,8 @@ pub enum Action {
     /// A group left behind by its exited leader (it was sent the stop signal): SIGKILL
     /// whatever is left of it at `kill_at`. It no longer belongs to the instance.
     Linger { pgid: u32, kill_at: Instant },
-    /// Tell it (as [`Event::GroupGone`]) when its group has emptied.
-    WatchGroup,
+    /// Tell it (as [`Event::GroupGone`]) when group `pgid` has emptied.
+    WatchGroup { pgid: u32 },
     /// It runs and can take work.
     Up,
     /// Its process died or is being stopped: what it had in flight goes elsewhere.
@@ -439,12 +439,17 @@ impl Lifecycle {
                 self.after_exit(Err(why), Duration::ZERO, now, cx, out);
             }
             Event::Exited { exit, group_alive } => self.on_exited(exit, group_alive, now, cx, out),
-            Event::GroupGone => {
+            Event::GroupGone { pgid } => {
                 if let State::Stopping {
-                    pid: None, then, ..
+                    pid: None,
+                    pgid: waited,
+                    then,
+                    ..
                 } = self.state
                 {
-                    self.stopped(then, cx, out);
+                    if pgid == waited {
+                        self.stopped(then, cx, out);
+                    }
                 }
             }
             Event::Stop { then } => self.on_stop(then, now, cx, out),
@@ -544,10 +549,14 @@ impl Lifecycle {
                 self.after_exit(Ok(exit), ran_for, now, cx, out);
             }
             State::Stopping {
-                pid, killed, then, ..
+                pid,
+                pgid,
+                killed,
+                then,
+                ..
             } => {
                 *pid = None;
-                let (killed, then) = (*killed, *then);
+                let (pgid, killed, then) = (*pgid, *killed, *then);
                 self.last_exit = Some(exit);
                 log(
                     out,
@@ -560,7 +569,7 @@ impl Lifecycle {
                 );
                 out.push(Action::Down);
                 if !killed && group_alive {
-                    out.push(Action::WatchGroup);
+                    out.push(Action::WatchGroup { pgid });
                 } else {
                     self.stopped(then, cx, out);
                 }
@@ -1361,10 +1370,15 @@ mod tests {
         let mut r = Rig::new(pool(RestartPolicy::Always, None));
         r.spawned(7);
         let timer = armed(&r.quiet(Event::Stop { then: Then::Stay })).1;
-        assert_eq!(r.exit(0, true), [Action::Down, Action::WatchGroup]);
+        assert_eq!(
+            r.exit(0, true),
+            [Action::Down, Action::WatchGroup { pgid: 7 }]
+        );
         assert!(matches!(r.life.state, State::Stopping { pid: None, .. }));
         assert_eq!(r.life.group(), Some(7));
-        assert_eq!(r.quiet(Event::GroupGone), [Action::Gone]);
+        // Another group emptying is not its.
+        assert!(r.quiet(Event::GroupGone { pgid: 6 }).is_empty());
+        assert_eq!(r.quiet(Event::GroupGone { pgid: 7 }), [Action::Gone]);
         assert_eq!(r.life.state, State::Stopped);
         // Its stop timer is stale now.
         assert!(r.fire(timer, true).is_empty());
@@ -1587,7 +1601,7 @@ mod tests {
         assert_eq!(r.life.state, State::Stopped);
         // A group-gone report for a running instance is ignored.
         r.spawned(8);
-        assert!(r.quiet(Event::GroupGone).is_empty());
+        assert!(r.quiet(Event::GroupGone { pgid: 8 }).is_empty());
     }
 
     #[test]
@@ -1662,7 +1676,9 @@ mod tests {
                         then: [Then::Stay, Then::Restart, Then::Release][rand(3) as usize],
                     },
                     6 if matches!(r.life.state, State::Stopping { pid: None, .. }) => {
-                        Event::GroupGone
+                        Event::GroupGone {
+                            pgid: r.life.group().unwrap_or(0),
+                        }
                     }
                     7 if !process => Event::Settle,
                     8 if rand(4) == 0 => Event::Killed,
