@@ -1,20 +1,30 @@
-//! Pools and instance slots, and the executor of the instance lifecycle.
+//! Pools and instance slots, and the shell around the instance lifecycle.
 //!
 //! Decisions come from the pure machine in [`crate::supervisor::lifecycle`]: the
 //! shell feeds it what happened ([`Daemon::feed`]) and performs the actions it
 //! returns ([`Daemon::perform`]), routing them to the process I/O (`workers`), the
-//! message router, the rolling replacement and the log. Nothing here decides when an
-//! instance restarts, stops or gives up.
+//! message router, the rolling replacement and the log. What the worker processes
+//! report (exits, emptied groups, replies, output lines) is routed the same way, by
+//! the second half of this file. Nothing here decides when an instance restarts,
+//! stops or gives up.
 
+use std::io;
 use std::rc::Rc;
+use std::time::Instant;
 
+use mio::Interest;
+
+use super::control::Control;
 use super::logs::Stream;
+use super::outbuf::OutBuf;
 use super::route::InstanceRt;
-use super::workers::{self, PipeIn, PipeOut};
-use super::{Daemon, Phase, TimerKey};
+use super::workers::{self, PipeIn, PipeOut, LOG_LINE_MAX};
+use super::{Daemon, IoTarget, Phase, TimerKey};
 use crate::config::Pool;
+use crate::framing::{log_pieces, LineBuf};
 use crate::supervisor::lifecycle::{Action, Context, Event, FirstStart, Lifecycle, State, Then};
-use crate::sys;
+use crate::supervisor::spawn::{self, Credentials};
+use crate::sys::{self, Exit};
 
 pub use super::workers::MAX_LINE;
 pub use crate::supervisor::lifecycle::fmt_duration;
@@ -320,14 +330,10 @@ impl Daemon {
             Action::Arm { at, timer } => self.timers.arm(at, TimerKey::Instance { key, timer }),
             Action::Linger { pgid, kill_at } => {
                 let gen = self.gen();
-                self.workers.lingering.insert(pgid, gen);
+                self.workers.linger(pgid, gen);
                 self.timers.arm(kill_at, TimerKey::Group { pgid, gen });
             }
-            Action::WatchGroup { pgid } => {
-                if !self.workers.awaiting_group.contains(&(key, id, pgid)) {
-                    self.workers.awaiting_group.push((key, id, pgid));
-                }
-            }
+            Action::WatchGroup { pgid } => self.workers.watch_group(key, id, pgid),
             Action::Up => {
                 self.roll_started(key);
                 self.route_instance_up(key);
@@ -396,8 +402,7 @@ impl Daemon {
         for key in keys {
             self.feed(key, Event::Killed);
         }
-        self.workers.awaiting_group.clear();
-        self.workers.lingering.clear();
+        self.workers.forget_groups();
     }
 
     /// An instance that runs no process is stopped now (and forgotten if retiring).
@@ -444,6 +449,259 @@ impl Daemon {
             }
             log::info!("pool {name} removed");
         }
+    }
+}
+
+// ----- between the worker processes (the `workers` I/O component) and the rest ----
+
+impl Daemon {
+    /// Spawn an instance's process now and report how that went to its lifecycle.
+    pub(super) fn spawn_instance(&mut self, key: usize) {
+        let Some(inst) = self.instances.get_mut(key) else {
+            return;
+        };
+        let spec = inst.spec.clone();
+        let result = Credentials::resolve(&spec)
+            .and_then(|creds| spawn::spawn(&spec, inst.index, inst.stdin_pipe, creds));
+        match result {
+            Ok(sp) => {
+                let pid = sp.pid;
+                if let Err(e) = self.attach_pipes(key, sp) {
+                    log::error!(
+                        "{}: cannot watch the pipes of pid {pid}: {e}; killing it",
+                        self.instances[key].label
+                    );
+                    let _ = sys::kill_group(pid, libc::SIGKILL);
+                }
+                self.workers.pids.insert(pid, key);
+                self.feed(key, Event::Spawned { pid });
+            }
+            Err(e) => {
+                let why = format!(
+                    "failed to start {} in {}: {e}",
+                    spec.command,
+                    spec.cwd.display()
+                );
+                inst.spawn_error = Some(format!("spawn: {e}"));
+                self.feed(key, Event::SpawnFailed { why });
+            }
+        }
+    }
+
+    /// Register a new process's pipes. Each is stored on the instance as soon as it
+    /// is registered, so that on a failure the normal close path (after the caller
+    /// kills the process and it is reaped) releases what was registered.
+    fn attach_pipes(&mut self, key: usize, sp: spawn::Spawned) -> io::Result<()> {
+        let mut stdout = sp.stdout;
+        let token = self.register_io(&mut stdout, IoTarget::Stdout(key), Interest::READABLE)?;
+        let inst = &mut self.instances[key];
+        let max = if inst.stdin_pipe {
+            MAX_LINE
+        } else {
+            usize::MAX
+        };
+        inst.stdout = Some(PipeIn {
+            rx: stdout,
+            token,
+            buf: LineBuf::new(max),
+        });
+        let mut stderr = sp.stderr;
+        let token = self.register_io(&mut stderr, IoTarget::Stderr(key), Interest::READABLE)?;
+        self.instances[key].stderr = Some(PipeIn {
+            rx: stderr,
+            token,
+            buf: LineBuf::new(usize::MAX),
+        });
+        if let Some(mut tx) = sp.stdin {
+            // WRITABLE interest is added only while output is pending.
+            let token = self.register_io(&mut tx, IoTarget::Stdin(key), Interest::READABLE)?;
+            self.instances[key].stdin = Some(PipeOut {
+                tx,
+                token,
+                out: OutBuf::new(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reap every exited child and tell its instance; then tell stopping instances
+    /// whose group has emptied.
+    pub(super) fn reap(&mut self) {
+        for (key, exit) in self.workers.reap() {
+            self.on_reaped(key, exit);
+        }
+        for (key, id, pgid) in self.workers.emptied_groups() {
+            if self.instances.get(key).is_some_and(|i| i.id == id) {
+                // Ignored unless it still waits for that group.
+                self.feed(key, Event::GroupGone { pgid });
+            }
+        }
+    }
+
+    fn on_reaped(&mut self, key: usize, exit: Exit) {
+        self.now = Instant::now();
+        // Replies written before death are delivered before anything is redelivered.
+        self.drain_worker_output(key);
+        self.note_unread_input(key);
+        self.close_worker_stdin(key);
+        let group_alive = self
+            .instances
+            .get(key)
+            .and_then(Instance::group)
+            .is_some_and(sys::group_alive);
+        self.feed(key, Event::Exited { exit, group_alive });
+    }
+
+    /// A group left behind by its leader is past its stop timeout.
+    pub(super) fn on_group_timer(&mut self, pgid: u32, gen: u64) {
+        self.workers.linger_over(pgid, gen);
+    }
+
+    pub(super) fn close_worker_pipes_of(&mut self, mut inst: Instance) {
+        for p in [inst.stdout.take(), inst.stderr.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut p = p;
+            self.deregister_io(&mut p.rx, p.token);
+        }
+        if let Some(mut p) = inst.stdin.take() {
+            self.deregister_io(&mut p.tx, p.token);
+        }
+    }
+
+    pub(super) fn close_worker_stdin(&mut self, key: usize) {
+        if let Some(mut p) = self.instances.get_mut(key).and_then(|i| i.stdin.take()) {
+            self.deregister_io(&mut p.tx, p.token);
+        }
+    }
+
+    /// After death: read what is left in stdout and stderr, then close them. A
+    /// grandchild may hold a pipe open; what it writes later is not waited for.
+    fn drain_worker_output(&mut self, key: usize) {
+        self.on_worker_stdout(key);
+        self.on_worker_stderr(key);
+        let Some(inst) = self.instances.get_mut(key) else {
+            return;
+        };
+        let (out, err) = (inst.stdout.take(), inst.stderr.take());
+        if let Some(p) = out {
+            self.close_output_pipe(key, p, true);
+        }
+        if let Some(p) = err {
+            self.close_output_pipe(key, p, false);
+        }
+    }
+
+    /// Close a stdout/stderr pipe: an unterminated last line is logged, except on a
+    /// routed stdout where it is a half-written reply and is discarded.
+    fn close_output_pipe(&mut self, key: usize, mut pipe: PipeIn, stdout: bool) {
+        if let (Some(rest), Some(inst)) = (pipe.buf.take_partial(), self.instances.get(key)) {
+            if stdout && inst.stdin_pipe {
+                log::warn!(
+                    "{}: discarding a half-written reply of {} bytes",
+                    inst.label,
+                    rest.len()
+                );
+            } else if let Some(p) = self.pools.get(inst.pool) {
+                let stream = if stdout {
+                    Stream::Stdout
+                } else {
+                    Stream::Stderr
+                };
+                log_output(
+                    &mut self.control,
+                    &p.cfg.name,
+                    inst.index,
+                    &inst.label,
+                    stream,
+                    &rest,
+                );
+            }
+        }
+        self.deregister_io(&mut pipe.rx, pipe.token);
+    }
+
+    pub(super) fn on_worker_stderr(&mut self, key: usize) {
+        let Some(mut pipe) = self.instances.get_mut(key).and_then(|i| i.stderr.take()) else {
+            return;
+        };
+        let inst = &self.instances[key];
+        let (label, index) = (inst.label.clone(), inst.index);
+        let pool = &self.pools[inst.pool].cfg.name;
+        let control = &mut self.control;
+        let open = pipe.read_lines(&label, |line| {
+            log_output(control, pool, index, &label, Stream::Stderr, line)
+        });
+        self.put_back_pipe(key, pipe, open, false);
+    }
+
+    /// A routed worker's stdout lines are replies; an unrouted one's are logged.
+    pub(super) fn on_worker_stdout(&mut self, key: usize) {
+        let Some(mut pipe) = self.instances.get_mut(key).and_then(|i| i.stdout.take()) else {
+            return;
+        };
+        let inst = &self.instances[key];
+        let label = inst.label.clone();
+        let open = if inst.stdin_pipe {
+            pipe.read_replies(&label, |reply| self.on_worker_reply(key, reply))
+        } else {
+            let (index, pool) = (inst.index, &self.pools[inst.pool].cfg.name);
+            let control = &mut self.control;
+            pipe.read_lines(&label, |line| {
+                log_output(control, pool, index, &label, Stream::Stdout, line)
+            })
+        };
+        self.put_back_pipe(key, pipe, open, true);
+    }
+
+    fn put_back_pipe(&mut self, key: usize, mut pipe: PipeIn, open: bool, stdout: bool) {
+        match self.instances.get_mut(key) {
+            Some(inst) if open => {
+                pipe.buf.shrink();
+                if stdout {
+                    inst.stdout = Some(pipe);
+                } else {
+                    inst.stderr = Some(pipe);
+                }
+            }
+            // EOF is not death: the process may live on; waitpid decides that.
+            _ => self.close_output_pipe(key, pipe, stdout),
+        }
+    }
+
+    /// Write queued messages to an instance's stdin.
+    pub(super) fn flush_worker_stdin(&mut self, key: usize) {
+        let Some(inst) = self.instances.get_mut(key) else {
+            return;
+        };
+        let Some(p) = inst.stdin.as_mut() else {
+            return;
+        };
+        if !p.flush(self.poll.registry(), &inst.label) {
+            self.close_worker_stdin(key);
+        }
+    }
+
+    pub(super) fn on_worker_stdin_writable(&mut self, key: usize) {
+        self.flush_worker_stdin(key);
+    }
+}
+
+/// Log one line of worker output with the instance as target, and keep it in the
+/// pool's log buffer.
+fn log_output(
+    control: &mut Control,
+    pool: &str,
+    index: u32,
+    label: &str,
+    stream: Stream,
+    line: &[u8],
+) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    for piece in log_pieces(line, LOG_LINE_MAX) {
+        log::info!(target: label, "{piece}");
+        control.record(pool, index, stream, piece.into_owned());
     }
 }
 
