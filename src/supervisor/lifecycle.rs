@@ -11,6 +11,11 @@
 //! whose generation is not the current one is ignored. Generations come from the
 //! shell ([`Context::gen`], unique for the daemon's lifetime), so a timer of a
 //! forgotten instance never matches the instance that reuses its key.
+//!
+//! Besides the state, an instance may be leaving ([`Lifecycle::retire`]: scale-down,
+//! replacement, removal) and is then never restarted and forgotten once stopped;
+//! whether it is held by `orchd ctl stop` and whether orchd is shutting down come in
+//! with each step ([`Context`]).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -29,7 +34,8 @@ pub const FAILED_SPAWN_MIN_INITIAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
-    /// A live process. Shown as `starting` during its first [`START_GRACE`].
+    /// A live process, leader of its own process group (pgid = pid). Shown as
+    /// `starting` during its first [`START_GRACE`].
     Running { pid: u32, since: Instant },
     /// Waiting to restart.
     Backoff { until: Instant },
