@@ -36,7 +36,7 @@ use crate::reload::diff::{diff_running, same_process, RunningPool, RunningSpec};
 pub use crate::reload::roll::Roll;
 use crate::reload::roll::{Action as RollAction, Event as RollEvent, Slot, Slots, Why};
 use crate::reload::Plan;
-use crate::supervisor::lifecycle::State;
+use crate::supervisor::lifecycle::{Event as LifeEvent, State};
 
 /// Quiet time after the last file event before the file is read.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -529,24 +529,22 @@ impl Daemon {
         let Some(inst) = self.instances.get_mut(k) else {
             return;
         };
-        inst.life.retire();
         let pool = inst.pool;
+        let running = matches!(inst.life.state, State::Running { .. });
         if !self.pools[pool].retiring.contains(&k) {
             self.pools[pool].retiring.push(k);
         }
-        match inst.life.state {
-            State::Running { .. } => {
-                log::info!(
-                    "{} retiring: draining {} message(s)",
-                    inst.label,
-                    inst.rt.inflight.len()
-                );
-                self.route_retiring(k);
-                self.instance_maybe_drained(k);
-            }
-            State::Stopping { .. } => {}
-            State::Backoff { .. } | State::Failed { .. } => self.stop_instance(k),
-            State::Stopped => self.mark_stopped(k),
+        // Leaving from now on; one that does not run is stopped (and forgotten) now.
+        self.feed(k, LifeEvent::Retire);
+        if running {
+            let inst = &self.instances[k];
+            log::info!(
+                "{} retiring: draining {} message(s)",
+                inst.label,
+                inst.rt.inflight.len()
+            );
+            self.route_retiring(k);
+            self.instance_maybe_drained(k);
         }
     }
 

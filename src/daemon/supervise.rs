@@ -405,11 +405,6 @@ impl Daemon {
         self.workers.forget_groups();
     }
 
-    /// An instance that runs no process is stopped now (and forgotten if retiring).
-    pub(super) fn mark_stopped(&mut self, key: usize) {
-        self.feed(key, Event::Settle);
-    }
-
     fn instance_forget(&mut self, key: usize) {
         let inst = self.instances.remove(key);
         let pool_key = inst.pool;

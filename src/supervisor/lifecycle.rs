@@ -225,9 +225,11 @@ pub enum Event {
     GroupGone { pgid: u32 },
     /// Stop it (stop_signal now, SIGKILL at stop_timeout), then `then`.
     Stop { then: Then },
-    /// Not running and not to run (shutdown, retired or held before it ran): it is
-    /// stopped now.
+    /// Not running and not to run (shutdown, held before it ran): it is stopped now.
     Settle,
+    /// It is leaving (scale-down, replacement, removal): never restarted, forgotten
+    /// once stopped; stopped now if it does not run.
+    Retire,
     /// SIGKILL went to every group (forced shutdown).
     Killed,
     /// A timer it armed fired; `group_alive`: its group still has processes.
@@ -400,8 +402,8 @@ impl Lifecycle {
         self.leaving
     }
 
-    /// From now on it is leaving: no new work, no restart, forgotten once stopped.
-    /// The caller then stops it (or, if already stopped, forgets it).
+    /// From now on it is leaving, without a step: for an instance being reported
+    /// gone, which is then forgotten (see [`Event::Retire`] otherwise).
     pub fn retire(&mut self) {
         self.leaving = true;
     }
@@ -459,6 +461,12 @@ impl Lifecycle {
                 }
             }
             Event::Stop { then } => self.on_stop(then, now, cx, out),
+            Event::Retire => {
+                self.leaving = true;
+                if !matches!(self.state, State::Running { .. } | State::Stopping { .. }) {
+                    self.stopped(Then::Stay, cx, out);
+                }
+            }
             Event::Settle => {
                 if matches!(
                     self.state,

@@ -677,6 +677,34 @@ fn a_retiring_instance_is_not_restarted_and_is_gone_once_stopped() {
 }
 
 #[test]
+fn retiring_stops_at_once_what_does_not_run() {
+    // Running: it drains first; nothing happens yet.
+    let mut r = Rig::new(pool(RestartPolicy::Always, None));
+    r.spawned(7);
+    assert!(r.quiet(Event::Retire).is_empty());
+    assert!(r.life.retiring());
+    assert!(matches!(r.life.state, State::Running { .. }));
+    // Waiting to restart: stopped and gone now, and its backoff timer is stale.
+    let mut r = Rig::new(pool(RestartPolicy::Always, None));
+    r.spawned(7);
+    let backoff = armed(&r.exit(1, false)).1;
+    assert_eq!(r.quiet(Event::Retire), [Action::Gone]);
+    assert_eq!(r.life.state, State::Stopped);
+    assert!(r.fire(backoff, false).is_empty());
+    // Never started: gone now.
+    let mut r = Rig::new(pool(RestartPolicy::Always, None));
+    assert_eq!(r.quiet(Event::Retire), [Action::Gone]);
+    // Stopping for a timeout restart: it stays stopped.
+    let mut r = Rig::new(pool(RestartPolicy::Always, None));
+    r.spawned(7);
+    r.quiet(Event::Stop {
+        then: Then::Restart,
+    });
+    assert!(r.quiet(Event::Retire).is_empty());
+    assert_eq!(r.exit(0, false), [Action::Down, Action::Gone]);
+}
+
+#[test]
 fn nothing_restarts_while_shutting_down() {
     let mut r = Rig::new(pool(RestartPolicy::Always, None));
     let timer = {
@@ -837,17 +865,7 @@ fn random_walks_keep_the_invariants() {
                 }
                 7 if !process => Event::Settle,
                 8 if rand(4) == 0 => Event::Killed,
-                // Retired: the shell stops what is not running at once.
-                9 => {
-                    r.life.retire();
-                    match r.life.state {
-                        State::Backoff { .. } | State::Failed { .. } => {
-                            Event::Stop { then: Then::Stay }
-                        }
-                        State::Stopped => Event::Settle,
-                        _ => continue,
-                    }
-                }
+                9 => Event::Retire,
                 10 => {
                     r.life
                         .after_stop([Then::Stay, Then::Release][rand(2) as usize]);
