@@ -21,6 +21,16 @@ pub fn deadline(now: Instant, d: Duration) -> Instant {
         .unwrap_or(now)
 }
 
+/// A duration for logs, to the millisecond ("3.2s", "400ms").
+pub fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms >= 1000 && d < Duration::from_secs(60) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        humantime::format_duration(Duration::from_millis(ms as u64)).to_string()
+    }
+}
+
 #[derive(Debug)]
 pub struct Timers<K> {
     heap: BinaryHeap<Reverse<Entry<K>>>,

@@ -27,7 +27,7 @@ use crate::supervisor::spawn::{self, Credentials};
 use crate::sys::{self, Exit};
 
 pub use super::workers::MAX_LINE;
-pub use crate::supervisor::lifecycle::fmt_duration;
+pub use crate::timers::fmt_duration;
 
 /// A pool at run time.
 pub struct PoolRt {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Backoff, GiveUp, Pool, RestartPolicy, Signal};
 use crate::sys::Exit;
-use crate::timers::deadline;
+use crate::timers::{deadline, fmt_duration};
 
 /// An instance counts as `starting` (for status) until it has been up this long.
 pub const START_GRACE: Duration = Duration::from_secs(1);
@@ -835,17 +835,6 @@ fn log(out: &mut Vec<Action>, level: log::Level, text: String) {
         text,
         record: true,
     });
-}
-
-/// A duration for log lines: "3.2s", "400ms", "2m 5s".
-pub fn fmt_duration(d: Duration) -> String {
-    // Millisecond precision reads well in logs ("3.2s", "400ms").
-    let ms = d.as_millis();
-    if ms >= 1000 && d < Duration::from_secs(60) {
-        format!("{:.1}s", d.as_secs_f64())
-    } else {
-        humantime::format_duration(Duration::from_millis(ms as u64)).to_string()
-    }
 }
 
 #[cfg(test)]
