@@ -17,7 +17,7 @@ use super::control::Target;
 use super::reload::Roll;
 use super::Daemon;
 use crate::reload::roll::Event as RollEvent;
-use crate::supervisor::lifecycle::{State, Then};
+use crate::supervisor::lifecycle::{Event as LifeEvent, State};
 use crate::sys;
 
 /// A `restart` or `stop` waiting to be answered.
@@ -246,27 +246,32 @@ impl Daemon {
         self.roll_event(pool, RollEvent::Hold { index });
         let inst = &mut self.instances[k];
         let was_held = std::mem::replace(&mut inst.held, true);
-        inst.life.after_stop(Then::Stay);
-        match inst.life.state {
+        let running = match inst.life.state {
             State::Running { .. } => {
                 log::info!(
                     "{} held (orchd ctl stop): draining {} message(s)",
                     inst.label,
                     inst.rt.inflight.len()
                 );
-                self.route_retiring(k);
-                self.instance_maybe_drained(k);
+                true
             }
             State::Backoff { .. } | State::Failed { .. } => {
                 log::info!("{} held stopped (orchd ctl stop)", inst.label);
-                self.stop_instance(k);
+                false
             }
-            State::Stopping { .. } => {}
+            State::Stopping { .. } => false,
             State::Stopped => {
                 if !was_held {
                     log::info!("{} held stopped (orchd ctl stop)", inst.label);
                 }
+                false
             }
+        };
+        // Stopped now if it waits to restart; stays stopped once stopped.
+        self.feed(k, LifeEvent::Hold);
+        if running {
+            self.route_retiring(k);
+            self.instance_maybe_drained(k);
         }
     }
 
@@ -293,13 +298,13 @@ impl Daemon {
                         "{label} {} (orchd ctl start)",
                         if released { "released" } else { "started" }
                     );
-                    inst.life.reset();
-                    self.refresh_spec(r.key);
-                    self.start_instance(r.key);
+                    // Afresh, with what its pool runs now.
+                    self.feed(r.key, LifeEvent::Release);
                     started.push(label);
                 }
                 State::Stopping { .. } => {
-                    inst.life.after_stop(Then::Release);
+                    // Started again once stopped.
+                    self.feed(r.key, LifeEvent::Release);
                     started.push(label);
                 }
                 State::Running { .. } | State::Backoff { .. } => {

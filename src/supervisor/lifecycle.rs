@@ -230,6 +230,12 @@ pub enum Event {
     /// It is leaving (scale-down, replacement, removal): never restarted, forgotten
     /// once stopped; stopped now if it does not run.
     Retire,
+    /// `orchd ctl stop` holds it (the shell set `held`): it stays stopped once
+    /// stopped; stopped now if it waits to restart.
+    Hold,
+    /// `orchd ctl start` released it: started afresh if stopped or failed, started
+    /// again once stopped if stopping.
+    Release,
     /// SIGKILL went to every group (forced shutdown).
     Killed,
     /// A timer it armed fired; `group_alive`: its group still has processes.
@@ -420,14 +426,6 @@ impl Lifecycle {
         )
     }
 
-    /// Change what follows the stop under way (no effect unless stopping): `ctl stop`
-    /// makes it stay stopped, `ctl start` starts it again once stopped.
-    pub fn after_stop(&mut self, then: Then) {
-        if let State::Stopping { then: t, .. } = &mut self.state {
-            *t = then;
-        }
-    }
-
     /// The process group to signal, while there may be one.
     pub fn group(&self) -> Option<u32> {
         match self.state {
@@ -467,6 +465,21 @@ impl Lifecycle {
                     self.stopped(Then::Stay, cx, out);
                 }
             }
+            Event::Hold => match &mut self.state {
+                State::Stopping { then, .. } => *then = Then::Stay,
+                State::Backoff { .. } | State::Failed { .. } => self.stopped(Then::Stay, cx, out),
+                State::Running { .. } | State::Stopped => {}
+            },
+            Event::Release => match &mut self.state {
+                State::Stopping { then, .. } => *then = Then::Release,
+                State::Stopped | State::Failed { .. } => {
+                    if cx.running && !cx.held && !self.leaving {
+                        self.reset();
+                        out.push(Action::Start { fresh_spec: true });
+                    }
+                }
+                State::Running { .. } | State::Backoff { .. } => {}
+            },
             Event::Settle => {
                 if matches!(
                     self.state,

@@ -637,7 +637,7 @@ fn ctl_start_during_a_hold_stop_starts_it_again_with_the_fresh_spec() {
     r.quiet(Event::Stop { then: Then::Stay });
     // `start` releases the hold while it is still stopping.
     r.held = false;
-    r.life.after_stop(Then::Release);
+    assert!(r.quiet(Event::Release).is_empty());
     let a = r.exited(0, false);
     assert!(
         matches!(&a[2], Action::Log { text, .. } if text == "w[0] stopped; starting it again (released)")
@@ -647,8 +647,9 @@ fn ctl_start_during_a_hold_stop_starts_it_again_with_the_fresh_spec() {
     // `stop` again before it stopped: it stays stopped.
     r.spawned(8);
     r.quiet(Event::Stop { then: Then::Stay });
-    r.life.after_stop(Then::Release);
-    r.life.after_stop(Then::Stay);
+    r.quiet(Event::Release);
+    r.held = true;
+    assert!(r.quiet(Event::Hold).is_empty());
     assert_eq!(r.exit(0, false), [Action::Down, Action::Gone]);
 }
 
@@ -674,6 +675,36 @@ fn a_retiring_instance_is_not_restarted_and_is_gone_once_stopped() {
         then: Then::Restart,
     });
     assert_eq!(r.exit(0, false), [Action::Down, Action::Gone]);
+}
+
+#[test]
+fn hold_stops_what_waits_and_release_starts_what_stopped() {
+    let mut r = Rig::new(pool(RestartPolicy::Always, None));
+    r.spawned(7);
+    let backoff = armed(&r.exit(1, false)).1;
+    r.held = true;
+    assert_eq!(r.quiet(Event::Hold), [Action::Gone]);
+    assert_eq!(r.life.state, State::Stopped);
+    assert!(r.fire(backoff, false).is_empty());
+    // Released: afresh (full restart budget), with what the pool runs now.
+    r.held = false;
+    assert_eq!(
+        r.quiet(Event::Release),
+        [Action::Start { fresh_spec: true }]
+    );
+    // A running instance: hold and release change nothing here (the router drains
+    // it, and the shell stops it once drained).
+    r.spawned(8);
+    r.held = true;
+    assert!(r.quiet(Event::Hold).is_empty());
+    r.held = false;
+    assert!(r.quiet(Event::Release).is_empty());
+    assert!(matches!(r.life.state, State::Running { pid: 8, .. }));
+    // Shutting down: a release starts nothing.
+    r.quiet(Event::Stop { then: Then::Stay });
+    r.exit(0, false);
+    r.running = false;
+    assert!(r.quiet(Event::Release).is_empty());
 }
 
 #[test]
@@ -866,12 +897,15 @@ fn random_walks_keep_the_invariants() {
                 7 if !process => Event::Settle,
                 8 if rand(4) == 0 => Event::Killed,
                 9 => Event::Retire,
+                // `ctl stop` / `ctl start`; now and then orchd starts shutting down.
                 10 => {
-                    r.life
-                        .after_stop([Then::Stay, Then::Release][rand(2) as usize]);
-                    r.held = rand(4) == 0;
                     r.running = rand(8) != 0;
-                    continue;
+                    r.held = rand(2) == 0;
+                    if r.held {
+                        Event::Hold
+                    } else {
+                        Event::Release
+                    }
                 }
                 _ if !timers.is_empty() => Event::Timer {
                     timer: timers.swap_remove(rand(timers.len() as u64) as usize),
