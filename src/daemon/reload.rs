@@ -447,8 +447,7 @@ impl Daemon {
                 "{}: reload gives a failed instance a fresh start",
                 self.instances[k].label
             );
-            self.instances[k].life.reset();
-            self.start_instance(k);
+            self.feed(k, LifeEvent::Reload);
         }
         n
     }

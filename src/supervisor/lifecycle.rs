@@ -236,6 +236,8 @@ pub enum Event {
     /// `orchd ctl start` released it: started afresh if stopped or failed, started
     /// again once stopped if stopping.
     Release,
+    /// A reload: a failed instance starts afresh.
+    Reload,
     /// SIGKILL went to every group (forced shutdown).
     Killed,
     /// A timer it armed fired; `group_alive`: its group still has processes.
@@ -480,6 +482,16 @@ impl Lifecycle {
                 }
                 State::Running { .. } | State::Backoff { .. } => {}
             },
+            Event::Reload => {
+                if matches!(self.state, State::Failed { .. })
+                    && cx.running
+                    && !cx.held
+                    && !self.leaving
+                {
+                    self.reset();
+                    out.push(Action::Start { fresh_spec: false });
+                }
+            }
             Event::Settle => {
                 if matches!(
                     self.state,

@@ -36,6 +36,15 @@ fn pool(restart: RestartPolicy, give_up: Option<GiveUp>) -> Pool {
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
+/// More than `restarts` restarts within a minute: failed, for `cooldown`.
+fn give_up(restarts: u32, cooldown: Option<Duration>) -> GiveUp {
+    GiveUp {
+        restarts,
+        within: Duration::from_secs(60),
+        cooldown,
+    }
+}
+
 #[test]
 fn delay_grows_by_factor_and_caps_at_max() {
     let b = pool(RestartPolicy::Always, None).backoff;
@@ -482,12 +491,7 @@ fn backoff_grows_then_gives_up_then_cooldown_starts_afresh() {
 
 #[test]
 fn give_up_without_cooldown_waits_for_a_reload() {
-    let g = GiveUp {
-        restarts: 0,
-        within: Duration::from_secs(60),
-        cooldown: None,
-    };
-    let mut r = Rig::new(pool(RestartPolicy::Always, Some(g)));
+    let mut r = Rig::new(pool(RestartPolicy::Always, Some(give_up(0, None))));
     r.spawned(7);
     assert_eq!(
         r.exit(1, false),
@@ -705,6 +709,35 @@ fn hold_stops_what_waits_and_release_starts_what_stopped() {
     r.exit(0, false);
     r.running = false;
     assert!(r.quiet(Event::Release).is_empty());
+}
+
+#[test]
+fn a_reload_gives_a_failed_instance_a_fresh_start() {
+    let mut r = Rig::new(pool(RestartPolicy::Always, Some(give_up(1, None))));
+    // Only a failed one.
+    assert!(r.quiet(Event::Reload).is_empty());
+    r.spawned(7);
+    assert!(r.quiet(Event::Reload).is_empty());
+    let backoff = armed(&r.exit(1, false)).1;
+    r.fire(backoff, false);
+    r.spawned(8);
+    assert_eq!(
+        r.exit(1, false),
+        [Action::Down, Action::Gone, Action::PoolLost]
+    );
+    assert_eq!(r.life.state, State::Failed { until: None });
+    // A held one stays failed.
+    r.held = true;
+    assert!(r.quiet(Event::Reload).is_empty());
+    r.held = false;
+    assert_eq!(
+        r.quiet(Event::Reload),
+        [Action::Start { fresh_spec: false }]
+    );
+    // Its restart history is forgotten: the next exit restarts it.
+    r.spawned(9);
+    armed(&r.exit(1, false));
+    assert!(matches!(r.life.state, State::Backoff { .. }));
 }
 
 #[test]
