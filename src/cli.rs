@@ -157,6 +157,19 @@ pub struct Args {
     pub log_format: LogFormat,
 }
 
+impl Args {
+    /// `mode` with every option at its default.
+    fn new(mode: Mode) -> Args {
+        Args {
+            mode,
+            config: None,
+            no_watch: false,
+            log_level: None,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     use lexopt::prelude::*;
     let mut args = args.into_iter().peekable();
@@ -165,13 +178,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
         return parse_ctl(args);
     }
     let mut p = lexopt::Parser::from_args(args);
-    let mut a = Args {
-        mode: Mode::Run,
-        config: None,
-        no_watch: false,
-        log_level: None,
-        log_format: LogFormat::Text,
-    };
+    let mut a = Args::new(Mode::Run);
     let mut json = false;
     let set_mode = |a: &mut Args, m: Mode| -> Result<(), String> {
         if a.mode != Mode::Run && a.mode != m {
@@ -238,13 +245,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
 fn parse_ctl(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     use lexopt::prelude::*;
     let mut p = lexopt::Parser::from_args(args);
-    let mut a = Args {
-        mode: Mode::CtlHelp,
-        config: None,
-        no_watch: false,
-        log_level: None,
-        log_format: LogFormat::Text,
-    };
+    let mut a = Args::new(Mode::CtlHelp);
     let (mut json, mut timeout) = (false, None);
     let (mut follow, mut lines) = (false, None);
     let mut words: Vec<String> = Vec::new();
@@ -324,7 +325,7 @@ fn parse_ctl(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
             let Some((signal, rest)) = rest.split_first() else {
                 return Err("signal: missing SIG and TARGET".into());
             };
-            crate::daemon::parse_signal(signal)?;
+            crate::config::parse_signal(signal)?;
             CtlVerb::Signal {
                 signal: signal.clone(),
                 targets: targets(rest.to_vec())?,

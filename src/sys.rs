@@ -51,32 +51,8 @@ impl std::fmt::Display for Exit {
     }
 }
 
-/// Canonical name of a signal number ("TERM"), or the number itself.
-pub fn signal_name(signal: i32) -> String {
-    let name = match signal {
-        libc::SIGHUP => "HUP",
-        libc::SIGINT => "INT",
-        libc::SIGQUIT => "QUIT",
-        libc::SIGILL => "ILL",
-        libc::SIGABRT => "ABRT",
-        libc::SIGBUS => "BUS",
-        libc::SIGFPE => "FPE",
-        libc::SIGKILL => "KILL",
-        libc::SIGUSR1 => "USR1",
-        libc::SIGSEGV => "SEGV",
-        libc::SIGUSR2 => "USR2",
-        libc::SIGPIPE => "PIPE",
-        libc::SIGALRM => "ALRM",
-        libc::SIGTERM => "TERM",
-        libc::SIGCHLD => "CHLD",
-        libc::SIGCONT => "CONT",
-        libc::SIGSTOP => "STOP",
-        libc::SIGTSTP => "TSTP",
-        libc::SIGWINCH => "WINCH",
-        _ => return signal.to_string(),
-    };
-    name.to_string()
-}
+/// Canonical name of a signal number: one table, in `config`.
+pub use crate::config::signal_name;
 
 /// Reap one exited child of ours, if any: `waitpid(-1, WNOHANG)`.
 /// `Ok(None)` means nothing (more) to reap right now, including ECHILD.

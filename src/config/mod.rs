@@ -36,8 +36,7 @@ pub use describe::describe;
 pub use error::{ConfigError, ConfigErrors};
 pub use file::{read_file, MAX_CONFIG_BYTES};
 pub use preflight::preflight;
-pub(crate) use signal::known_signal_names;
-pub use signal::signal_by_name;
+pub use signal::{parse_signal, signal_by_name, signal_name};
 
 use std::path::{Path, PathBuf};
 

@@ -22,9 +22,12 @@ use serde_json::{json, Value};
 use slab::Slab;
 
 use super::logs::{selected, LogBook, Selector, Stream};
-use super::route::bind_unix;
+use super::net::bind_unix;
+use super::outbuf::OutBuf;
 use super::{Daemon, IoTarget, CONTROL};
 use crate::framing::{Fill, Frame, LineBuf};
+
+pub use crate::config::parse_signal;
 
 /// Control commands are short; anything longer is refused.
 const MAX_COMMAND: usize = 64 * 1024;
@@ -121,25 +124,6 @@ pub fn parse_target(s: &str) -> Result<Target<'_>, String> {
         }
     };
     Ok(Target { pool, index })
-}
-
-/// Parses a signal for `signal`: a name with or without `SIG` (any case), or a number
-/// from 1 to 64. Returns the number.
-pub fn parse_signal(s: &str) -> Result<i32, String> {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return match s.parse::<i32>() {
-            Ok(n @ 1..=64) => Ok(n),
-            _ => Err(format!("bad signal {s:?}: a number must be from 1 to 64")),
-        };
-    }
-    crate::config::signal_by_name(s)
-        .map(|sig| sig.number)
-        .ok_or_else(|| {
-            format!(
-                "unknown signal {s:?}; expected a number or one of {}",
-                crate::config::known_signal_names()
-            )
-        })
 }
 
 /// Targets separated by whitespace; at least one.
@@ -242,9 +226,7 @@ pub(super) struct Conn {
     /// further command is read, so replies stay in command order.
     pub(super) busy: bool,
     inbuf: LineBuf,
-    out: Vec<u8>,
-    out_pos: usize,
-    want_write: bool,
+    out: OutBuf,
     eof: bool,
     /// `logs -f`: what it follows, and lines dropped since its last marker.
     follow: Option<Follow>,
@@ -284,7 +266,7 @@ impl Control {
             if !selected(&f.targets, pool, index) {
                 continue;
             }
-            let pending = c.out.len() - c.out_pos;
+            let pending = c.out.pending();
             if pending >= FOLLOW_MAX_UNSENT {
                 f.dropped += 1;
                 continue;
@@ -297,7 +279,7 @@ impl Control {
             if f.dropped > 0 {
                 push_dropped(&mut c.out, f);
             }
-            c.out.extend_from_slice(json.as_bytes());
+            c.out.push(json.as_bytes());
             if !c.dirty {
                 c.dirty = true;
                 self.dirty.push(k);
@@ -307,10 +289,15 @@ impl Control {
     }
 }
 
-fn push_dropped(out: &mut Vec<u8>, f: &mut Follow) {
-    out.extend_from_slice(json!({ "dropped": f.dropped }).to_string().as_bytes());
-    out.push(b'\n');
+fn push_dropped(out: &mut OutBuf, f: &mut Follow) {
+    push_json_line(out, &json!({ "dropped": f.dropped }));
     f.dropped = 0;
+}
+
+/// One JSON reply line.
+fn push_json_line(out: &mut OutBuf, v: &Value) {
+    out.push(v.to_string().as_bytes());
+    out.push(b"\n");
 }
 
 impl Daemon {
@@ -386,47 +373,38 @@ impl Daemon {
     }
 
     pub(super) fn control_accept(&mut self) {
-        loop {
-            let Some((l, _)) = self.control.listener.as_ref() else {
-                return;
-            };
-            match l.accept() {
-                Ok((mut stream, _)) => {
-                    let id = self.gen();
-                    let entry = self.control.conns.vacant_entry();
-                    let key = entry.key();
-                    let token = match self.register_io(
-                        &mut stream,
-                        IoTarget::ControlConn(key),
-                        Interest::READABLE,
-                    ) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            log::warn!("control: cannot watch a connection: {e}");
-                            continue;
-                        }
-                    };
-                    self.control.conns.insert(Conn {
-                        stream,
-                        token,
-                        id,
-                        busy: false,
-                        inbuf: LineBuf::new(MAX_COMMAND),
-                        out: Vec::new(),
-                        out_pos: 0,
-                        want_write: false,
-                        eof: false,
-                        follow: None,
-                        dirty: false,
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    log::warn!("control: accept: {e}");
-                    return;
-                }
-            }
+        let end = super::net::accept_loop(
+            self,
+            |d| d.control.listener.as_ref().map(|(l, _)| l.accept()),
+            |d, (mut stream, _)| {
+                let id = d.gen();
+                let key = d.control.conns.vacant_entry().key();
+                let token = match d.register_io(
+                    &mut stream,
+                    IoTarget::ControlConn(key),
+                    Interest::READABLE,
+                ) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        log::warn!("control: cannot watch a connection: {e}");
+                        return;
+                    }
+                };
+                d.control.conns.insert(Conn {
+                    stream,
+                    token,
+                    id,
+                    busy: false,
+                    inbuf: LineBuf::new(MAX_COMMAND),
+                    out: OutBuf::new(),
+                    eof: false,
+                    follow: None,
+                    dirty: false,
+                });
+            },
+        );
+        if let super::net::AcceptEnd::Failed(e) = end {
+            log::warn!("control: accept: {e}");
         }
     }
 
@@ -450,7 +428,7 @@ impl Daemon {
                 self.follower_read(key);
                 return;
             }
-            if c.out.len() - c.out_pos > MAX_UNSENT || c.eof || c.busy {
+            if c.out.pending() > MAX_UNSENT || c.eof || c.busy {
                 return;
             }
             let cmd = match c.inbuf.next_frame() {
@@ -495,8 +473,7 @@ impl Daemon {
                 return;
             };
             if let Some(c) = self.control.conns.get_mut(key) {
-                c.out.extend_from_slice(reply.to_string().as_bytes());
-                c.out.push(b'\n');
+                push_json_line(&mut c.out, &reply);
             }
         }
     }
@@ -510,21 +487,15 @@ impl Daemon {
         };
         let mut close = false;
         loop {
-            while c.out_pos < c.out.len() {
-                match c.stream.write(&c.out[c.out_pos..]) {
-                    Ok(n) => c.out_pos += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        close = true;
-                        break;
-                    }
-                }
+            let stream = &mut c.stream;
+            if c.out.flush(|bytes| stream.write(bytes)).error.is_some() {
+                close = true;
+                break;
             }
             // A follower that dropped lines has room again: say how many.
             match c.follow.as_mut() {
-                Some(f) if !close && f.dropped > 0 => {
-                    if c.out.len() - c.out_pos > FOLLOW_MAX_UNSENT / 2 {
+                Some(f) if f.dropped > 0 => {
+                    if c.out.pending() > FOLLOW_MAX_UNSENT / 2 {
                         break;
                     }
                     push_dropped(&mut c.out, f);
@@ -532,17 +503,7 @@ impl Daemon {
                 _ => break,
             }
         }
-        if c.out_pos == c.out.len() {
-            c.out.clear();
-            c.out_pos = 0;
-            if c.out.capacity() > 2 * MAX_UNSENT {
-                c.out = Vec::new();
-            }
-        } else if c.out_pos > MAX_UNSENT / 2 {
-            c.out.drain(..c.out_pos);
-            c.out_pos = 0;
-        }
-        let pending = c.out.len() - c.out_pos;
+        let pending = c.out.pending();
         close |= c.eof && pending == 0 && !c.busy;
         if close {
             let mut c = self.control.conns.remove(key);
@@ -552,10 +513,8 @@ impl Daemon {
             }
             return false;
         }
-        let want = pending > 0;
-        if want != c.want_write {
-            c.want_write = want;
-            let interest = if want {
+        if c.out.interest_changed(pending > 0) {
+            let interest = if pending > 0 {
                 Interest::READABLE | Interest::WRITABLE
             } else {
                 Interest::READABLE
@@ -640,7 +599,7 @@ impl Daemon {
         let Some(c) = self.control.conns.get_mut(key) else {
             return;
         };
-        c.out.extend_from_slice(&out);
+        c.out.push(&out);
         if following {
             c.follow = Some(Follow {
                 targets,
@@ -683,8 +642,7 @@ impl Daemon {
             return;
         };
         c.busy = false;
-        c.out.extend_from_slice(reply.to_string().as_bytes());
-        c.out.push(b'\n');
+        push_json_line(&mut c.out, &reply);
         self.control_serve(conn);
     }
 

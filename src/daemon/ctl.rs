@@ -251,7 +251,7 @@ impl Daemon {
                 log::info!(
                     "{} held (orchd ctl stop): draining {} message(s)",
                     inst.label,
-                    inst.rt.inflight.len()
+                    self.ledger.instance_counts(k).0
                 );
                 true
             }

@@ -7,15 +7,21 @@
 //! orchd makes no system calls at all. Writes are batched: handlers append to output
 //! buffers and mark them dirty, and each loop turn flushes every dirty buffer once.
 //!
-//! Submodules add methods to [`Daemon`]: `supervise` (instances: performs what their
-//! lifecycle decides), `workers` (processes and their pipes), `route` (messages),
-//! `reload` (config changes), `control` (control socket), `ctl` (its operations);
-//! `logs` keeps recent output per pool for `orchd ctl CONFIG logs`.
+//! Submodules add methods to [`Daemon`]: `supervise` (instances: feeds their pure
+//! lifecycle, [`crate::supervisor::lifecycle`], and performs what it decides),
+//! `workers` (processes and their pipes), `route` (messages:
+//! it feeds what `net`, the listeners and client connections, reads to the pure
+//! message ledger, [`crate::router::ledger`]), `exec` (tells the ledger what happened
+//! to instances and executes its actions), `reload` (config changes), `control`
+//! (control socket), `ctl` (its operations); `logs` keeps recent output per pool for
+//! `orchd ctl CONFIG logs`.
 
 pub mod client;
 mod control;
 mod ctl;
+mod exec;
 pub mod logs;
+mod net;
 pub mod outbuf;
 mod ready;
 mod reload;
@@ -35,6 +41,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::config::Config;
+use crate::router::ledger::{Actions, Ledger, Limits};
 use crate::supervisor::lifecycle::FirstStart;
 use crate::timers::{deadline, Timers};
 
@@ -93,12 +100,10 @@ enum TimerKey {
         key: usize,
         timer: crate::supervisor::lifecycle::Timer,
     },
-    /// The earliest message deadline (`timeout`) among an instance's in-flight messages.
-    Inflight { key: usize, gen: u64 },
+    /// The message ledger's timers (message timeouts, queue expiry).
+    Ledger(crate::router::ledger::Timer),
     /// Leftover processes of a worker's group get SIGKILL.
     Group { pgid: u32, gen: u64 },
-    /// Messages waiting for a pool without instances may expire.
-    PoolQueue { pool: usize, gen: u64 },
     /// `drain_timeout` at shutdown is over.
     DrainOver,
     /// The file watcher's burst of events has settled.
@@ -143,7 +148,12 @@ pub struct Daemon {
     workers: workers::Workers,
     /// Lifecycle actions being performed (a buffer kept between uses).
     lifecycle_actions: Vec<crate::supervisor::lifecycle::Action>,
-    router: route::Router,
+    /// Listeners and client connections.
+    net: net::Net,
+    /// Messages: queues, in flight, replies (pure; see `exec.rs` for its actions).
+    ledger: Ledger,
+    /// The ledger's pending actions (reused between events).
+    ledger_out: Actions,
     watcher: reload::Watcher,
     control: control::Control,
     /// `orchd ctl restart` and `stop` commands waiting to be answered.
@@ -231,7 +241,12 @@ impl Daemon {
             instances: Slab::new(),
             workers: workers::Workers::default(),
             lifecycle_actions: Vec::new(),
-            router: route::Router::default(),
+            net: net::Net::default(),
+            ledger: Ledger::new(Limits {
+                error_prefix: config.settings.error_prefix.clone(),
+                ..Limits::default()
+            }),
+            ledger_out: Actions::new(),
             watcher: reload::Watcher::default(),
             control: control::Control::new(config.settings.log_buffer),
             ops: Vec::new(),
@@ -438,9 +453,8 @@ impl Daemon {
             };
             match key {
                 TimerKey::Instance { key, timer } => self.on_instance_timer(key, timer),
-                TimerKey::Inflight { key, gen } => self.on_inflight_timer(key, gen),
+                TimerKey::Ledger(t) => self.on_ledger_timer(t),
                 TimerKey::Group { pgid, gen } => self.on_group_timer(pgid, gen),
-                TimerKey::PoolQueue { pool, gen } => self.on_pool_queue_timer(pool, gen),
                 TimerKey::DrainOver => {
                     if self.phase == Phase::Draining {
                         log::warn!("drain timeout over; answering what is left with errors");
@@ -476,20 +490,11 @@ impl Daemon {
         target: IoTarget,
         interest: Interest,
     ) -> io::Result<Token> {
-        let entry = self.io.vacant_entry();
-        let token = Token(entry.key() + FIRST_IO);
-        self.poll.registry().register(source, token, interest)?;
-        entry.insert(target);
-        Ok(token)
+        register(&self.poll, &mut self.io, source, target, interest)
     }
 
     fn deregister_io<S: mio::event::Source + ?Sized>(&mut self, source: &mut S, token: Token) {
-        if let Err(e) = self.poll.registry().deregister(source) {
-            log::debug!("deregister {token:?}: {e}");
-        }
-        if token.0 >= FIRST_IO && self.io.contains(token.0 - FIRST_IO) {
-            self.io.remove(token.0 - FIRST_IO);
-        }
+        deregister(&self.poll, &mut self.io, source, token)
     }
 
     /// Write what stderr takes of the log backlog; poll it for WRITABLE only while
@@ -601,5 +606,36 @@ impl Daemon {
             }
         }
         log::info!("exiting with status {}", self.exit_code);
+    }
+}
+
+/// Register `source` under a new I/O token for `target` (the one implementation
+/// behind [`Daemon::register_io`], for callers holding another part of the daemon).
+fn register<S: mio::event::Source + ?Sized>(
+    poll: &Poll,
+    io: &mut Slab<IoTarget>,
+    source: &mut S,
+    target: IoTarget,
+    interest: Interest,
+) -> io::Result<Token> {
+    let entry = io.vacant_entry();
+    let token = Token(entry.key() + FIRST_IO);
+    poll.registry().register(source, token, interest)?;
+    entry.insert(target);
+    Ok(token)
+}
+
+/// Stop watching `source` and free its token (see [`register`]).
+fn deregister<S: mio::event::Source + ?Sized>(
+    poll: &Poll,
+    io: &mut Slab<IoTarget>,
+    source: &mut S,
+    token: Token,
+) {
+    if let Err(e) = poll.registry().deregister(source) {
+        log::debug!("deregister {token:?}: {e}");
+    }
+    if token.0 >= FIRST_IO && io.contains(token.0 - FIRST_IO) {
+        io.remove(token.0 - FIRST_IO);
     }
 }

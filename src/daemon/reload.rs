@@ -536,11 +536,10 @@ impl Daemon {
         // Leaving from now on; one that does not run is stopped (and forgotten) now.
         self.feed(k, LifeEvent::Retire);
         if running {
-            let inst = &self.instances[k];
             log::info!(
                 "{} retiring: draining {} message(s)",
-                inst.label,
-                inst.rt.inflight.len()
+                self.instances[k].label,
+                self.ledger.instance_counts(k).0
             );
             self.route_retiring(k);
             self.instance_maybe_drained(k);

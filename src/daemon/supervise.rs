@@ -17,7 +17,6 @@ use mio::Interest;
 use super::control::Control;
 use super::logs::Stream;
 use super::outbuf::OutBuf;
-use super::route::InstanceRt;
 use super::workers::{self, PipeIn, PipeOut, LOG_LINE_MAX};
 use super::{Daemon, IoTarget, Phase, TimerKey};
 use crate::config::Pool;
@@ -27,7 +26,6 @@ use crate::supervisor::spawn::{self, Credentials};
 use crate::sys::{self, Exit};
 
 pub use super::workers::MAX_LINE;
-pub use crate::timers::fmt_duration;
 
 /// A pool at run time.
 pub struct PoolRt {
@@ -46,7 +44,6 @@ pub struct PoolRt {
     pub retiring: Vec<usize>,
     /// Removed from the config: forgotten once its last instance has stopped.
     pub removed: bool,
-    pub q: super::route::PoolQueue,
     /// A rolling replacement in progress (reload changed what the process is, or
     /// `orchd ctl restart`).
     pub roll: Option<super::reload::Roll>,
@@ -87,7 +84,6 @@ pub struct Instance {
     pub(super) stdout: Option<PipeIn>,
     pub(super) stderr: Option<PipeIn>,
     pub(super) stdin: Option<PipeOut>,
-    pub(super) rt: InstanceRt,
 }
 
 impl Instance {
@@ -167,7 +163,6 @@ impl Daemon {
             slots: Vec::new(),
             retiring: Vec::new(),
             removed: false,
-            q: Default::default(),
             roll: None,
             held: false,
         });
@@ -216,7 +211,6 @@ impl Daemon {
             stdout: None,
             stderr: None,
             stdin: None,
-            rt: InstanceRt::default(),
         })
     }
 
@@ -407,6 +401,7 @@ impl Daemon {
 
     fn instance_forget(&mut self, key: usize) {
         let inst = self.instances.remove(key);
+        self.route_instance_forget(key);
         let pool_key = inst.pool;
         self.close_worker_pipes_of(inst);
         let Some(pool) = self.pools.get_mut(pool_key) else {
@@ -568,6 +563,7 @@ impl Daemon {
     pub(super) fn close_worker_stdin(&mut self, key: usize) {
         if let Some(mut p) = self.instances.get_mut(key).and_then(|i| i.stdin.take()) {
             self.deregister_io(&mut p.tx, p.token);
+            self.route_instance_changed(key);
         }
     }
 
@@ -737,7 +733,6 @@ mod tests {
             stdout: None,
             stderr: None,
             stdin: None,
-            rt: InstanceRt::default(),
         }
     }
 

@@ -35,6 +35,16 @@ fn error_line<'a>(err: &'a str, cfg: &Path, (line, col): (usize, usize), key: &s
         .unwrap_or_else(|| panic!("no error starting with {prefix:?} in:\n{err}"))
 }
 
+/// `--check` of `toml` fails with exactly one error, for `key`, located at `needle`
+/// in the line containing `line_marker`. Returns that error line.
+fn the_only_error(dir: &TempDir, toml: &str, line_marker: &str, needle: &str, key: &str) -> String {
+    let (cfg, code, _, err) = check(dir, toml);
+    assert_eq!(code, 1, "{err}");
+    let l = error_line(&err, &cfg, pos(toml, line_marker, needle), key).to_string();
+    assert_eq!(err.lines().count(), 1, "spurious errors:\n{err}");
+    l
+}
+
 #[test]
 fn check_of_valid_file_exits_0_and_describes_pools_and_routes() {
     let dir = TempDir::new("check-valid");
@@ -157,19 +167,11 @@ fn check_locates_backoff_factor_below_one() {
 command = "true"
 backoff = { initial = "100ms", factor = 0.5 }
 "#;
-    let (cfg, code, _, err) = check(&dir, toml);
-    assert_eq!(code, 1, "{err}");
-    let l = error_line(
-        &err,
-        &cfg,
-        pos(toml, "backoff", "0.5"),
-        "pool.web.backoff.factor",
-    );
+    let l = the_only_error(&dir, toml, "backoff", "0.5", "pool.web.backoff.factor");
     assert!(
         l.contains("0.5"),
         "the error does not say what was found: {l}"
     );
-    assert_eq!(err.lines().count(), 1, "spurious errors:\n{err}");
 }
 
 #[test]
@@ -179,11 +181,8 @@ fn check_locates_unknown_key() {
 command = "true"
 colour = "blue"
 "#;
-    let (cfg, code, _, err) = check(&dir, toml);
-    assert_eq!(code, 1, "{err}");
-    let l = error_line(&err, &cfg, pos(toml, "colour", "colour"), "pool.web.colour");
+    let l = the_only_error(&dir, toml, "colour", "colour", "pool.web.colour");
     assert!(l.contains("colour"), "{l}");
-    assert_eq!(err.lines().count(), 1, "spurious errors:\n{err}");
 }
 
 #[test]
@@ -200,11 +199,8 @@ to = "web"
 from = "unix:b.sock"
 to = "nope"
 "#;
-    let (cfg, code, _, err) = check(&dir, toml);
-    assert_eq!(code, 1, "{err}");
-    let l = error_line(&err, &cfg, pos(toml, "nope", "\"nope\""), "route[2].to");
+    let l = the_only_error(&dir, toml, "nope", "\"nope\"", "route[2].to");
     assert!(l.contains("nope"), "{l}");
-    assert_eq!(err.lines().count(), 1, "spurious errors:\n{err}");
 }
 
 #[test]

@@ -20,21 +20,6 @@ fn ctl_ok(cfg: &Path, args: &[&str]) -> String {
     out
 }
 
-fn status(cfg: &Path) -> serde_json::Value {
-    serde_json::from_str(&ctl_ok(cfg, &["status", "--json"])).expect("status JSON")
-}
-
-/// The instances of `pool` in status (slots, retiring ones and replacements).
-fn instances(cfg: &Path, pool: &str) -> Vec<serde_json::Value> {
-    status(cfg)["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == pool)
-        .and_then(|p| p["instances"].as_array().cloned())
-        .unwrap_or_default()
-}
-
 /// index → pid of the running instances of `pool`, once it has exactly `n`
 /// instances, all running (none retiring, none a pending replacement).
 fn wait_running(cfg: &Path, pool: &str, n: usize) -> BTreeMap<u64, u64> {

@@ -222,9 +222,7 @@ fn lifecycle_lines_of_a_killed_worker_are_in_its_pool_logs() {
                 .ok()
         })
         .unwrap_or_else(|| panic!("no started line in {before}"));
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
+    kill(pid as u32, libc::SIGKILL);
     let out = wait_for("web[1] to be started again", DEADLINE, || {
         let (_, out, _) = logs(&cfg, &["web", "-n", "1000", "--json"]);
         let orchd: Vec<String> = json_lines(&out)

@@ -18,16 +18,6 @@ fn mkfifo(path: &Path) {
     assert_eq!(rc, 0, "mkfifo {}", path.display());
 }
 
-/// One control command and its JSON answer, or None when no answer came in `timeout`.
-const CONTROLLED: &str = r#"
-[orchd]
-control = "ctl.sock"
-
-[pool.web]
-command = ["sleep", "1000"]
-count = 2
-"#;
-
 fn error_of(v: &serde_json::Value) -> String {
     assert_eq!(v["ok"], false, "expected an error answer, got {v}");
     v["error"].as_str().unwrap_or_default().to_string()
@@ -36,7 +26,7 @@ fn error_of(v: &serde_json::Value) -> String {
 #[test]
 fn plan_of_dev_zero_is_refused_at_once_and_memory_stays_small() {
     let dir = TempDir::new("hc-plan-zero");
-    let cfg = dir.write("pool.toml", CONTROLLED);
+    let cfg = dir.write("pool.toml", TWO_SLEEPERS);
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
     let sock = dir.join("ctl.sock");
@@ -59,7 +49,7 @@ fn plan_of_dev_zero_is_refused_at_once_and_memory_stays_small() {
 #[test]
 fn plan_of_fifo_is_refused_and_orchd_stays_responsive() {
     let dir = TempDir::new("hc-plan-fifo");
-    let cfg = dir.write("pool.toml", CONTROLLED);
+    let cfg = dir.write("pool.toml", TWO_SLEEPERS);
     let fifo = dir.join("next.toml");
     mkfifo(&fifo);
     let mut o = Orchd::start(&cfg);
@@ -89,7 +79,7 @@ fn swap_for_fifo_symlink(dir: &TempDir, cfg: &Path) -> PathBuf {
 #[test]
 fn sighup_with_config_swapped_for_a_fifo_keeps_the_running_config() {
     let dir = TempDir::new("hc-hup-fifo");
-    let cfg = dir.write("pool.toml", CONTROLLED);
+    let cfg = dir.write("pool.toml", TWO_SLEEPERS);
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
     let kids = {
@@ -116,7 +106,7 @@ fn sighup_with_config_swapped_for_a_fifo_keeps_the_running_config() {
 #[test]
 fn watched_config_swapped_for_a_fifo_keeps_the_running_config() {
     let dir = TempDir::new("hc-watch-fifo");
-    let cfg = dir.write("pool.toml", CONTROLLED);
+    let cfg = dir.write("pool.toml", TWO_SLEEPERS);
     let mut o = Orchd::start_with(&cfg, &[], Stdio::null());
     o.wait_ready();
     o.wait_log("watching", 1);
@@ -157,7 +147,7 @@ fn oversize_config_is_refused_by_check_start_up_and_plan() {
     assert_eq!(o.wait_exit(DEADLINE), 2);
     assert!(o.log().contains("larger than 16 MiB"), "{}", o.log());
 
-    let cfg = dir.write("pool.toml", CONTROLLED);
+    let cfg = dir.write("pool.toml", TWO_SLEEPERS);
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
     let err = error_of(&control(
@@ -291,8 +281,7 @@ timeout = "{cap}"
         })
     };
     for pid in [running("cat"), running("sleep")] {
-        // SAFETY: plain kill(2) on a worker of our orchd.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        kill(pid, libc::SIGKILL);
     }
     o.wait_log("failed", 1);
     o.wait_log("restarting in", 1);

@@ -297,6 +297,7 @@ fn out_of_fds_pauses_accepting_with_one_warning_and_recovers() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let warn0 = o.log_count("WARN");
+    // A bounded window in which a warning storm would show.
     std::thread::sleep(Duration::from_secs(1));
     let warns = o.log_count("WARN") - warn0;
     assert!(

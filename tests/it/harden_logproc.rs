@@ -7,19 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// SIGKILL a process that is not our child (ignore "already gone").
-fn sigkill(pid: u32) {
-    // SAFETY: plain kill(2).
-    unsafe {
-        libc::kill(pid as i32, libc::SIGKILL);
-    }
-}
-
 #[test]
 fn worker_with_user_dies_when_orchd_is_sigkilled() {
     if !is_root() {
@@ -40,14 +27,13 @@ user = "nobody"
     o.wait_ready();
     let worker = wait_for("the worker", DEADLINE, || o.children().first().copied());
     // The worker really runs as nobody (the credential change happened).
-    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
-    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let uid_line = proc_status(worker, "Uid").unwrap();
     assert!(!uid_line.contains("\t0\t"), "worker still root: {uid_line}");
     o.signal(libc::SIGKILL);
     let _ = o.child.wait();
     let died = wait_for_some(DEADLINE, || (!alive(worker)).then_some(()));
     // Clean up before asserting: never leave a sleeper behind.
-    sigkill(worker);
+    kill(worker, libc::SIGKILL);
     assert!(
         died.is_some(),
         "worker {worker} (user nobody) outlived a SIGKILLed orchd"
@@ -55,25 +41,28 @@ user = "nobody"
 }
 
 /// An orchd whose stderr is a pipe the test holds and reads only when it wants to.
-/// Kills orchd and its workers on drop.
+/// Kills orchd and its workers on drop; if orchd exited by itself, asserts that
+/// nothing it started survived it (as [`Orchd`] does).
 struct Stalled {
     child: std::process::Child,
     stderr: Option<std::process::ChildStderr>,
+    tag: ProcessTag,
 }
 
 impl Stalled {
     fn start(cfg: &std::path::Path) -> Stalled {
-        let mut child = Command::new(BIN)
-            .arg("--no-watch")
+        let tag = ProcessTag::new();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--no-watch")
             .arg(cfg)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn orchd");
+            .stderr(Stdio::piped());
+        tag.mark(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn orchd");
         let stderr = child.stderr.take();
-        Stalled { child, stderr }
+        Stalled { child, stderr, tag }
     }
 
     fn pid(&self) -> u32 {
@@ -81,10 +70,7 @@ impl Stalled {
     }
 
     fn signal_term(&self) {
-        // SAFETY: plain kill(2) on our child.
-        unsafe {
-            libc::kill(self.pid() as i32, libc::SIGTERM);
-        }
+        kill(self.pid(), libc::SIGTERM);
     }
 
     /// Bytes sitting unread in the stderr pipe, and the pipe's capacity.
@@ -110,16 +96,16 @@ impl Stalled {
 impl Drop for Stalled {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            for pid in descendants(self.pid()) {
-                sigkill(pid);
-            }
             let _ = self.child.kill();
             let _ = self.child.wait();
+            self.tag.kill_all(DEADLINE);
+        } else {
+            self.tag
+                .assert_no_survivors(&format!("orchd (pid {})", self.pid()));
         }
     }
 }
 
-/// One control-socket command, answered within `timeout` (None if not).
 /// The pid of instance 0 of `pool` while it is running.
 fn running_pid(status: &serde_json::Value, pool: &str) -> Option<u64> {
     let p = status["pools"]
@@ -189,7 +175,7 @@ fn stalled_stderr_does_not_freeze_orchd() {
     let pid = wait_for("echo running", DEADLINE, || {
         running_pid(&control_try(&ctl, "status", short)?, "echo")
     });
-    sigkill(pid as u32);
+    kill(pid as u32, libc::SIGKILL);
     wait_for("echo to be restarted", DEADLINE, || {
         let now = running_pid(&control_try(&ctl, "status", short)?, "echo")?;
         (now != pid).then_some(())
@@ -268,8 +254,9 @@ to = "echo"
 /// Run `sh -c SCRIPT` (which runs orchd) to completion within a deadline, feeding
 /// `input` on stdin; stdout as `stdout`. Returns (exit code, stderr).
 fn run_sh(script: &str, cfg: &std::path::Path, input: &str, stdout: Stdio) -> (i32, String) {
-    let mut child = Command::new("sh")
-        .arg("-c")
+    let tag = ProcessTag::new();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg(script)
         .arg("sh")
         .arg(BIN)
@@ -277,9 +264,9 @@ fn run_sh(script: &str, cfg: &std::path::Path, input: &str, stdout: Stdio) -> (i
         .env("RUST_LOG", "info")
         .stdin(Stdio::piped())
         .stdout(stdout)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sh");
+        .stderr(Stdio::piped());
+    tag.mark(&mut cmd);
+    let mut child = cmd.spawn().expect("spawn sh");
     // The reader of stdout (if piped) is gone before orchd writes anything.
     drop(child.stdout.take());
     let mut w = child.stdin.take().unwrap();
@@ -296,14 +283,13 @@ fn run_sh(script: &str, cfg: &std::path::Path, input: &str, stdout: Stdio) -> (i
     });
     let status = wait_for_some(DEADLINE, || child.try_wait().ok().flatten());
     let Some(status) = status else {
-        for pid in descendants(child.id()) {
-            sigkill(pid);
-        }
         let _ = child.kill();
         let _ = child.wait();
+        tag.kill_all(DEADLINE);
         panic!("orchd did not exit within {DEADLINE:?}");
     };
     feeder.join().unwrap();
+    tag.assert_no_survivors("orchd run by sh");
     (status.code().unwrap_or(-1), err_t.join().unwrap())
 }
 

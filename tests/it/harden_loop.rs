@@ -9,32 +9,14 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-/// Send one control command and read its one-line JSON reply, failing after `within`.
 /// The pid a log line `LABEL started (pid N)` gave the `n`-th time (0-based).
 fn started_pid(o: &Orchd, label: &str, n: usize) -> u32 {
-    let needle = format!("{label} started (pid ");
-    wait_for(&format!("{needle} #{n}"), DEADLINE, || {
-        let log = o.log();
-        let line = log.lines().filter(|l| l.contains(&needle)).nth(n)?;
-        let rest = &line[line.find(&needle)? + needle.len()..];
-        rest.split(')').next()?.parse().ok()
-    })
-}
-
-fn kill(pid: u32, sig: i32) {
-    // SAFETY: plain kill(2) on a worker this test started through orchd.
-    unsafe {
-        libc::kill(pid as i32, sig);
-    }
+    wait_started(o, label, n + 1)[n]
 }
 
 /// `VmHWM` (peak resident set) of a process in KiB.
 fn vm_hwm_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
+    proc_status_kib(pid, "VmHWM")
 }
 
 /// Bytes waiting to be read on a socket (FIONREAD).

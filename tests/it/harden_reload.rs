@@ -2,49 +2,13 @@
 //! control socket that cannot be opened, socket modes under `umask 000`, and a config
 //! directory that is deleted and re-created.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::common::*;
 
-/// `orchd --status CONFIG --json`, parsed.
-fn status(cfg: &Path) -> serde_json::Value {
-    let (code, out, err) = run_orchd(&["--status", cfg.to_str().unwrap(), "--json"]);
-    assert_eq!(code, 0, "--status failed: {err}");
-    serde_json::from_str(&out).expect("status JSON")
-}
-
-/// Every instance of `pool` in a status object: slots, retiring ones and replacements.
-fn instances_in(status: &serde_json::Value, pool: &str) -> Vec<serde_json::Value> {
-    status["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["name"] == pool)
-        .flat_map(|p| p["instances"].as_array().cloned().unwrap_or_default())
-        .collect()
-}
-
-fn instances(cfg: &Path, pool: &str) -> Vec<serde_json::Value> {
-    instances_in(&status(cfg), pool)
-}
-
-/// index → pid of the running slot instances of `pool` in a status object.
-fn pids_in(status: &serde_json::Value, pool: &str) -> BTreeMap<u64, u64> {
-    instances_in(status, pool)
-        .iter()
-        .filter(|i| i["retiring"] == false && i["replacement"] == false && i["pid"].is_u64())
-        .map(|i| (i["index"].as_u64().unwrap(), i["pid"].as_u64().unwrap()))
-        .collect()
-}
-
-fn pids(cfg: &Path, pool: &str) -> BTreeMap<u64, u64> {
-    pids_in(&status(cfg), pool)
-}
-
-/// One command on a control socket, its JSON answer.
+/// Permission bits of a path itself (a symlink is not followed).
 fn mode_of(p: &Path) -> u32 {
     std::fs::symlink_metadata(p)
         .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -267,10 +231,7 @@ fn sockets_are_created_with_their_final_mode_under_umask_000() {
     }
     // A worker still gets orchd's own umask (000 here), not the one used for binding.
     let pid = pids(&cfg, "p")[&0];
-    let umask = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_string()));
+    let umask = proc_status(pid as u32, "Umask");
     assert_eq!(umask.as_deref(), Some("0000"));
     assert_eq!(o.stop(), 0);
 }

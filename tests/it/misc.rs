@@ -60,7 +60,7 @@ stop_timeout = "1s"
     let tree = descendants(inner);
     assert!(tree.len() >= 2, "{tree:?}");
     // SIGTERM to orchd (PID 1 inside): it must handle it, stop everything, exit 0.
-    unsafe { libc::kill(inner as i32, libc::SIGTERM) };
+    kill(inner, libc::SIGTERM);
     let code = o.wait_exit(DEADLINE);
     assert_eq!(code, 0, "{}", o.log());
     for p in tree {
@@ -70,8 +70,7 @@ stop_timeout = "1s"
 
 #[test]
 fn user_and_group_are_applied_when_root() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("skipped: not root");
         return;
     }
@@ -124,7 +123,7 @@ group = "nogroup"
 
 #[test]
 fn unknown_user_is_a_failed_start_logged_once_per_attempt() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("skipped: not root");
         return;
     }
@@ -140,6 +139,7 @@ backoff = { initial = "200ms", factor = 1.0, jitter = 0.0 }
     );
     let mut o = Orchd::start(&cfg);
     o.wait_log("failed to start", 2);
+    // A bounded window in which a hot loop would show.
     std::thread::sleep(Duration::from_millis(300));
     let n = o.log_count("failed to start");
     assert!(n <= 4, "not a hot loop: {n} attempts in ~0.7s\n{}", o.log());
@@ -174,4 +174,21 @@ command = "echo hello-from-worker >&2; sleep 1000"
         }
     }
     assert!(saw_worker, "{log}");
+}
+
+/// Negative control for the harness: dropping an [`Orchd`] whose process exited but
+/// left a process it started running fails the test (the check in `Drop` can fail).
+#[test]
+#[should_panic(expected = "outlived it")]
+fn harness_fails_a_test_whose_orchd_leaves_a_process_behind() {
+    let dir = TempDir::new("harness-survivor");
+    let cfg = dir.write("pool.toml", "");
+    // Not orchd: a shell that starts a sleeper and exits without stopping it.
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "sleep 1000 2>/dev/null & echo \"sleeper $!\" >&2"]);
+    let mut o = Orchd::spawn(cmd, &cfg);
+    assert_eq!(o.wait_exit(DEADLINE), 0);
+    let sleeper: u32 = o.log().trim().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(alive(sleeper), "the sleeper is gone already");
+    drop(o); // panics, and kills the sleeper
 }

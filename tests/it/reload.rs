@@ -6,33 +6,6 @@ use std::time::Duration;
 
 use crate::common::*;
 
-/// `orchd --status CONFIG --json`, parsed.
-fn status(cfg: &std::path::Path) -> serde_json::Value {
-    let (code, out, err) = run_orchd(&["--status", cfg.to_str().unwrap(), "--json"]);
-    assert_eq!(code, 0, "--status failed: {err}");
-    serde_json::from_str(&out).expect("status JSON")
-}
-
-/// index → pid of the running (not retiring) instances of `pool`.
-fn pids(cfg: &std::path::Path, pool: &str) -> BTreeMap<u64, u64> {
-    let s = status(cfg);
-    let p = s["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == pool)
-        .cloned()
-        .unwrap_or_default();
-    p["instances"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter(|i| i["retiring"] == false && i["pid"].is_u64())
-        .map(|i| (i["index"].as_u64().unwrap(), i["pid"].as_u64().unwrap()))
-        .collect()
-}
-
 fn echo_config(count: u32, version: &str) -> String {
     format!(
         r#"
@@ -315,7 +288,11 @@ to = "echo"
 #[test]
 fn removing_a_pool_and_its_route_drains_it_and_later_messages_get_no_route() {
     let dir = TempDir::new("reload-remove");
-    let two = r#"
+    // Pool b answers only once the test has seen the reload: the message is in
+    // flight while its pool is removed, by construction.
+    let release = dir.join("release");
+    let two = &format!(
+        r#"
 [orchd]
 control = "ctl.sock"
 
@@ -323,7 +300,7 @@ control = "ctl.sock"
 command = "while read -r l; do echo \"a $l\"; done"
 
 [pool.b]
-command = "while read -r l; do sleep 0.3; echo \"b $l\"; done"
+command = "while read -r l; do while [ ! -e '{}' ]; do sleep 0.02; done; echo \"b $l\"; done"
 
 [[route]]
 from = "unix:s.sock"
@@ -334,7 +311,9 @@ to = "a"
 from = "unix:s.sock"
 match = "^b"
 to = "b"
-"#;
+"#,
+        release.display()
+    );
     let cfg = dir.write("pool.toml", two);
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
@@ -342,17 +321,18 @@ to = "b"
     let mut c = Client::connect(&dir.join("s.sock"));
     // In flight while the reload removes pool b: still answered.
     c.send("b1");
-    std::thread::sleep(Duration::from_millis(50));
+    wait_messages_held(&cfg, "b", 1);
     let one = two.split("[pool.b]").next().unwrap().to_string()
         + "[[route]]\nfrom = \"unix:s.sock\"\nmatch = \"^a\"\nto = \"a\"\n";
     dir.write("pool.toml", &one);
     o.signal(libc::SIGHUP);
+    o.wait_log("reload: -1 b", 1);
+    std::fs::write(&release, "").unwrap();
     assert_eq!(
         c.recv(),
         "b b1",
         "in-flight message finished by the draining pool"
     );
-    o.wait_log("reload: -1 b", 1);
     wait_for("pool b stopped", DEADLINE, || {
         (!alive(b_pid as u32)).then_some(())
     });
@@ -451,6 +431,9 @@ fn removing_a_pool_whose_instance_is_still_stopping_keeps_orchd_up() {
 fn removing_a_pool_answers_the_messages_waiting_for_it() {
     let dir = TempDir::new("reload-rmqueue");
     let with = r#"
+[orchd]
+control = "ctl.sock"
+
 [pool.down]
 command = ["sh", "-c", "exit 1"]
 backoff = { initial = "20s" }
@@ -465,11 +448,11 @@ timeout = "0s"
     o.wait_log("restarting in", 1);
     let mut c = Client::connect(&dir.join("s.sock"));
     c.send("stuck");
-    std::thread::sleep(Duration::from_millis(100));
+    wait_messages_held(&cfg, "down", 1);
     // The pool goes away; the route to it too, but the listener stays.
     dir.write(
         "pool.toml",
-        "[pool.up]\ncommand = \"cat\"\n[[route]]\nfrom = \"unix:s.sock\"\nmatch = \"^up\"\nto = \"up\"\n",
+        "[orchd]\ncontrol = \"ctl.sock\"\n[pool.up]\ncommand = \"cat\"\n[[route]]\nfrom = \"unix:s.sock\"\nmatch = \"^up\"\nto = \"up\"\n",
     );
     o.signal(libc::SIGHUP);
     assert_eq!(c.recv(), "ERR pool removed");

@@ -701,8 +701,7 @@ retries = 10
                     continue;
                 }
                 let victim = kids[(rng.next() % kids.len() as u64) as usize];
-                // SAFETY: kill(2) on a worker of our orchd.
-                if unsafe { libc::kill(victim as i32, libc::SIGKILL) } == 0 {
+                if kill(victim, libc::SIGKILL) {
                     kills.fetch_add(1, Ordering::SeqCst);
                 }
             }

@@ -9,13 +9,6 @@ use serde_json::Value;
 
 use crate::common::*;
 
-/// `orchd --status CONFIG --json`, parsed.
-fn status_json(cfg: &std::path::Path) -> Value {
-    let (code, out, err) = run_orchd(&["--status", cfg.to_str().unwrap(), "--json"]);
-    assert_eq!(code, 0, "--status failed: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
 fn instance<'a>(v: &'a Value, pool: &str, index: u64) -> &'a Value {
     v["pools"]
         .as_array()
@@ -53,7 +46,7 @@ fn status_json_has_cpu_seconds_and_rss_bytes_of_running_instances() {
     // A busy loop has used CPU time after a moment (ticks are 10 ms; the machine is
     // shared, so poll with a deadline rather than sleep a fixed time).
     let busy = wait_for("the busy worker to show CPU time", DEADLINE, || {
-        let v = status_json(&cfg);
+        let v = status(&cfg);
         let i = instance(&v, "busy", 0).clone();
         (i["cpu_seconds"].as_f64().unwrap_or(0.0) > 0.0).then_some(i)
     });
@@ -64,17 +57,12 @@ fn status_json_has_cpu_seconds_and_rss_bytes_of_running_instances() {
     let up = busy["uptime_ms"].as_u64().unwrap() as f64 / 1000.0;
     assert!(cpu <= up * 2.0 + 0.1, "cpu {cpu}s after {up}s up");
     // RSS matches what the kernel says of that pid, within a page or two of noise.
-    let v = status_json(&cfg);
+    let v = status(&cfg);
     let idle = instance(&v, "idle", 0);
     let rss = idle["rss_bytes"]
         .as_u64()
         .expect("rss of a running instance");
-    let kib = std::fs::read_to_string(format!("/proc/{}/status", idle["pid"]))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|s| s.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS");
+    let kib = vm_rss_kib(idle["pid"].as_u64().expect("pid") as u32);
     assert!(
         rss > 0 && rss.abs_diff(kib * 1024) <= 64 * 1024,
         "{rss} vs {kib} KiB"
@@ -83,30 +71,7 @@ fn status_json_has_cpu_seconds_and_rss_bytes_of_running_instances() {
     // The table has both columns, in SPEC order, with human units.
     let (code, out, err) = run_orchd(&["--status", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    let header: Vec<&str> = out
-        .lines()
-        .next()
-        .unwrap()
-        .split("  ")
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    assert_eq!(
-        header,
-        [
-            "POOL",
-            "INSTANCE",
-            "PID",
-            "STATE",
-            "UPTIME",
-            "RESTARTS",
-            "IN FLIGHT",
-            "ANSWERED",
-            "CPU",
-            "RSS",
-            "LAST EXIT"
-        ]
-    );
+    assert_status_header(&out);
     let row = out
         .lines()
         .find(|l| l.contains(&format!(" {pid} ")))
@@ -141,7 +106,7 @@ fn a_spawn_failure_is_the_last_exit_in_status() {
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
     let v = wait_for("a spawn error in status", DEADLINE, || {
-        let v = status_json(&cfg);
+        let v = status(&cfg);
         instance(&v, "gone", 0)["last_exit"]
             .as_str()
             .is_some_and(|e| e.contains("No such file or directory"))

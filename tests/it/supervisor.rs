@@ -19,26 +19,6 @@ fn spawn_orchd(mut cmd: Command, config: &Path) -> Orchd {
     Orchd::spawn(cmd, config)
 }
 
-/// Pids from the `LABEL started (pid N)` lines, in order.
-fn started(o: &Orchd, label: &str) -> Vec<u32> {
-    let needle = format!(" {label} started (pid ");
-    o.log()
-        .lines()
-        .filter_map(|l| {
-            let rest = &l[l.find(&needle)? + needle.len()..];
-            rest[..rest.find(')')?].parse().ok()
-        })
-        .collect()
-}
-
-/// Wait until `label` has been started `n` times; returns every pid so far.
-fn wait_started(o: &Orchd, label: &str, n: usize) -> Vec<u32> {
-    wait_for(&format!("{n} starts of {label}"), DEADLINE, || {
-        let p = started(o, label);
-        (p.len() >= n).then_some(p)
-    })
-}
-
 /// The number a worker wrote to stderr as `WORD N` (logged as `LABEL: WORD N`).
 fn worker_said(o: &Orchd, label: &str, word: &str) -> u32 {
     let needle = format!(" {label}: {word} ");
@@ -123,22 +103,6 @@ fn fd_target(pid: u32, fd: u32) -> String {
     std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
         .map(|p| p.display().to_string())
         .unwrap_or_default()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn kill(pid: u32, sig: i32) {
-    // SAFETY: plain kill(2).
-    unsafe {
-        libc::kill(pid as i32, sig);
-    }
 }
 
 /// SIGTERM orchd; (exit code, time until it exited).
@@ -469,6 +433,7 @@ fn restart_on_failure_restarts_failures_but_not_clean_exits() {
     wait_started(&o, "web[1]", 2); // exit 1
     wait_started(&o, "web[2]", 2); // SIGKILL
     o.wait_log("web[0] exited with status 0", 1);
+    // A bounded window in which a (wrong) restart would show.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         started(&o, "web[0]").len(),
@@ -494,6 +459,7 @@ fn restart_never_restarts_nothing() {
     let dir = TempDir::new("sup-never");
     let mut o = Orchd::start(&policy_config(&dir, "never"));
     o.wait_log("not restarting", 3);
+    // A bounded window in which a (wrong) restart would show.
     std::thread::sleep(Duration::from_millis(300));
     for i in 0..3 {
         assert_eq!(
@@ -582,6 +548,7 @@ backoff = { initial = "0s" }
     );
     let mut o = Orchd::start(&cfg);
     o.wait_ready();
+    // A bounded window in which to count attempts.
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(o.stop(), 0);
     let attempts = o.log_count(" missing[0] failed to start [");
@@ -906,6 +873,7 @@ fn negative_control_sigkill_of_the_leader_alone_leaves_its_child_alive() {
     let child: u32 = line.trim().parse().unwrap();
     kill(sh.id(), libc::SIGKILL);
     sh.wait().unwrap();
+    // A bounded window in which the child would die if it were going to.
     std::thread::sleep(Duration::from_millis(200));
     let survived = alive(child);
     // Clean up before asserting.
@@ -984,6 +952,7 @@ stop_timeout = "500ms"
     o.wait_ready();
     o.wait_log("loud says hi", 1);
     wait_started(&o, "quiet[0]", 1);
+    // A bounded window in which a (wrongly) logged line would show.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(o.log_count("quiet says hi"), 0, "{}", o.log());
     assert_eq!(o.stop(), 0);
@@ -1017,7 +986,7 @@ stop_timeout = "500ms"
     let c3 = ctx_switches(o.pid());
     std::thread::sleep(Duration::from_secs(2));
     let c5 = ctx_switches(o.pid());
-    let rss = rss_kib(o.pid());
+    let rss = vm_rss_kib(o.pid());
     eprintln!(
         "idle with 20 workers: {} context switches in 5 s ({} in the first 3 s), VmRSS {rss} KiB",
         c5 - c0,

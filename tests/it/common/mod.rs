@@ -1,10 +1,13 @@
 //! Test harness: temp configs, the real `orchd` binary, deadlines instead of sleeps.
 //!
 //! Every test gets its own temp directory (config, sockets, worker scripts) and an
-//! [`Orchd`] that is killed (with its whole process tree) if the test fails midway.
+//! [`Orchd`] that is killed (with every process it started) if the test fails midway.
+//! When orchd has exited by itself (a stop, a batch run ending, a SIGKILL with
+//! pdeathsig), dropping the [`Orchd`] asserts that no process it started survived it.
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -17,6 +20,16 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_orchd");
 
 /// Generous default deadline: tests must not flake on a loaded 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Two idle instances of pool `web` and a control socket `ctl.sock`.
+pub const TWO_SLEEPERS: &str = r#"
+[orchd]
+control = "ctl.sock"
+
+[pool.web]
+command = ["sleep", "1000"]
+count = 2
+"#;
 
 /// A fresh temp directory, removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -64,12 +77,40 @@ impl Drop for TempDir {
 /// Whether `pid` has SIGTERM ignored (its shell has run `trap '' TERM`). Tests that
 /// need a TERM-proof process must wait for this: "started" means exec'd, not trapped.
 pub fn ignores_term(pid: u32) -> bool {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigIgn:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+    proc_status(pid, "SigIgn")
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
         .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+}
+
+/// A field of `/proc/PID/status` (what follows `NAME:`, trimmed); `None` if the
+/// process is gone or has no such field.
+pub fn proc_status(pid: u32, name: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        let value = l.strip_prefix(name)?.strip_prefix(':')?;
+        Some(value.trim().to_string())
+    })
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM` ...) in KiB, 0 if the
+/// process is gone.
+pub fn proc_status_kib(pid: u32, name: &str) -> u64 {
+    proc_status(pid, name)
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether the tests run as root (tests of `user`/`group` are skipped otherwise).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Plain kill(2); whether the signal was sent (false: the process is gone).
+pub fn kill(pid: u32, sig: i32) -> bool {
+    // SAFETY: kill(2) has no memory effects; tests only signal processes they started
+    // (orchd, its workers, their children).
+    unsafe { libc::kill(pid as i32, sig) == 0 }
 }
 
 pub fn wait_ignores_term(pid: u32) {
@@ -106,6 +147,141 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// The environment variable that marks every process of one [`Orchd`].
+const TAG_VAR: &str = "ORCHD_IT_TAG";
+
+/// Marks the processes one orchd starts: orchd gets `ORCHD_IT_TAG=<unique>` in its
+/// environment and every worker and grandchild inherits it. Found through
+/// `/proc/PID/environ`, they are found wherever they were re-parented to (init, after
+/// a `setsid`, after orchd died), which a walk of orchd's children cannot do once
+/// orchd is gone. Only processes started after the tag was made are looked at.
+pub struct ProcessTag {
+    value: String,
+    /// Clock ticks since boot, a second before the tag was made: every tagged
+    /// process started later.
+    since: u64,
+}
+
+impl ProcessTag {
+    pub fn new() -> ProcessTag {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let value = format!(
+            "{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        let since = ((uptime - 1.0).max(0.0) * clock_ticks_per_second() as f64) as u64;
+        ProcessTag { value, since }
+    }
+
+    /// Put the tag in the environment of `cmd` (and so of all it starts).
+    pub fn mark(&self, cmd: &mut Command) {
+        cmd.env(TAG_VAR, &self.value);
+    }
+
+    /// Live (not zombie) processes carrying the tag.
+    pub fn alive(&self) -> Vec<u32> {
+        let want = format!("{TAG_VAR}={}", self.value);
+        processes()
+            .into_iter()
+            .filter(|p| p.3 != 'Z' && p.3 != 'X')
+            .map(|p| p.0)
+            .filter(|&pid| start_ticks(pid).is_some_and(|t| t >= self.since))
+            .filter(|&pid| environ(pid).contains(&want))
+            .collect()
+    }
+
+    /// SIGKILL every tagged process until none is left (or `timeout` passed); the
+    /// ones still alive then.
+    pub fn kill_all(&self, timeout: Duration) -> Vec<u32> {
+        let start = Instant::now();
+        loop {
+            let left = self.alive();
+            if left.is_empty() || start.elapsed() > timeout {
+                return left;
+            }
+            for pid in left {
+                kill(pid, libc::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// After orchd exited: the tagged processes that are still alive after a short
+    /// grace (the kernel delivers pdeathsig and reaps asynchronously), each with its
+    /// command line. They are killed, so that one failing test leaks nothing.
+    pub fn survivors(&self) -> Vec<String> {
+        let left = wait_for_some(Duration::from_secs(5), || {
+            let v = self.alive();
+            v.is_empty().then_some(())
+        })
+        .map_or_else(|| self.alive(), |()| Vec::new());
+        let described = left
+            .iter()
+            .map(|&pid| format!("pid {pid}: {}", cmdline(pid)))
+            .collect();
+        self.kill_all(DEADLINE);
+        described
+    }
+
+    /// Panic (print, if the thread is already panicking) naming every tagged process
+    /// still alive: `who` did not take them down.
+    pub fn assert_no_survivors(&self, who: &str) {
+        let survivors = self.survivors();
+        if survivors.is_empty() {
+            return;
+        }
+        let msg = format!(
+            "{} process(es) started by {who} outlived it:\n  {}",
+            survivors.len(),
+            survivors.join("\n  ")
+        );
+        if std::thread::panicking() {
+            eprintln!("{msg}");
+        } else {
+            panic!("{msg}");
+        }
+    }
+}
+
+/// When a process started, in clock ticks since boot (`/proc/PID/stat` field 22).
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(22 - 3)?
+        .parse()
+        .ok()
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// A process's command line, arguments separated by spaces.
+pub fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
 /// A running orchd with its stderr captured into a shared buffer.
 pub struct Orchd {
     pub child: Child,
@@ -113,6 +289,8 @@ pub struct Orchd {
     /// Set once orchd's stderr reached EOF (every log line is in `log`).
     pub log_eof: Arc<std::sync::atomic::AtomicBool>,
     pub config: PathBuf,
+    /// Marks every process this orchd starts (see [`ProcessTag`]).
+    pub tag: ProcessTag,
 }
 
 impl Orchd {
@@ -128,12 +306,15 @@ impl Orchd {
     }
 
     /// Start a prepared command (orchd, or something that runs it) with stderr
-    /// captured. `RUST_LOG=debug` unless the command sets it; stdout piped unless set.
+    /// captured. `RUST_LOG=debug` unless the command sets it; stdin and stdout as the
+    /// command sets them (inherited by default).
     pub fn spawn(mut cmd: Command, config: &Path) -> Orchd {
         if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
             cmd.env("RUST_LOG", "debug");
         }
         cmd.stderr(Stdio::piped());
+        let tag = ProcessTag::new();
+        tag.mark(&mut cmd);
         let mut child = cmd.spawn().expect("spawn orchd");
         let log = Arc::new(Mutex::new(String::new()));
         let log_eof = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -156,6 +337,7 @@ impl Orchd {
             log,
             log_eof,
             config: config.to_path_buf(),
+            tag,
         }
     }
 
@@ -184,10 +366,7 @@ impl Orchd {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: plain kill(2) on our child.
-        unsafe {
-            libc::kill(self.pid() as i32, sig);
-        }
+        kill(self.pid(), sig);
     }
 
     /// Wait for exit; returns the exit code (panics if killed by a signal).
@@ -225,15 +404,22 @@ impl Orchd {
 impl Drop for Orchd {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            // Kill the whole tree: orchd first would leave orphans to init.
-            for pid in descendants(self.pid()) {
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGKILL);
-                }
-            }
+            // The test left orchd running (it failed midway, or did not need a clean
+            // exit): kill orchd first, so that it starts nothing new, then everything
+            // it started, found by tag wherever it was re-parented to.
             let _ = self.child.kill();
             let _ = self.child.wait();
+            let left = self.tag.kill_all(DEADLINE);
+            if !left.is_empty() {
+                eprintln!("processes of a killed orchd would not die: {left:?}");
+            }
+            return;
         }
+        // orchd exited by itself: SPEC 8, no worker, grandchild or zombie outlives it.
+        // (No test needs to opt out: a test that SIGKILLs orchd relies on pdeathsig,
+        // which takes the workers down too.)
+        self.tag
+            .assert_no_survivors(&format!("orchd (pid {})", self.pid()));
     }
 }
 
@@ -435,12 +621,9 @@ pub fn free_port() -> u16 {
 
 /// Voluntary + involuntary context switches of a process.
 pub fn ctx_switches(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .filter(|l| {
-            l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches")
-        })
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+    ["voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"]
+        .iter()
+        .filter_map(|f| proc_status(pid, f)?.parse::<u64>().ok())
         .sum()
 }
 
@@ -455,11 +638,7 @@ pub fn recv_bytes(reader: &mut impl BufRead) -> Vec<u8> {
 
 /// Resident set size of a process in KiB (VmRSS), 0 if it is gone.
 pub fn vm_rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
+    proc_status_kib(pid, "VmRSS")
 }
 
 /// Run `orchd --no-watch CONFIG` in batch mode with `stdin`, feeding `input` through a
@@ -471,15 +650,16 @@ pub fn run_batch(
     input: Option<Vec<u8>>,
     timeout: Duration,
 ) -> (i32, Vec<u8>, String) {
-    let mut child = Command::new(BIN)
-        .arg("--no-watch")
+    let tag = ProcessTag::new();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--no-watch")
         .arg(config)
         .env("RUST_LOG", "debug")
         .stdin(stdin)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn orchd");
+        .stderr(Stdio::piped());
+    tag.mark(&mut cmd);
+    let mut child = cmd.spawn().expect("spawn orchd");
     let feeder = input.map(|bytes| {
         let mut w = child.stdin.take().expect("stdin is not piped");
         std::thread::spawn(move || {
@@ -504,13 +684,9 @@ pub fn run_batch(
             break s;
         }
         if start.elapsed() > timeout {
-            for pid in descendants(child.id()) {
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGKILL);
-                }
-            }
             let _ = child.kill();
             let _ = child.wait();
+            tag.kill_all(DEADLINE);
             panic!("batch orchd did not exit within {timeout:?}");
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -520,10 +696,31 @@ pub fn run_batch(
     }
     let stdout = out_t.join().unwrap();
     let stderr = err_t.join().unwrap();
+    tag.assert_no_survivors(&format!("batch orchd (pid {})", child.id()));
     let code = status
         .code()
         .unwrap_or_else(|| panic!("batch orchd died by signal: {status:?}\n{stderr}"));
     (code, stdout, stderr)
+}
+
+/// Pids from the `LABEL started (pid N)` lines, in order.
+pub fn started(o: &Orchd, label: &str) -> Vec<u32> {
+    let needle = format!(" {label} started (pid ");
+    o.log()
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(&needle)? + needle.len()..];
+            rest[..rest.find(')')?].parse().ok()
+        })
+        .collect()
+}
+
+/// Wait until `label` has been started `n` times; returns every pid so far.
+pub fn wait_started(o: &Orchd, label: &str, n: usize) -> Vec<u32> {
+    wait_for(&format!("{n} starts of {label}"), DEADLINE, || {
+        let p = started(o, label);
+        (p.len() >= n).then_some(p)
+    })
 }
 
 /// Log lines containing `needle`.
@@ -574,6 +771,98 @@ pub fn control_within(sock: &Path, cmd: &str, timeout: Duration) -> serde_json::
 /// [`control_try`] that must answer within [`DEADLINE`].
 pub fn control(sock: &Path, cmd: &str) -> serde_json::Value {
     control_within(sock, cmd, DEADLINE)
+}
+
+/// `orchd --status CONFIG --json`, parsed.
+pub fn status(cfg: &Path) -> serde_json::Value {
+    let (code, out, err) = run_orchd(&["--status", cfg.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "--status failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"))
+}
+
+/// Every instance of `pool` in a status object: slots, retiring ones and replacements.
+pub fn instances_in(status: &serde_json::Value, pool: &str) -> Vec<serde_json::Value> {
+    status["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == pool)
+        .flat_map(|p| p["instances"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+pub fn instances(cfg: &Path, pool: &str) -> Vec<serde_json::Value> {
+    instances_in(&status(cfg), pool)
+}
+
+/// index → pid of the running slot instances of `pool` in a status object (neither
+/// retiring nor a pending replacement).
+pub fn pids_in(status: &serde_json::Value, pool: &str) -> BTreeMap<u64, u64> {
+    instances_in(status, pool)
+        .iter()
+        .filter(|i| i["retiring"] == false && i["replacement"] == false && i["pid"].is_u64())
+        .map(|i| (i["index"].as_u64().unwrap(), i["pid"].as_u64().unwrap()))
+        .collect()
+}
+
+pub fn pids(cfg: &Path, pool: &str) -> BTreeMap<u64, u64> {
+    pids_in(&status(cfg), pool)
+}
+
+/// The `--status` table starts with the columns of SPEC 7, in that order.
+pub fn assert_status_header(table: &str) {
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split("  ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "POOL",
+            "INSTANCE",
+            "PID",
+            "STATE",
+            "UPTIME",
+            "RESTARTS",
+            "IN FLIGHT",
+            "ANSWERED",
+            "CPU",
+            "RSS",
+            "LAST EXIT"
+        ],
+        "{table}"
+    );
+}
+
+/// Messages of `pool` that orchd holds: queued for an instance or in flight at one.
+pub fn messages_held(status: &serde_json::Value, pool: &str) -> u64 {
+    let queued: u64 = status["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == pool)
+        .filter_map(|p| p["queued"].as_u64())
+        .sum();
+    let inflight: u64 = instances_in(status, pool)
+        .iter()
+        .filter_map(|i| i["inflight"].as_u64())
+        .sum();
+    queued + inflight
+}
+
+/// Wait until orchd holds at least `n` messages of `pool` (queued or in flight): a
+/// message sent by a client has been read and routed, so what the test does next
+/// (a reload, a signal) happens after that, not before.
+pub fn wait_messages_held(cfg: &Path, pool: &str, n: u64) {
+    wait_for(
+        &format!("{n} message(s) of {pool} queued or in flight"),
+        DEADLINE,
+        || (messages_held(&status(cfg), pool) >= n).then_some(()),
+    );
 }
 
 /// Continuous load on a TCP route: a writer sends `msgN` lines steadily, a reader

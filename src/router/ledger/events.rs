@@ -1,0 +1,653 @@
+//! The ledger's events: what the shell tells it. Each takes the current time where
+//! time matters and pushes what the shell must do into `out`.
+
+use std::time::Instant;
+
+use super::{
+    Actions, Client, ClientSummary, Failure, Gather, Inst, InstanceView, Ledger, Pin, Pool,
+    PoolSettings, Reply, Rule, Terms, Timer,
+};
+use crate::config::Strategy;
+use crate::router::reorder::Reorder;
+use crate::router::strategy;
+
+impl Ledger {
+    // ----- configuration ------------------------------------------------------------
+
+    /// Replace every routing rule at once: lines read from now on use these.
+    pub fn set_rules(&mut self, rules: Vec<Rule>) {
+        self.rules = rules;
+    }
+
+    /// The error prefix of the current config.
+    pub fn set_error_prefix(&mut self, prefix: &str) {
+        if self.limits.error_prefix != prefix {
+            self.limits.error_prefix = prefix.to_string();
+        }
+    }
+
+    /// A pool appears, or its settings change (then call [`Ledger::pool_refresh`]).
+    pub fn pool_set(&mut self, pool: usize, settings: PoolSettings) {
+        if let Some(p) = self.pools.get_mut(pool) {
+            if p.settings != settings {
+                p.settings = settings;
+            }
+            return;
+        }
+        self.pools.insert(
+            pool,
+            Pool {
+                settings,
+                slots: Vec::new(),
+                retiring: Vec::new(),
+                removed: false,
+                queue: Default::default(),
+                cursor: 0,
+                waiting: 0,
+                bytes: 0,
+                waiters: Vec::new(),
+                empty_since: None,
+                expire_at: None,
+                expire_gen: 0,
+            },
+        );
+    }
+
+    /// Pool settings changed in place: more room may let waiting work go.
+    pub fn pool_refresh(&mut self, pool: usize, now: Instant, out: &mut Actions) {
+        let Some(p) = self.pools.get(pool) else {
+            return;
+        };
+        let keys = p.slots.clone();
+        for k in keys {
+            self.instance_pull(k, now, out);
+        }
+        self.pool_pump(pool, now, out);
+        self.check();
+    }
+
+    /// The pool's instances: `slots` by index, and those retiring. The shell calls
+    /// this whenever they may have changed (before the instance event that follows).
+    pub fn pool_members(&mut self, pool: usize, slots: &[usize], retiring: &[usize]) {
+        if let Some(p) = self.pools.get_mut(pool) {
+            if p.slots != slots {
+                p.slots.clear();
+                p.slots.extend_from_slice(slots);
+            }
+            if p.retiring != retiring {
+                p.retiring.clear();
+                p.retiring.extend_from_slice(retiring);
+            }
+        }
+    }
+
+    /// The pool was removed from the config: it drains.
+    pub fn pool_removed(&mut self, pool: usize) {
+        if let Some(p) = self.pools.get_mut(pool) {
+            p.removed = true;
+        }
+    }
+
+    /// The pool is gone for good (nothing of it may remain).
+    pub fn pool_forget(&mut self, pool: usize) {
+        if let Some(p) = self.pools.remove(pool) {
+            debug_assert_eq!(p.waiting, 0, "pool {} forgotten with work", p.settings.name);
+        }
+    }
+
+    /// An instance of the pool may have stopped being live, or started: recompute
+    /// whether the pool has live instances (queue expiry counts from when it has
+    /// none). `only_if_lost`: skip a pool already known to have none (stopping
+    /// thousands of instances would otherwise be quadratic).
+    pub fn pool_liveness(
+        &mut self,
+        pool: usize,
+        only_if_lost: bool,
+        now: Instant,
+        out: &mut Actions,
+    ) {
+        if only_if_lost && self.pool_none_live(pool) {
+            return;
+        }
+        self.pool_changed(pool, now, out);
+        self.check();
+    }
+
+    /// Answer every message waiting in a pool's queue with `why` (the pool can no
+    /// longer serve them), and let clients stalled on it go on.
+    pub fn pool_fail_queue(&mut self, pool: usize, why: &str, out: &mut Actions) {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        let waiting: Vec<usize> = p.queue.drain(..).collect();
+        if !waiting.is_empty() {
+            log::warn!(
+                "pool {}: {} waiting message(s) answered with {why:?}",
+                p.settings.name,
+                waiting.len()
+            );
+        }
+        p.waiting -= waiting.len();
+        for m in waiting {
+            self.answer(m, Reply::Error(why), out);
+        }
+        let waiters = std::mem::take(&mut self.pools[pool].waiters);
+        self.resume_waiters(waiters, out);
+        self.check();
+    }
+
+    // ----- instances ----------------------------------------------------------------
+
+    /// Update what the ledger knows of an instance (creating it on first sight).
+    pub fn instance_view(
+        &mut self,
+        k: usize,
+        pool: usize,
+        index: u32,
+        label: &str,
+        view: InstanceView,
+    ) {
+        match self.instances.get_mut(k) {
+            Some(i) => {
+                i.view = view;
+                i.index = index;
+                debug_assert_eq!(i.pool, pool);
+            }
+            None => self.instances.insert(
+                k,
+                Inst {
+                    pool,
+                    index,
+                    label: label.to_string(),
+                    view,
+                    inflight: Default::default(),
+                    backlog: Default::default(),
+                    answered: 0,
+                    head_since: None,
+                    unread: 0,
+                    deadline_at: None,
+                    deadline_gen: 0,
+                },
+            ),
+        }
+    }
+
+    /// The instance is up (or released from a hold): it takes work.
+    pub fn instance_up(&mut self, k: usize, now: Instant, out: &mut Actions) {
+        if let Some(pool) = self.instances.get(k).map(|i| i.pool) {
+            self.pool_changed(pool, now, out);
+            self.instance_pull(k, now, out);
+        }
+        self.check();
+    }
+
+    /// The instance started retiring or was held: it takes no new work, finishes
+    /// what it has and is reported drained ([`super::Action::Drained`]) after.
+    pub fn instance_retiring(&mut self, k: usize, now: Instant, out: &mut Actions) {
+        if let Some(pool) = self.instances.get(k).map(|i| i.pool) {
+            self.pool_changed(pool, now, out);
+            self.instance_pull(k, now, out);
+            self.maybe_drained(k, out);
+        }
+        self.check();
+    }
+
+    /// Bytes written for the instance that its worker never read (at its death):
+    /// in-flight messages entirely in there were not worked on.
+    pub fn instance_unread(&mut self, k: usize, bytes: usize) {
+        if let Some(i) = self.instances.get_mut(k) {
+            i.unread = bytes;
+        }
+    }
+
+    /// The instance's process died or is being stopped (`timed_out`: because of a
+    /// message timeout): what it had in flight is delivered again, its backlog goes
+    /// elsewhere (or waits, pinned to its slot, if it is coming back).
+    pub fn instance_down(&mut self, k: usize, timed_out: bool, now: Instant, out: &mut Actions) {
+        if self.instances.get(k).is_none() {
+            return;
+        }
+        let failure = if timed_out {
+            Failure::TimedOut
+        } else {
+            Failure::Died
+        };
+        self.redeliver(k, failure, now, out);
+        self.check();
+    }
+
+    /// The instance stopped for good (or gave up): nothing may wait for it.
+    pub fn instance_gone(&mut self, k: usize, timed_out: bool, now: Instant, out: &mut Actions) {
+        let Some(i) = self.instances.get(k) else {
+            return;
+        };
+        let pool = i.pool;
+        if !i.inflight.is_empty() {
+            let failure = if timed_out {
+                Failure::TimedOut
+            } else {
+                Failure::Died
+            };
+            self.redeliver(k, failure, now, out);
+        }
+        self.rehome_backlog(k, now, out);
+        if !self.pool_none_live(pool) {
+            self.pool_changed(pool, now, out);
+        }
+        // Room may have appeared (backlog moved or failed): stalled clients go on.
+        self.pool_pump(pool, now, out);
+        self.check();
+    }
+
+    /// The instance is forgotten by the shell.
+    pub fn instance_forget(&mut self, k: usize) {
+        if let Some(i) = self.instances.remove(k) {
+            debug_assert!(
+                i.inflight.is_empty() && i.backlog.is_empty(),
+                "{} forgotten with messages",
+                i.label
+            );
+        }
+    }
+
+    /// Check whether a leaving instance has finished (emits `Drained`).
+    pub fn instance_check_drained(&mut self, k: usize, out: &mut Actions) {
+        self.maybe_drained(k, out);
+    }
+
+    /// One reply line of an instance (without `\n`), or an error in its place (a
+    /// reply too long): the answer to its oldest in-flight message.
+    pub fn worker_reply(
+        &mut self,
+        k: usize,
+        reply: Result<&[u8], &str>,
+        now: Instant,
+        out: &mut Actions,
+    ) {
+        let Some(inst) = self.instances.get_mut(k) else {
+            return;
+        };
+        let Some(m) = inst.inflight.pop_front() else {
+            match reply {
+                Ok(line) => log::warn!(
+                    "{}: protocol error: reply with no message in flight: {}",
+                    inst.label,
+                    String::from_utf8_lossy(&line[..line.len().min(200)])
+                ),
+                Err(why) => log::warn!(
+                    "{}: protocol error: {why} with no message in flight",
+                    inst.label
+                ),
+            }
+            return;
+        };
+        inst.answered += 1;
+        // The next message's clock starts now (the worker turns to it).
+        inst.head_since = Some(now);
+        if !inst.inflight.is_empty() {
+            self.arm_head_deadline(k, out);
+        }
+        match reply {
+            Ok(line) => self.answer(m, Reply::Line(line), out),
+            Err(why) => self.answer(m, Reply::Error(why), out),
+        }
+        self.instance_pull(k, now, out);
+        self.maybe_drained(k, out);
+        self.check();
+    }
+
+    /// A chunk of complete reply lines (each ending in `\n`) of an instance.
+    pub fn worker_output(&mut self, k: usize, chunk: &[u8], now: Instant, out: &mut Actions) {
+        for line in chunk.split_inclusive(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            self.worker_reply(k, Ok(line), now, out);
+        }
+    }
+
+    // ----- timers -------------------------------------------------------------------
+
+    /// A timer the ledger armed is due.
+    pub fn timer(&mut self, timer: Timer, now: Instant, out: &mut Actions) {
+        match timer {
+            Timer::Inflight { instance, gen } => self.inflight_timer(instance, gen, now, out),
+            Timer::PoolQueue { pool, gen } => self.pool_queue_timer(pool, gen, now, out),
+        }
+        self.check();
+    }
+
+    fn inflight_timer(&mut self, k: usize, gen: u64, now: Instant, out: &mut Actions) {
+        let Some(inst) = self.instances.get_mut(k) else {
+            return;
+        };
+        if inst.deadline_gen != gen {
+            return;
+        }
+        inst.deadline_at = None;
+        match self.head_deadline(k) {
+            Some(at) if at <= now => {
+                let inst = &self.instances[k];
+                let waited = now.duration_since(inst.head_since.unwrap_or(now));
+                log::warn!(
+                    "{} did not answer within {}; restarting it",
+                    inst.label,
+                    crate::timers::fmt_duration(waited)
+                );
+                out.push(super::Action::Restart { instance: k });
+            }
+            Some(_) => self.arm_head_deadline(k, out),
+            None => {}
+        }
+    }
+
+    fn pool_queue_timer(&mut self, pool: usize, gen: u64, now: Instant, out: &mut Actions) {
+        let Some(p) = self.pools.get(pool) else {
+            return;
+        };
+        if p.expire_gen != gen {
+            return;
+        }
+        let Some(since) = p.empty_since else {
+            return;
+        };
+        let expired: Vec<usize> = self
+            .pool_waiting_msgs(pool)
+            .into_iter()
+            .filter(|&m| {
+                let msg = &self.msgs[m];
+                msg.timeout
+                    .is_some_and(|t| crate::timers::deadline(since.max(msg.queued_at), t) <= now)
+            })
+            .collect();
+        if !expired.is_empty() {
+            log::warn!(
+                "pool {}: {} message(s) found no running instance in time",
+                self.pools[pool].settings.name,
+                expired.len()
+            );
+        }
+        for m in expired {
+            self.unlink_waiting(pool, m);
+            self.answer(m, Reply::Error("timed out waiting for an instance"), out);
+        }
+        self.arm_expiry(pool, out);
+        self.pool_wake_waiters(pool, out);
+    }
+
+    // ----- clients ------------------------------------------------------------------
+
+    /// A client connected to `listener` (None: it has no rules, e.g. batch closed).
+    pub fn client_open(&mut self, c: usize, listener: Option<usize>) {
+        self.next_client_id += 1;
+        self.clients.insert(
+            c,
+            Client {
+                id: self.next_client_id,
+                listener,
+                order: Reorder::default(),
+                order_bytes: 0,
+                unwritten: 0,
+                outstanding: 0,
+                stalled: None,
+                paused: false,
+                errors: 0,
+            },
+        );
+    }
+
+    /// Its listener closed: lines read from now on get `no route`.
+    pub fn client_unroute(&mut self, c: usize) {
+        if let Some(cl) = self.clients.get_mut(c) {
+            cl.listener = None;
+        }
+    }
+
+    /// Whether the client may read more; when not, it is paused and gets a
+    /// [`super::Action::Resume`] once it may.
+    pub fn client_may_read(&mut self, c: usize) -> bool {
+        let ok = self.client_can_read(c);
+        if !ok {
+            if let Some(cl) = self.clients.get_mut(c) {
+                cl.paused = true;
+            }
+        }
+        ok
+    }
+
+    /// One message line (without `\n` or a trailing `\r`) read from a client. False:
+    /// it stalled on a full pool (the ledger keeps it); the client must stop reading
+    /// until [`super::Action::Resume`].
+    pub fn client_line(&mut self, c: usize, line: &[u8], now: Instant, out: &mut Actions) -> bool {
+        let mut payload = Vec::with_capacity(line.len() + 1);
+        payload.extend_from_slice(line);
+        let r = self.submit(c, payload, now, out);
+        self.check();
+        r
+    }
+
+    /// A chunk of complete lines (each ending in `\n`) read from a client. Returns
+    /// how many bytes were taken: less than the chunk when a line stalled (that line
+    /// is taken and kept; the rest must be offered again after `Resume`).
+    pub fn client_data(
+        &mut self,
+        c: usize,
+        chunk: &[u8],
+        now: Instant,
+        out: &mut Actions,
+    ) -> usize {
+        let mut taken = 0;
+        for line in chunk.split_inclusive(|&b| b == b'\n') {
+            taken += line.len();
+            let l = line.strip_suffix(b"\n").unwrap_or(line);
+            let l = l.strip_suffix(b"\r").unwrap_or(l);
+            if !self.client_line(c, l, now, out) {
+                break;
+            }
+        }
+        taken
+    }
+
+    /// Submit the client's stalled message again; true if the client may go on
+    /// reading.
+    pub fn client_resume(&mut self, c: usize, now: Instant, out: &mut Actions) -> bool {
+        let Some(cl) = self.clients.get_mut(c) else {
+            return false;
+        };
+        let r = match cl.stalled.take() {
+            Some(line) => self.submit(c, line, now, out),
+            None => true,
+        };
+        self.check();
+        r
+    }
+
+    /// An immediate error reply for a line read from the client (too long, or
+    /// refused: `no route`, `shutting down`), in its place in the order.
+    pub fn client_error(&mut self, c: usize, why: &str, out: &mut Actions) {
+        self.reply_now(c, why, out);
+        self.check();
+    }
+
+    /// The client will be read no more: its stalled message, if any, is answered
+    /// with `why`.
+    pub fn client_refuse_stalled(&mut self, c: usize, why: &str, out: &mut Actions) {
+        if let Some(cl) = self.clients.get_mut(c) {
+            if cl.stalled.take().is_some() {
+                self.reply_now(c, why, out);
+            }
+        }
+        self.check();
+    }
+
+    /// `n` bytes of the client's replies were written (or dropped: its output
+    /// failed). Room may let it read again.
+    pub fn client_wrote(&mut self, c: usize, n: usize, out: &mut Actions) {
+        let Some(cl) = self.clients.get_mut(c) else {
+            return;
+        };
+        debug_assert!(n <= cl.unwritten);
+        cl.unwritten = cl.unwritten.saturating_sub(n);
+        if cl.unwritten == 0 && cl.outstanding == 0 {
+            // Idle: keep no reorder buffer.
+            cl.order.release();
+        }
+        if cl.paused && self.client_can_read(c) {
+            self.resume(c, out);
+        }
+    }
+
+    /// The client is gone: its pending replies go nowhere.
+    pub fn client_gone(&mut self, c: usize) -> ClientSummary {
+        match self.clients.remove(c) {
+            Some(cl) => ClientSummary {
+                outstanding: cl.outstanding,
+                errors: cl.errors,
+            },
+            None => ClientSummary::default(),
+        }
+    }
+
+    /// Route one message from client `c`. False when it stalled on a full pool.
+    fn submit(&mut self, c: usize, mut line: Vec<u8>, now: Instant, out: &mut Actions) -> bool {
+        let Some(cl) = self.clients.get(c) else {
+            return true;
+        };
+        let rule = cl.listener.and_then(|l| {
+            self.rules.iter().position(|r| {
+                r.listener == l && r.matcher.as_ref().is_none_or(|m| m.0.is_match(&line))
+            })
+        });
+        let Some(r) = rule else {
+            self.reply_now(c, "no route", out);
+            return true;
+        };
+        let pool = self.rules[r].pool;
+        let Some(p) = self.pools.get(pool) else {
+            self.reply_now(c, "no route", out);
+            return true;
+        };
+        if p.slots.is_empty() {
+            self.reply_now(c, "pool has no instances", out);
+            return true;
+        }
+        if self.pool_full(pool) {
+            let cl = &mut self.clients[c];
+            let id = cl.id;
+            cl.stalled = Some(line);
+            cl.paused = true;
+            let p = &mut self.pools[pool];
+            if !p.waiters.contains(&(c, id)) {
+                p.waiters.push((c, id));
+            }
+            return false;
+        }
+        let rule = &self.rules[r];
+        let terms = Terms {
+            timeout: rule.timeout,
+            retries: rule.retries,
+        };
+        let (strategy, ordered) = (rule.strategy, rule.ordered);
+        let pin = match strategy {
+            Strategy::Hash => {
+                let k = match &rule.key {
+                    Some(re) => {
+                        re.0.captures(&line)
+                            .and_then(|caps| caps.get(1).or_else(|| caps.get(0)))
+                            .map(|m| m.as_bytes())
+                    }
+                    None => Some(&line[..]),
+                };
+                // No key in the message: hash the whole message.
+                Pin::Hash(strategy::key_hash(k.unwrap_or(&line)))
+            }
+            s => Pin::Any(s),
+        };
+        let cl = &mut self.clients[c];
+        let client_id = cl.id;
+        let seq = ordered.then(|| cl.order.reserve());
+        cl.outstanding += 1;
+        line.push(b'\n');
+        if strategy == Strategy::Broadcast {
+            self.submit_broadcast(c, client_id, seq, line, pool, terms, now, out);
+            return true;
+        }
+        let m = self.new_msg(c, client_id, seq, line, pool, pin, terms, None, now);
+        self.place(m, false, now, out);
+        true
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn submit_broadcast(
+        &mut self,
+        client: usize,
+        client_id: u64,
+        seq: Option<u64>,
+        payload: Vec<u8>,
+        pool: usize,
+        terms: Terms,
+        now: Instant,
+        out: &mut Actions,
+    ) {
+        let targets: Vec<u32> = self.pools[pool]
+            .slots
+            .iter()
+            .filter_map(|&k| self.member(pool, k))
+            .filter(|i| i.view.is_live())
+            .map(|i| i.index)
+            .collect();
+        if targets.is_empty() {
+            let reply = Reply::Error("pool has no running instances");
+            self.emit(client, client_id, seq, reply, out);
+            return;
+        }
+        let g = self.gathers.insert(Gather {
+            client,
+            client_id,
+            seq,
+            replies: vec![None; targets.len()],
+            remaining: targets.len(),
+            errors: false,
+        });
+        for (pos, index) in targets.into_iter().enumerate() {
+            let m = self.new_msg(
+                client,
+                client_id,
+                None,
+                payload.clone(),
+                pool,
+                Pin::Slot(index),
+                terms,
+                Some((g, pos)),
+                now,
+            );
+            self.place(m, false, now, out);
+        }
+    }
+
+    /// Shutdown: answer every message still waiting or in flight with `why`.
+    pub fn fail_all(&mut self, why: &str, out: &mut Actions) {
+        let all: Vec<usize> = self.msgs.iter().map(|(k, _)| k).collect();
+        for k in 0..self.pools.0.len() {
+            if let Some(p) = self.pools.get_mut(k) {
+                p.queue.clear();
+                p.waiting = 0;
+            }
+        }
+        for k in 0..self.instances.0.len() {
+            if let Some(i) = self.instances.get_mut(k) {
+                i.inflight.clear();
+                i.backlog.clear();
+                i.deadline_at = None;
+            }
+        }
+        if !all.is_empty() {
+            log::warn!(
+                "answering {} unfinished message(s) with an error",
+                all.len()
+            );
+        }
+        for m in all {
+            self.answer(m, Reply::Error(why), out);
+        }
+        self.check();
+    }
+}

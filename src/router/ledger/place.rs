@@ -1,0 +1,588 @@
+//! Placing messages on instances, replies, redelivery and expiry: the ledger's
+//! internal steps, shared by its events.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use super::{Action, Actions, Failure, Ledger, Msg, Pin, Placement, Reply, Timer};
+use crate::config::Strategy;
+use crate::router::strategy::{self, Candidate};
+use crate::timers::deadline;
+
+impl Ledger {
+    /// Instance `k` as a member of `pool` (a pool's lists may name a key forgotten
+    /// and reused by another pool until the shell reports the pool's members again).
+    pub(super) fn member(&self, pool: usize, k: usize) -> Option<&super::Inst> {
+        self.instances.get(k).filter(|i| i.pool == pool)
+    }
+
+    /// Fill `cand_keys`/`cands` with the instances of `pool` that may take new
+    /// messages, in index order. Reuses the buffers: no allocation per message.
+    fn fill_candidates(&mut self, pool: usize) {
+        self.cand_keys.clear();
+        self.cands.clear();
+        let p = &self.pools[pool];
+        let max = p.settings.max_inflight;
+        // A draining pool's retiring instances still work off its queue.
+        let draining = p.draining();
+        let keys: &[usize] = if draining { &p.retiring } else { &p.slots };
+        for &k in keys {
+            let Some(i) = self.instances.get(k).filter(|i| i.pool == pool) else {
+                continue;
+            };
+            if i.view.is_live() || (draining && i.view.writable) {
+                let inflight = i.inflight.len() as u32;
+                self.cand_keys.push(k);
+                self.cands.push(Candidate {
+                    index: i.index,
+                    inflight,
+                    has_room: inflight < max,
+                });
+            }
+        }
+    }
+
+    fn placement(&mut self, m: usize) -> Placement {
+        let msg = &self.msgs[m];
+        let pool = msg.pool;
+        let pin = msg.pin;
+        let max = self.pools[pool].settings.max_inflight as usize;
+        match pin {
+            Pin::Any(s) => {
+                self.fill_candidates(pool);
+                let cursor = &mut self.pools[pool].cursor;
+                let pick = match s {
+                    Strategy::LeastBusy => strategy::least_busy(&self.cands, cursor),
+                    _ => strategy::round_robin(&self.cands, cursor),
+                };
+                match pick {
+                    Some(i) => Placement::Assign(self.cand_keys[i]),
+                    None => Placement::Wait,
+                }
+            }
+            Pin::Hash(h) => {
+                self.fill_candidates(pool);
+                let cands = &self.cands;
+                match strategy::rendezvous(h, cands.iter().map(|c| c.index)) {
+                    Some(i) if cands[i].has_room => Placement::Assign(self.cand_keys[i]),
+                    Some(i) => Placement::Backlog(self.cand_keys[i]),
+                    None => Placement::Wait,
+                }
+            }
+            Pin::Slot(index) => {
+                let slot = self.pools[pool]
+                    .slots
+                    .iter()
+                    .copied()
+                    .find(|&k| self.member(pool, k).is_some_and(|i| i.index == index));
+                match slot {
+                    None => Placement::Fail("instance removed"),
+                    Some(k) => {
+                        let i = &self.instances[k];
+                        if i.view.is_live() && i.inflight.len() < max && i.backlog.is_empty() {
+                            Placement::Assign(k)
+                        } else {
+                            Placement::Backlog(k)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Put a message where it belongs now. `front`: it is being redelivered and goes
+    /// ahead of the queue.
+    pub(super) fn place(&mut self, m: usize, front: bool, now: Instant, out: &mut Actions) {
+        let pool = self.msgs[m].pool;
+        if !front && !self.pools[pool].queue.is_empty() && matches!(self.msgs[m].pin, Pin::Any(_)) {
+            // FIFO: never overtake messages already waiting for any instance.
+            self.pools[pool].queue.push_back(m);
+            self.arm_expiry_for(pool, m, out);
+            return;
+        }
+        match self.placement(m) {
+            Placement::Assign(k) => {
+                self.pools[pool].waiting -= 1;
+                self.assign(m, k, now, out);
+            }
+            Placement::Backlog(k) => {
+                let i = &mut self.instances[k];
+                if front {
+                    i.backlog.push_front(m);
+                } else {
+                    i.backlog.push_back(m);
+                }
+                if !i.view.is_live() {
+                    self.arm_expiry_for(pool, m, out);
+                }
+            }
+            Placement::Wait => {
+                let q = &mut self.pools[pool].queue;
+                if front {
+                    q.push_front(m);
+                } else {
+                    q.push_back(m);
+                }
+                self.arm_expiry_for(pool, m, out);
+            }
+            Placement::Fail(why) => {
+                self.pools[pool].waiting -= 1;
+                self.answer(m, Reply::Error(why), out);
+            }
+        }
+    }
+
+    /// Write a message to an instance.
+    fn assign(&mut self, m: usize, k: usize, now: Instant, out: &mut Actions) {
+        let inst = &mut self.instances[k];
+        if !inst.view.writable {
+            // Not writable after all: keep it for this instance.
+            inst.backlog.push_front(m);
+            self.pools[inst.pool].waiting += 1;
+            return;
+        }
+        out.worker_bytes(k, &self.msgs[m].payload);
+        inst.inflight.push_back(m);
+        if inst.inflight.len() == 1 {
+            inst.head_since = Some(now);
+            self.arm_head_deadline(k, out);
+        }
+    }
+
+    /// When the oldest in-flight message of `k` times out: its clock starts when the
+    /// worker could reach it (written to it, or the previous message answered,
+    /// whichever is later), so a healthy worker with messages queued up is never cut
+    /// short.
+    pub(super) fn head_deadline(&self, k: usize) -> Option<Instant> {
+        let i = &self.instances[k];
+        let m = *i.inflight.front()?;
+        let since = i.head_since?;
+        self.msgs[m].timeout.map(|t| deadline(since, t))
+    }
+
+    pub(super) fn arm_head_deadline(&mut self, k: usize, out: &mut Actions) {
+        let Some(at) = self.head_deadline(k) else {
+            return;
+        };
+        if self.instances[k].deadline_at.is_none_or(|cur| at < cur) {
+            let gen = self.gen();
+            let i = &mut self.instances[k];
+            i.deadline_at = Some(at);
+            i.deadline_gen = gen;
+            out.push(Action::Arm {
+                at,
+                timer: Timer::Inflight { instance: k, gen },
+            });
+        }
+    }
+
+    /// Fill instance `k` from its backlog, then let the pool hand out queued work.
+    pub(super) fn instance_pull(&mut self, k: usize, now: Instant, out: &mut Actions) {
+        let Some(inst) = self.instances.get(k) else {
+            return;
+        };
+        let pool = inst.pool;
+        let max = self.pools.get(pool).map_or(0, |p| p.settings.max_inflight) as usize;
+        loop {
+            let inst = &mut self.instances[k];
+            if !inst.view.writable || inst.inflight.len() >= max {
+                break;
+            }
+            let Some(m) = inst.backlog.pop_front() else {
+                break;
+            };
+            self.pools[pool].waiting -= 1;
+            self.assign(m, k, now, out);
+        }
+        self.pool_pump(pool, now, out);
+    }
+
+    /// Hand queued messages to instances while any can take them.
+    pub(super) fn pool_pump(&mut self, pool: usize, now: Instant, out: &mut Actions) {
+        while let Some(&m) = self.pools.get(pool).and_then(|p| p.queue.front()) {
+            match self.placement(m) {
+                Placement::Assign(k) => {
+                    let p = &mut self.pools[pool];
+                    p.queue.pop_front();
+                    p.waiting -= 1;
+                    self.assign(m, k, now, out);
+                }
+                Placement::Backlog(k) => {
+                    self.pools[pool].queue.pop_front();
+                    self.instances[k].backlog.push_back(m);
+                }
+                Placement::Wait => break,
+                Placement::Fail(why) => {
+                    let p = &mut self.pools[pool];
+                    p.queue.pop_front();
+                    p.waiting -= 1;
+                    self.answer(m, Reply::Error(why), out);
+                }
+            }
+        }
+        self.pool_wake_waiters(pool, out);
+    }
+
+    /// Clients stalled on a full queue may go on once there is room.
+    pub(super) fn pool_wake_waiters(&mut self, pool: usize, out: &mut Actions) {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        if p.waiters.is_empty() || self.pool_full(pool) {
+            return;
+        }
+        let waiters = std::mem::take(&mut self.pools[pool].waiters);
+        self.resume_waiters(waiters, out);
+    }
+
+    pub(super) fn resume_waiters(&mut self, waiters: Vec<(usize, u64)>, out: &mut Actions) {
+        for (c, id) in waiters {
+            if self.clients.get(c).is_some_and(|cl| cl.id == id) {
+                self.resume(c, out);
+            }
+        }
+    }
+
+    /// Tell the shell once that a paused client may read again.
+    pub(super) fn resume(&mut self, c: usize, out: &mut Actions) {
+        if let Some(cl) = self.clients.get_mut(c) {
+            if cl.paused {
+                cl.paused = false;
+                out.push(Action::Resume { client: c });
+            }
+        }
+    }
+
+    /// No room for another message: `queue` messages wait, or the pool holds
+    /// `pool_max_bytes`. An empty pool always takes one, however large.
+    pub(super) fn pool_full(&self, pool: usize) -> bool {
+        let p = &self.pools[pool];
+        p.waiting >= p.settings.queue as usize || p.bytes >= self.limits.pool_max_bytes
+    }
+
+    /// The instance's process died or is being stopped: what it had in flight is
+    /// delivered again (answered replies were read first), its backlog goes elsewhere.
+    pub(super) fn redeliver(
+        &mut self,
+        k: usize,
+        failure: Failure,
+        now: Instant,
+        out: &mut Actions,
+    ) {
+        let inst = &mut self.instances[k];
+        let inflight = std::mem::take(&mut inst.inflight);
+        // Messages the worker never read (the tail of the FIFO, wholly unread) were
+        // not worked on: they cost no attempt, even at the head.
+        let mut unread = std::mem::take(&mut inst.unread);
+        let mut untouched = 0;
+        for &m in inflight.iter().rev() {
+            let len = self.msgs[m].payload.len();
+            if failure != Failure::Died || len > unread {
+                break;
+            }
+            unread -= len;
+            untouched += 1;
+        }
+        let charged = inflight.len() > untouched;
+        inst.deadline_at = None;
+        let pool = inst.pool;
+        // Redelivered in their original order, ahead of everything waiting. Only the
+        // oldest is charged an attempt: it is the one the worker was working on
+        // (answers come in order); the others were merely queued in its pipe.
+        let mut again = Vec::new();
+        for (i, m) in inflight.into_iter().enumerate() {
+            let msg = &mut self.msgs[m];
+            if i == 0 && charged {
+                msg.failures += 1;
+            }
+            if msg.failures > msg.retries {
+                let why = match failure {
+                    Failure::TimedOut => "retries exhausted (timed out)",
+                    Failure::Died => "retries exhausted (worker died)",
+                };
+                self.answer(m, Reply::Error(why), out);
+            } else {
+                again.push(m);
+            }
+        }
+        if !again.is_empty() {
+            log::info!(
+                "{}: delivering {} unanswered message(s) again",
+                self.instances[k].label,
+                again.len()
+            );
+        }
+        self.pools[pool].waiting += again.len();
+        self.rehome_backlog(k, now, out);
+        for m in again.into_iter().rev() {
+            self.place(m, true, now, out);
+        }
+        self.pool_changed(pool, now, out);
+        self.pool_pump(pool, now, out);
+    }
+
+    /// Backlog messages that are not pinned to this very slot go elsewhere;
+    /// slot-pinned ones stay while the slot may come back.
+    pub(super) fn rehome_backlog(&mut self, k: usize, now: Instant, out: &mut Actions) {
+        let inst = &mut self.instances[k];
+        let coming_back = inst.view.coming_back;
+        let backlog = std::mem::take(&mut inst.backlog);
+        let mut keep = VecDeque::new();
+        let mut moved = Vec::new();
+        for m in backlog {
+            match self.msgs[m].pin {
+                Pin::Slot(_) if coming_back => keep.push_back(m),
+                Pin::Slot(_) => {
+                    self.pools[self.msgs[m].pool].waiting -= 1;
+                    self.answer(m, Reply::Error("instance stopped"), out);
+                }
+                _ => moved.push(m),
+            }
+        }
+        self.instances[k].backlog = keep;
+        for m in moved.into_iter().rev() {
+            self.place(m, true, now, out);
+        }
+    }
+
+    /// Recompute whether the pool has live instances, for queue expiry.
+    pub(super) fn pool_changed(&mut self, pool: usize, now: Instant, out: &mut Actions) {
+        let Some(p) = self.pools.get(pool) else {
+            return;
+        };
+        let live = p
+            .slots
+            .iter()
+            .any(|&k| self.member(pool, k).is_some_and(|i| i.view.is_live()));
+        let p = &mut self.pools[pool];
+        if live {
+            p.empty_since = None;
+            p.expire_at = None;
+        } else if p.empty_since.is_none() {
+            p.empty_since = Some(now);
+            self.arm_expiry(pool, out);
+        }
+    }
+
+    /// A message waits in a pool without live instances: arm expiry if it is the
+    /// first to expire.
+    fn arm_expiry_for(&mut self, pool: usize, m: usize, out: &mut Actions) {
+        let p = &self.pools[pool];
+        let Some(since) = p.empty_since else {
+            return;
+        };
+        let msg = &self.msgs[m];
+        let Some(t) = msg.timeout else {
+            return;
+        };
+        let at = deadline(since.max(msg.queued_at), t);
+        if p.expire_at.is_none_or(|cur| at < cur) {
+            let gen = self.gen();
+            let p = &mut self.pools[pool];
+            p.expire_at = Some(at);
+            p.expire_gen = gen;
+            out.push(Action::Arm {
+                at,
+                timer: Timer::PoolQueue { pool, gen },
+            });
+        }
+    }
+
+    /// Messages of this pool that wait for an instance, wherever they wait.
+    pub(super) fn pool_waiting_msgs(&self, pool: usize) -> Vec<usize> {
+        let p = &self.pools[pool];
+        let mut v: Vec<usize> = p.queue.iter().copied().collect();
+        for &k in p.slots.iter().chain(&p.retiring) {
+            if let Some(i) = self.member(pool, k) {
+                if !i.view.is_live() {
+                    v.extend(i.backlog.iter().copied());
+                }
+            }
+        }
+        v
+    }
+
+    pub(super) fn arm_expiry(&mut self, pool: usize, out: &mut Actions) {
+        let Some(since) = self.pools[pool].empty_since else {
+            return;
+        };
+        let next = self
+            .pool_waiting_msgs(pool)
+            .into_iter()
+            .filter_map(|m| {
+                let msg = &self.msgs[m];
+                msg.timeout.map(|t| deadline(since.max(msg.queued_at), t))
+            })
+            .min();
+        let gen = self.gen();
+        let p = &mut self.pools[pool];
+        p.expire_at = next;
+        p.expire_gen = gen;
+        if let Some(at) = next {
+            out.push(Action::Arm {
+                at,
+                timer: Timer::PoolQueue { pool, gen },
+            });
+        }
+    }
+
+    /// Remove a waiting message from the queue or backlog that holds it.
+    pub(super) fn unlink_waiting(&mut self, pool: usize, m: usize) {
+        let p = &mut self.pools[pool];
+        p.waiting -= 1;
+        if let Some(i) = p.queue.iter().position(|&x| x == m) {
+            p.queue.remove(i);
+            return;
+        }
+        for &k in p.slots.iter().chain(&p.retiring) {
+            if let Some(inst) = self.instances.get_mut(k) {
+                if let Some(i) = inst.backlog.iter().position(|&x| x == m) {
+                    inst.backlog.remove(i);
+                    return;
+                }
+            }
+        }
+        // Backlogs of instances the pool no longer lists.
+        for k in 0..self.instances.0.len() {
+            if let Some(inst) = self.instances.get_mut(k) {
+                if let Some(i) = inst.backlog.iter().position(|&x| x == m) {
+                    inst.backlog.remove(i);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A new message of `client` (already counted in its `outstanding`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new_msg(
+        &mut self,
+        client: usize,
+        client_id: u64,
+        seq: Option<u64>,
+        payload: Vec<u8>,
+        pool: usize,
+        pin: Pin,
+        terms: super::Terms,
+        gather: Option<(usize, usize)>,
+        now: Instant,
+    ) -> usize {
+        let len = payload.len();
+        let m = self.msgs.insert(Msg {
+            client,
+            client_id,
+            seq,
+            payload,
+            pool,
+            pin,
+            timeout: terms.timeout,
+            retries: terms.retries,
+            failures: 0,
+            gather,
+            queued_at: now,
+        });
+        let p = &mut self.pools[pool];
+        p.waiting += 1;
+        p.bytes += len;
+        m
+    }
+
+    /// Complete a message with a reply line or an error, and forget it.
+    pub(super) fn answer(&mut self, m: usize, reply: Reply<'_>, out: &mut Actions) {
+        let msg = self.msgs.remove(m);
+        if let Some(p) = self.pools.get_mut(msg.pool) {
+            p.bytes -= msg.payload.len();
+        }
+        let Some((g, pos)) = msg.gather else {
+            return self.emit(msg.client, msg.client_id, msg.seq, reply, out);
+        };
+        let gather = &mut self.gathers[g];
+        if gather.replies[pos].is_none() {
+            let mut line = Vec::new();
+            reply.write_to(&mut line, &self.limits.error_prefix);
+            gather.errors |= reply.is_error();
+            gather.replies[pos] = Some(line);
+            gather.remaining -= 1;
+        }
+        if gather.remaining == 0 {
+            let gather = self.gathers.remove(g);
+            let all = gather.replies.into_iter().flatten().flatten().collect();
+            let reply = Reply::Gathered(all, gather.errors);
+            self.emit(gather.client, gather.client_id, gather.seq, reply, out);
+        }
+    }
+
+    /// An immediate error reply to a line just read (no route, too long...).
+    pub(super) fn reply_now(&mut self, c: usize, why: &str, out: &mut Actions) {
+        let Some(cl) = self.clients.get_mut(c) else {
+            return;
+        };
+        let seq = Some(cl.order.reserve());
+        cl.outstanding += 1;
+        let id = cl.id;
+        self.emit(c, id, seq, Reply::Error(why), out);
+    }
+
+    /// Hand a reply to the shell, in order when `seq` is set. The common case (the
+    /// reply is the next one due) goes straight out.
+    pub(super) fn emit(
+        &mut self,
+        c: usize,
+        id: u64,
+        seq: Option<u64>,
+        reply: Reply<'_>,
+        out: &mut Actions,
+    ) {
+        let Some(client) = self.clients.get_mut(c).filter(|cl| cl.id == id) else {
+            return; // the client left; its replies go nowhere
+        };
+        if reply.is_error() {
+            client.errors += 1;
+        }
+        client.outstanding = client.outstanding.saturating_sub(1);
+        let prefix = &self.limits.error_prefix;
+        match seq {
+            Some(seq) if !client.order.take_next(seq) => {
+                let mut v = Vec::new();
+                reply.write_to(&mut v, prefix);
+                let n = v.len();
+                if client.order.fill(seq, v) {
+                    client.order_bytes += n;
+                }
+            }
+            _ => {
+                let order = &mut client.order;
+                let order_bytes = &mut client.order_bytes;
+                client.unwritten += out.client_bytes(c, |buf| {
+                    reply.write_to(buf, prefix);
+                    while let Some(b) = order.pop_ready() {
+                        *order_bytes -= b.len();
+                        buf.extend_from_slice(&b);
+                    }
+                });
+            }
+        }
+        if client.stalled.is_none() {
+            self.resume(c, out);
+        }
+    }
+
+    /// After a reply: a leaving instance with nothing left is stopped.
+    pub(super) fn maybe_drained(&mut self, k: usize, out: &mut Actions) {
+        let Some(i) = self.instances.get(k) else {
+            return;
+        };
+        let Some(pool) = self.pools.get(i.pool) else {
+            return;
+        };
+        let queue_done = !pool.draining() || pool.queue.is_empty();
+        if i.view.leaving
+            && i.view.running
+            && i.inflight.is_empty()
+            && i.backlog.is_empty()
+            && queue_done
+        {
+            out.push(Action::Drained { instance: k });
+        }
+    }
+}
