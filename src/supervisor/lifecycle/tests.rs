@@ -203,11 +203,7 @@ fn consecutive_failures_back_off_and_long_run_resets() {
 
 #[test]
 fn gives_up_after_more_than_n_restarts_within_window() {
-    let g = GiveUp {
-        restarts: 3,
-        within: Duration::from_secs(60),
-        cooldown: Some(Duration::from_secs(300)),
-    };
+    let g = give_up(3, Some(Duration::from_secs(300)));
     let p = pool(RestartPolicy::Always, Some(g));
     let mut l = Lifecycle::new(Instant::now(), 0);
     let t = Instant::now();
@@ -447,11 +443,7 @@ fn stale_timers_are_ignored() {
 
 #[test]
 fn backoff_grows_then_gives_up_then_cooldown_starts_afresh() {
-    let g = GiveUp {
-        restarts: 2,
-        within: Duration::from_secs(60),
-        cooldown: Some(Duration::from_secs(5)),
-    };
+    let g = give_up(2, Some(Duration::from_secs(5)));
     let mut r = Rig::new(pool(RestartPolicy::Always, Some(g)));
     let mut delays = Vec::new();
     for i in 0..2 {
