@@ -406,6 +406,7 @@ impl Lifecycle {
         self.gen
     }
 
+    /// Leaving: takes no new work, is not restarted, forgotten once stopped.
     pub fn retiring(&self) -> bool {
         self.leaving
     }
