@@ -674,7 +674,7 @@ impl Daemon {
                     "pid": i.pid(),
                     "state": i.life.state.name(now).as_str(),
                     "reason": i.reason(),
-                    "retiring": i.retiring,
+                    "retiring": i.retiring(),
                     "replacement": incoming.contains(&k),
                     "uptime_ms": uptime,
                     "restarts": i.life.restarts,

@@ -17,7 +17,7 @@ use super::control::Target;
 use super::reload::Roll;
 use super::Daemon;
 use crate::reload::roll::Event as RollEvent;
-use crate::supervisor::lifecycle::State;
+use crate::supervisor::lifecycle::{Event as LifeEvent, State};
 use crate::sys;
 
 /// A `restart` or `stop` waiting to be answered.
@@ -246,27 +246,32 @@ impl Daemon {
         self.roll_event(pool, RollEvent::Hold { index });
         let inst = &mut self.instances[k];
         let was_held = std::mem::replace(&mut inst.held, true);
-        inst.start_when_stopped = false;
-        match inst.life.state {
+        let running = match inst.life.state {
             State::Running { .. } => {
                 log::info!(
                     "{} held (orchd ctl stop): draining {} message(s)",
                     inst.label,
                     self.ledger.instance_counts(k).0
                 );
-                self.route_retiring(k);
-                self.instance_maybe_drained(k);
+                true
             }
             State::Backoff { .. } | State::Failed { .. } => {
                 log::info!("{} held stopped (orchd ctl stop)", inst.label);
-                self.stop_instance(k);
+                false
             }
-            State::Stopping { .. } => {}
+            State::Stopping { .. } => false,
             State::Stopped => {
                 if !was_held {
                     log::info!("{} held stopped (orchd ctl stop)", inst.label);
                 }
+                false
             }
+        };
+        // Stopped now if it waits to restart; stays stopped once stopped.
+        self.feed(k, LifeEvent::Hold);
+        if running {
+            self.route_retiring(k);
+            self.instance_maybe_drained(k);
         }
     }
 
@@ -293,13 +298,13 @@ impl Daemon {
                         "{label} {} (orchd ctl start)",
                         if released { "released" } else { "started" }
                     );
-                    inst.life.reset();
-                    self.refresh_spec(r.key);
-                    self.start_instance(r.key);
+                    // Afresh, with what its pool runs now.
+                    self.feed(r.key, LifeEvent::Release);
                     started.push(label);
                 }
                 State::Stopping { .. } => {
-                    inst.start_when_stopped = true;
+                    // Started again once stopped.
+                    self.feed(r.key, LifeEvent::Release);
                     started.push(label);
                 }
                 State::Running { .. } | State::Backoff { .. } => {
@@ -439,7 +444,7 @@ impl Daemon {
             // Answered once the other targets are settled too.
             let settled = op.targets.iter().all(|t| {
                 self.op_instance(t)
-                    .is_none_or(|i| !i.retiring && !self.restart_pending(t))
+                    .is_none_or(|i| !i.retiring() && !self.restart_pending(t))
             });
             return settled.then(|| err(why.clone()));
         }
@@ -461,7 +466,7 @@ impl Daemon {
                 OpKind::Restart => match inst {
                     // Gone: its replacement took the slot and it has drained.
                     None => {}
-                    Some(i) if i.retiring => return None,
+                    Some(i) if i.retiring() => return None,
                     Some(i) if i.held => {
                         return Some(err(format!("{} was stopped before it restarted", t.label)))
                     }

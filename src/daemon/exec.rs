@@ -6,7 +6,7 @@
 use crate::router::ledger::{Action, InstanceView, PoolSettings, Timer};
 use crate::supervisor::lifecycle::State;
 
-use super::{Daemon, TimerKey};
+use super::{Daemon, Instance, TimerKey};
 
 impl Daemon {
     /// Execute what the ledger asked for. Bytes, timers and resumed clients first, in
@@ -38,10 +38,9 @@ impl Daemon {
         for a in later {
             match a {
                 Action::Restart { instance } => {
-                    if let Some(i) = self.instances.get_mut(instance) {
-                        i.timed_out = true;
-                        self.restart_instance(instance);
-                    }
+                    // Stopped, then started again at once; what it had in flight
+                    // failed by timeout.
+                    self.restart_instance(instance);
                 }
                 Action::Drained { instance } => self.stop_instance(instance),
                 _ => {}
@@ -57,16 +56,16 @@ impl Daemon {
             log::debug!("instance {k}: stdin closed; {} byte(s) held", bytes.len());
             return;
         };
-        if stdin.buf.is_empty() {
+        if stdin.out.is_empty() {
             self.dirty_stdin.push_back(k);
         }
-        stdin.buf.extend_from_slice(bytes);
+        stdin.out.push(bytes);
     }
 
     /// What the ledger needs to know of an instance now.
     fn ledger_view(&self, k: usize) -> Option<InstanceView> {
         let i = self.instances.get(k)?;
-        let leaving = i.retiring || i.held;
+        let leaving = i.retiring() || i.held;
         Some(InstanceView {
             running: matches!(i.life.state, State::Running { .. }),
             writable: i.can_work(),
@@ -132,10 +131,9 @@ impl Daemon {
             return;
         };
         if let Some(p) = inst.stdin.as_mut() {
-            p.buf.clear();
-            p.pos = 0;
+            p.out.discard();
         }
-        let timed_out = inst.timed_out;
+        let timed_out = inst.timed_out();
         self.ledger_sync(k);
         self.ledger
             .instance_down(k, timed_out, self.now, &mut self.ledger_out);
@@ -144,7 +142,7 @@ impl Daemon {
 
     /// The instance stopped for good (or gave up): nothing may wait for it.
     pub(super) fn route_instance_gone(&mut self, k: usize) {
-        let Some(timed_out) = self.instances.get(k).map(|i| i.timed_out) else {
+        let Some(timed_out) = self.instances.get(k).map(Instance::timed_out) else {
             return;
         };
         self.ledger_sync(k);
@@ -197,7 +195,7 @@ impl Daemon {
             Some(p) => {
                 let in_pipe =
                     crate::sys::readable_bytes(std::os::fd::AsRawFd::as_raw_fd(&p.tx)).unwrap_or(0);
-                p.buf.len() - p.pos + in_pipe
+                p.out.pending() + in_pipe
             }
             None => 0,
         };

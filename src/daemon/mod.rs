@@ -7,7 +7,9 @@
 //! orchd makes no system calls at all. Writes are batched: handlers append to output
 //! buffers and mark them dirty, and each loop turn flushes every dirty buffer once.
 //!
-//! Submodules add methods to [`Daemon`]: `supervise` (processes), `route` (messages:
+//! Submodules add methods to [`Daemon`]: `supervise` (instances: feeds their pure
+//! lifecycle, [`crate::supervisor::lifecycle`], and performs what it decides),
+//! `workers` (processes and their pipes), `route` (messages:
 //! it feeds what `net`, the listeners and client connections, reads to the pure
 //! message ledger, [`crate::router::ledger`]), `exec` (tells the ledger what happened
 //! to instances and executes its actions), `reload` (config changes), `control`
@@ -25,6 +27,7 @@ mod ready;
 mod reload;
 mod route;
 mod supervise;
+mod workers;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -91,8 +94,12 @@ enum IoTarget {
 /// stale was cancelled and is ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TimerKey {
-    /// The instance's lifecycle deadline (backoff over, stop_timeout hit, cooldown over).
-    Instance { key: usize, gen: u64 },
+    /// A timer of an instance's lifecycle (backoff over, stop_timeout hit, cooldown
+    /// over, up for START_GRACE); stale unless its generation is the instance's.
+    Instance {
+        key: usize,
+        timer: crate::supervisor::lifecycle::Timer,
+    },
     /// The message ledger's timers (message timeouts, queue expiry).
     Ledger(crate::router::ledger::Timer),
     /// Leftover processes of a worker's group get SIGKILL.
@@ -107,8 +114,6 @@ enum TimerKey {
     Linger { client: usize, id: u64 },
     /// A rolling replacement has stayed up long enough to take its slot.
     Promote { key: usize, gen: u64 },
-    /// An instance spawned before the ready line may have been up for START_GRACE.
-    FirstReady { key: usize },
 }
 
 /// Where shutdown stands.
@@ -139,12 +144,10 @@ pub struct Daemon {
     pools: Slab<supervise::PoolRt>,
     pool_names: HashMap<String, usize>,
     instances: Slab<Instance>,
-    /// Leader pid → instance key, for reaping.
-    pids: HashMap<u32, usize>,
-    /// Process groups left behind by a leader that exited: pgid → generation.
-    lingering: HashMap<u32, u64>,
-    /// Instances stopping whose leader is gone but whose group may not be.
-    awaiting_group: Vec<usize>,
+    /// Worker processes: pids, groups outliving their leader.
+    workers: workers::Workers,
+    /// Lifecycle actions being performed (a buffer kept between uses).
+    lifecycle_actions: Vec<crate::supervisor::lifecycle::Action>,
     /// Listeners and client connections.
     net: net::Net,
     /// Messages: queues, in flight, replies (pure; see `exec.rs` for its actions).
@@ -236,9 +239,8 @@ impl Daemon {
             pools: Slab::new(),
             pool_names: HashMap::new(),
             instances: Slab::new(),
-            pids: HashMap::new(),
-            lingering: HashMap::new(),
-            awaiting_group: Vec::new(),
+            workers: workers::Workers::default(),
+            lifecycle_actions: Vec::new(),
             net: net::Net::default(),
             ledger: Ledger::new(Limits {
                 error_prefix: config.settings.error_prefix.clone(),
@@ -411,7 +413,7 @@ impl Daemon {
             .instances
             .iter()
             .filter_map(|(_, i)| i.group())
-            .chain(self.lingering.keys().copied())
+            .chain(self.workers.lingering.keys().copied())
             .collect();
         for pgid in groups {
             let _ = crate::sys::kill_group(pgid, libc::SIGKILL);
@@ -423,7 +425,7 @@ impl Daemon {
     /// replies (waiting at most [`FINAL_FLUSH`] for slow readers).
     fn finished(&mut self) -> bool {
         if !matches!(self.phase, Phase::Stopping { .. })
-            || !self.lingering.is_empty()
+            || !self.workers.lingering.is_empty()
             || !self.instances.iter().all(|(_, i)| i.is_stopped())
         {
             return false;
@@ -450,7 +452,7 @@ impl Daemon {
                 break;
             };
             match key {
-                TimerKey::Instance { key, gen } => self.on_instance_timer(key, gen),
+                TimerKey::Instance { key, timer } => self.on_instance_timer(key, timer),
                 TimerKey::Ledger(t) => self.on_ledger_timer(t),
                 TimerKey::Group { pgid, gen } => self.on_group_timer(pgid, gen),
                 TimerKey::DrainOver => {
@@ -463,7 +465,6 @@ impl Daemon {
                 TimerKey::Accept { listener, gen } => self.on_accept_timer(listener, gen),
                 TimerKey::Linger { client, id } => self.on_linger_timer(client, id),
                 TimerKey::Promote { key, gen } => self.on_promote_timer(key, gen),
-                TimerKey::FirstReady { key } => self.on_first_ready_timer(key),
             }
         }
     }
@@ -554,7 +555,7 @@ impl Daemon {
             ..ReadyCounts::default()
         };
         for (_, i) in self.instances.iter() {
-            match i.first_start {
+            match i.life.first_start {
                 FirstStart::Ready => counts.ready += 1,
                 FirstStart::Failed => counts.failed += 1,
                 FirstStart::Completed => counts.completed += 1,
@@ -574,7 +575,7 @@ impl Daemon {
     fn emergency_stop(&mut self) {
         self.kill_everything();
         let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline && !self.pids.is_empty() {
+        while Instant::now() < deadline && !self.workers.pids.is_empty() {
             self.reap();
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -36,7 +36,7 @@ use crate::reload::diff::{diff_running, same_process, RunningPool, RunningSpec};
 pub use crate::reload::roll::Roll;
 use crate::reload::roll::{Action as RollAction, Event as RollEvent, Slot, Slots, Why};
 use crate::reload::Plan;
-use crate::supervisor::lifecycle::State;
+use crate::supervisor::lifecycle::{Event as LifeEvent, State};
 
 /// Quiet time after the last file event before the file is read.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -429,7 +429,7 @@ impl Daemon {
         let failed: Vec<usize> = self
             .instances
             .iter()
-            .filter(|(_, i)| matches!(i.life.state, State::Failed { .. }) && !i.retiring)
+            .filter(|(_, i)| matches!(i.life.state, State::Failed { .. }) && !i.retiring())
             .map(|(k, _)| k)
             .collect();
         let mut n = 0;
@@ -438,7 +438,7 @@ impl Daemon {
             let still_failed = self
                 .instances
                 .get(k)
-                .is_some_and(|i| matches!(i.life.state, State::Failed { .. }) && !i.retiring);
+                .is_some_and(|i| matches!(i.life.state, State::Failed { .. }) && !i.retiring());
             if !still_failed {
                 continue;
             }
@@ -447,8 +447,7 @@ impl Daemon {
                 "{}: reload gives a failed instance a fresh start",
                 self.instances[k].label
             );
-            self.instances[k].life.reset();
-            self.start_instance(k);
+            self.feed(k, LifeEvent::Reload);
         }
         n
     }
@@ -529,24 +528,21 @@ impl Daemon {
         let Some(inst) = self.instances.get_mut(k) else {
             return;
         };
-        inst.retiring = true;
         let pool = inst.pool;
+        let running = matches!(inst.life.state, State::Running { .. });
         if !self.pools[pool].retiring.contains(&k) {
             self.pools[pool].retiring.push(k);
         }
-        match inst.life.state {
-            State::Running { .. } => {
-                log::info!(
-                    "{} retiring: draining {} message(s)",
-                    inst.label,
-                    self.ledger.instance_counts(k).0
-                );
-                self.route_retiring(k);
-                self.instance_maybe_drained(k);
-            }
-            State::Stopping { .. } => {}
-            State::Backoff { .. } | State::Failed { .. } => self.stop_instance(k),
-            State::Stopped => self.mark_stopped(k),
+        // Leaving from now on; one that does not run is stopped (and forgotten) now.
+        self.feed(k, LifeEvent::Retire);
+        if running {
+            log::info!(
+                "{} retiring: draining {} message(s)",
+                self.instances[k].label,
+                self.ledger.instance_counts(k).0
+            );
+            self.route_retiring(k);
+            self.instance_maybe_drained(k);
         }
     }
 
@@ -671,7 +667,7 @@ impl Daemon {
                     );
                 }
                 // Forgotten once stopped, like any instance leaving.
-                i.retiring = true;
+                i.life.retire();
             }
         }
     }

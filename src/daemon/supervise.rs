@@ -1,47 +1,31 @@
-//! Processes: starting instances, reaping them, restarting with backoff, stopping
-//! their process groups, and logging their output.
+//! Pools and instance slots, and the shell around the instance lifecycle.
 //!
-//! Decisions come from [`crate::supervisor::lifecycle`]; this module performs them.
-//! Invariants: an instance with a live leader is in `pids`; a group whose leader is
-//! gone but whose members may live is either in `lingering` (instance restarting) or in
-//! `awaiting_group` (instance stopping), and gets SIGKILL at its deadline.
+//! Decisions come from the pure machine in [`crate::supervisor::lifecycle`]: the
+//! shell feeds it what happened ([`Daemon::feed`]) and performs the actions it
+//! returns ([`Daemon::perform`]), routing them to the process I/O (`workers`), the
+//! message router, the rolling replacement and the log. What the worker processes
+//! report (exits, emptied groups, replies, output lines) is routed the same way, by
+//! the second half of this file. Nothing here decides when an instance restarts,
+//! stops or gives up.
 
 use std::io;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use mio::unix::pipe::{Receiver, Sender};
-use mio::{Interest, Token};
+use mio::Interest;
 
 use super::control::Control;
 use super::logs::Stream;
+use super::outbuf::OutBuf;
+use super::workers::{self, PipeIn, PipeOut, LOG_LINE_MAX};
 use super::{Daemon, IoTarget, Phase, TimerKey};
 use crate::config::Pool;
-use crate::framing::{log_pieces, Fill, Frame, LineBuf};
-use crate::supervisor::lifecycle::{
-    wants_restart, AfterExit, FirstStart, Lifecycle, State, START_GRACE,
-};
+use crate::framing::{log_pieces, LineBuf};
+use crate::supervisor::lifecycle::{Action, Context, Event, FirstStart, Lifecycle, State, Then};
 use crate::supervisor::spawn::{self, Credentials};
 use crate::sys::{self, Exit};
-use crate::timers::deadline;
 
-/// Log a lifecycle line about an instance (`$inst`, an [`Instance`]) at `$level`, and
-/// keep it in its pool's log buffer for `orchd ctl CONFIG logs`. A macro over the
-/// daemon's fields, not a method: callers hold borrows of other fields.
-macro_rules! lifecycle {
-    ($d:expr, $inst:expr, $level:expr, $($arg:tt)+) => {{
-        let text = format!($($arg)+);
-        log::log!($level, "{text}");
-        if let Some(p) = $d.pools.get($inst.pool) {
-            $d.control.record(&p.cfg.name, $inst.index, Stream::Orchd, text);
-        }
-    }};
-}
-
-/// Worker log lines longer than this are split into several records.
-const LOG_LINE_MAX: usize = 16 * 1024;
-/// Replies longer than this are refused (like messages, SPEC 5).
-pub const MAX_LINE: usize = 1024 * 1024;
+pub use super::workers::MAX_LINE;
 
 /// A pool at run time.
 pub struct PoolRt {
@@ -67,22 +51,6 @@ pub struct PoolRt {
     pub held: bool,
 }
 
-pub(super) struct PipeIn {
-    pub rx: Receiver,
-    pub token: Token,
-    pub buf: LineBuf,
-}
-
-pub(super) struct PipeOut {
-    pub tx: Sender,
-    pub token: Token,
-    /// Bytes not yet written, from `pos`.
-    pub buf: Vec<u8>,
-    pub pos: usize,
-    /// WRITABLE interest is registered (only while output is pending).
-    pub want_write: bool,
-}
-
 impl PoolRt {
     /// No instance slots remain (removed, or scaled to 0): its retiring instances
     /// work off what is queued, then whatever is left is answered with an error.
@@ -104,22 +72,8 @@ pub struct Instance {
     /// Held stopped by `orchd ctl stop`: drains, stops, and is not started again
     /// (by its restart policy, a reload or a roll) until `orchd ctl start`.
     pub held: bool,
-    /// `start` came while it was still stopping: start it once stopped.
-    pub start_when_stopped: bool,
+    /// State, restart bookkeeping, first start, leaving (the pure machine).
     pub life: Lifecycle,
-    pub started_at: Instant,
-    pgid: u32,
-    /// Generation of the lifecycle timer; bumped on every state change.
-    pub(super) gen: u64,
-    /// Leaving: finish in-flight work, stop, then the slot is forgotten.
-    pub retiring: bool,
-    /// SIGKILL was sent to the group.
-    killed: bool,
-    /// Stopped because a message timed out: start again once stopped, and what was in
-    /// flight failed by timeout.
-    pub timed_out: bool,
-    /// How its first start went (the ready line and READY=1).
-    pub first_start: FirstStart,
     /// Why the last spawn failed (status shows it as the last exit): set by a failed
     /// spawn, which also clears `life.last_exit`; shown while that is None.
     pub spawn_error: Option<String>,
@@ -135,14 +89,22 @@ pub struct Instance {
 impl Instance {
     /// The process group to signal, while there may be one.
     pub fn group(&self) -> Option<u32> {
-        match self.life.state {
-            State::Running { .. } | State::Stopping { .. } if self.pgid > 1 => Some(self.pgid),
-            _ => None,
-        }
+        self.life.group()
     }
 
     pub fn is_stopped(&self) -> bool {
         matches!(self.life.state, State::Stopped)
+    }
+
+    /// Leaving: finish in-flight work, stop, then the slot is forgotten.
+    pub fn retiring(&self) -> bool {
+        self.life.retiring()
+    }
+
+    /// Being stopped because a message timed out: what was in flight failed by
+    /// timeout, and it starts again once stopped.
+    pub fn timed_out(&self) -> bool {
+        self.life.timed_out()
     }
 
     /// Its first start is settled for the ready line: ready, failed or completed,
@@ -152,7 +114,7 @@ impl Instance {
             // Held by `orchd ctl stop`, perhaps before it ever ran: not waited for.
             return true;
         }
-        match self.first_start {
+        match self.life.first_start {
             FirstStart::Pending => false,
             FirstStart::Started => self.is_stopped(),
             FirstStart::Ready | FirstStart::Failed | FirstStart::Completed => true,
@@ -178,7 +140,7 @@ impl Instance {
 
     /// Running and able to take new messages.
     pub fn is_live(&self) -> bool {
-        self.can_work() && !self.retiring && !self.held
+        self.can_work() && !self.retiring() && !self.held
     }
 
     /// Running with a stdin: can be written to (a retiring instance still works off
@@ -232,8 +194,8 @@ impl Daemon {
         let label = format!("{}[{}]", p.cfg.name, index);
         let stdin_pipe = p.routed;
         let spec = p.spec.clone();
-        // A fresh generation: a queued start of a forgotten instance whose key this
-        // one reuses must not match it.
+        // A fresh generation: a queued start or a timer of a forgotten instance whose
+        // key this one reuses must not match it.
         let gen = self.gen();
         let id = self.gen();
         self.instances.insert(Instance {
@@ -243,15 +205,7 @@ impl Daemon {
             label,
             id,
             held: false,
-            start_when_stopped: false,
-            life: Lifecycle::default(),
-            started_at: self.now,
-            pgid: 0,
-            gen,
-            retiring: false,
-            killed: false,
-            timed_out: false,
-            first_start: FirstStart::Pending,
+            life: Lifecycle::new(self.now, gen),
             spawn_error: None,
             stdin_pipe,
             stdout: None,
@@ -265,14 +219,14 @@ impl Daemon {
     pub(super) fn start_instance(&mut self, key: usize) {
         if self.phase != Phase::Running {
             // Shutting down: nothing new starts.
-            self.mark_stopped(key);
+            self.feed(key, Event::Settle);
             return;
         }
         let Some(inst) = self.instances.get(key).filter(|i| !i.held) else {
             return;
         };
         if self.spawn_budget == 0 || !self.start_queue.is_empty() {
-            self.start_queue.push_back((key, inst.gen));
+            self.start_queue.push_back((key, inst.life.gen()));
             return;
         }
         self.spawn_budget -= 1;
@@ -289,7 +243,7 @@ impl Daemon {
             // A held instance (`orchd ctl stop`) waits for `start`, which starts it
             // afresh.
             let due = self.instances.get(key).is_some_and(|i| {
-                i.gen == gen
+                i.life.gen() == gen
                     && !i.held
                     && !matches!(i.life.state, State::Running { .. } | State::Stopping { .. })
             });
@@ -300,405 +254,139 @@ impl Daemon {
         }
     }
 
-    fn spawn_instance(&mut self, key: usize) {
+    /// Feed one event to an instance's lifecycle and perform what it decides.
+    pub(super) fn feed(&mut self, key: usize, event: Event) {
         let gen = self.gen();
+        let rand01 = match event {
+            Event::Exited { .. } | Event::SpawnFailed { .. } => self.rand01(),
+            _ => 0.5,
+        };
+        let (now, running, await_ready) =
+            (self.now, self.phase == Phase::Running, !self.ready_sent);
         let Some(inst) = self.instances.get_mut(key) else {
             return;
         };
-        inst.gen = gen;
-        inst.killed = false;
-        inst.timed_out = false;
-        let spec = inst.spec.clone();
-        let result = Credentials::resolve(&spec)
-            .and_then(|creds| spawn::spawn(&spec, inst.index, inst.stdin_pipe, creds));
-        let label = inst.label.clone();
-        match result {
-            Ok(sp) => {
-                let pid = sp.pid;
-                if let Err(e) = self.attach_pipes(key, sp) {
-                    log::error!("{label}: cannot watch the pipes of pid {pid}: {e}; killing it");
-                    let _ = sys::kill_group(pid, libc::SIGKILL);
+        let Some(pool) = self.pools.get(inst.pool) else {
+            return;
+        };
+        let cx = Context {
+            label: &inst.label,
+            pool: &pool.cfg,
+            running,
+            held: inst.held,
+            await_ready,
+            rand01,
+            gen,
+        };
+        let mut actions = std::mem::take(&mut self.lifecycle_actions);
+        inst.life.step(event, now, &cx, &mut actions);
+        let (id, pool) = (inst.id, inst.pool);
+        // Performing may feed this or another instance again: the buffer is lent out.
+        for action in actions.drain(..) {
+            self.perform(key, id, pool, action);
+        }
+        if self.lifecycle_actions.capacity() < actions.capacity() {
+            self.lifecycle_actions = actions;
+        }
+    }
+
+    /// Perform one lifecycle action of instance `key` (`id`, of `pool`). Once the
+    /// instance is forgotten, what was left for it is dropped.
+    fn perform(&mut self, key: usize, id: u64, pool: usize, action: Action) {
+        if action == Action::PoolLost {
+            self.route_pool_lost(pool);
+            return;
+        }
+        if self.instances.get(key).is_none_or(|i| i.id != id) {
+            return;
+        }
+        match action {
+            Action::Start { fresh_spec } => {
+                if fresh_spec {
+                    self.refresh_spec(key);
                 }
-                let now = self.now;
-                let inst = &mut self.instances[key];
-                inst.pgid = pid;
-                inst.started_at = now;
-                if inst.first_start == FirstStart::Pending {
-                    inst.first_start = FirstStart::Started;
+                self.start_instance(key);
+            }
+            Action::SignalGroup { pgid, signal } => {
+                if let Err(e) = workers::signal_group_to_stop(pgid, signal.number) {
+                    if e.raw_os_error() != Some(libc::ESRCH) {
+                        log::warn!(
+                            "{}: cannot signal group {pgid}: {e}",
+                            self.instances[key].label
+                        );
+                    }
                 }
-                let await_ready = inst.first_start != FirstStart::Ready && !self.ready_sent;
-                inst.life.spawned(pid, now);
-                self.pids.insert(pid, key);
-                lifecycle!(
-                    self,
-                    self.instances[key],
-                    log::Level::Info,
-                    "{label} started (pid {pid})"
-                );
-                if await_ready {
-                    // Ready for the ready line once up for START_GRACE; after that
-                    // line, no such timer is armed (an idle orchd stays asleep).
-                    self.timers
-                        .arm(now + START_GRACE, TimerKey::FirstReady { key });
-                }
+            }
+            Action::Kill { pgid } => {
+                let _ = sys::kill_group(pgid, libc::SIGKILL);
+            }
+            Action::CloseStdin => self.close_worker_stdin(key),
+            Action::Arm { at, timer } => self.timers.arm(at, TimerKey::Instance { key, timer }),
+            Action::Linger { pgid, kill_at } => {
+                let gen = self.gen();
+                self.workers.linger(pgid, gen);
+                self.timers.arm(kill_at, TimerKey::Group { pgid, gen });
+            }
+            Action::WatchGroup { pgid } => self.workers.watch_group(key, id, pgid),
+            Action::Up => {
                 self.roll_started(key);
                 self.route_instance_up(key);
             }
-            Err(e) => {
-                let why = format!(
-                    "failed to start {} in {}: {e}",
-                    spec.command,
-                    spec.cwd.display()
-                );
-                self.instances[key].spawn_error = Some(format!("spawn: {e}"));
-                self.after_exit(key, Err(why), Duration::ZERO);
-            }
-        }
-    }
-
-    /// Register a new process's pipes. Each is stored on the instance as soon as it
-    /// is registered, so that on a failure the normal close path (after the caller
-    /// kills the process and it is reaped) releases what was registered.
-    fn attach_pipes(&mut self, key: usize, sp: spawn::Spawned) -> io::Result<()> {
-        let mut stdout = sp.stdout;
-        let token = self.register_io(&mut stdout, IoTarget::Stdout(key), Interest::READABLE)?;
-        let inst = &mut self.instances[key];
-        let max = if inst.stdin_pipe {
-            MAX_LINE
-        } else {
-            usize::MAX
-        };
-        inst.stdout = Some(PipeIn {
-            rx: stdout,
-            token,
-            buf: LineBuf::new(max),
-        });
-        let mut stderr = sp.stderr;
-        let token = self.register_io(&mut stderr, IoTarget::Stderr(key), Interest::READABLE)?;
-        self.instances[key].stderr = Some(PipeIn {
-            rx: stderr,
-            token,
-            buf: LineBuf::new(usize::MAX),
-        });
-        if let Some(mut tx) = sp.stdin {
-            // WRITABLE interest is added only while output is pending.
-            let token = self.register_io(&mut tx, IoTarget::Stdin(key), Interest::READABLE)?;
-            self.instances[key].stdin = Some(PipeOut {
-                tx,
-                token,
-                buf: Vec::new(),
-                pos: 0,
-                want_write: false,
-            });
-        }
-        Ok(())
-    }
-
-    /// Reap every exited child (SIGCHLDs merge: loop until nothing is left).
-    pub(super) fn reap(&mut self) {
-        loop {
-            match sys::reap_one() {
-                Ok(Some((pid, exit))) => self.on_reaped(pid, exit),
-                Ok(None) => break,
-                Err(e) => {
-                    log::error!("waitpid: {e}");
-                    break;
-                }
-            }
-        }
-        self.check_groups();
-    }
-
-    fn on_reaped(&mut self, pid: u32, exit: Exit) {
-        let Some(key) = self.pids.remove(&pid) else {
-            log::debug!("reaped orphaned process {pid} ({exit})");
-            return;
-        };
-        self.now = Instant::now();
-        // Replies written before death are delivered before anything is redelivered.
-        self.drain_worker_output(key);
-        self.note_unread_input(key);
-        self.close_worker_stdin(key);
-        let now = self.now;
-        let inst = &mut self.instances[key];
-        let ran_for = now.duration_since(inst.started_at);
-        let pgid = inst.pgid;
-        match inst.life.state {
-            State::Running { .. } => {
-                let stop_timeout = self.pools[inst.pool].cfg.stop_timeout;
-                let stop_signal = self.pools[inst.pool].cfg.stop_signal;
-                if sys::group_alive(pgid) {
-                    log::warn!(
-                        "{}: leader exited but processes remain in its group {pgid}; sending {}",
-                        inst.label,
-                        stop_signal.name
-                    );
-                    let _ = signal_group_to_stop(pgid, stop_signal.number);
-                    let gen = self.gen();
-                    self.lingering.insert(pgid, gen);
-                    self.timers
-                        .arm(deadline(now, stop_timeout), TimerKey::Group { pgid, gen });
-                }
-                self.route_instance_down(key);
-                self.after_exit(key, Ok(exit), ran_for);
-            }
-            State::Stopping { .. } => {
-                inst.life.last_exit = Some(exit);
-                lifecycle!(
-                    self,
-                    inst,
-                    log::Level::Info,
-                    "{} stopped ({exit}) after {}",
-                    inst.label,
-                    fmt_duration(ran_for)
-                );
-                let killed = inst.killed;
-                if let State::Stopping { pid, .. } = &mut inst.life.state {
-                    *pid = None;
-                }
-                self.route_instance_down(key);
-                if !killed && sys::group_alive(pgid) {
-                    self.awaiting_group.push(key);
-                } else {
-                    self.mark_stopped(key);
-                }
-            }
-            _ => log::debug!("{}: reaped pid {pid} in unexpected state", inst.label),
-        }
-    }
-
-    /// Decide and perform what follows an exit (`exit` None: the spawn failed).
-    /// `exit` is the exit status, or why the spawn failed. One log line per exit or
-    /// failed spawn, saying what happened and what comes next.
-    fn after_exit(&mut self, key: usize, exit: Result<Exit, String>, ran_for: Duration) {
-        let rand = self.rand01();
-        let now = self.now;
-        let phase = self.phase;
-        let inst = &mut self.instances[key];
-        let restarting = wants_restart(
-            self.pools[inst.pool].cfg.restart,
-            exit.as_ref().ok().copied(),
-        );
-        inst.first_start =
-            inst.first_start
-                .exited(exit.as_ref().ok().copied(), ran_for, restarting);
-        let (what, exit, level) = match exit {
-            Ok(e) => (
-                format!("exited with {e} after {}", fmt_duration(ran_for)),
-                Some(e),
-                log::Level::Warn,
-            ),
-            Err(why) => (why, None, log::Level::Error),
-        };
-        if phase != Phase::Running || inst.retiring || inst.held {
-            inst.life.last_exit = exit;
-            lifecycle!(self, inst, log::Level::Info, "{} {what}", inst.label);
-            self.mark_stopped(key);
-            return;
-        }
-        let pool = &self.pools[inst.pool].cfg;
-        match inst.life.exited(exit, ran_for, now, pool, rand) {
-            AfterExit::Restart { delay, attempt } => {
-                lifecycle!(
-                    self,
-                    inst,
-                    level,
-                    "{} {what}; restarting in {} (attempt {attempt})",
-                    inst.label,
-                    fmt_duration(delay)
-                );
-                let gen = self.gen();
-                self.instances[key].gen = gen;
-                // Always through the timer, never recursively: a zero delay fires in
-                // this same loop turn, after the events at hand.
-                self.timers
-                    .arm(deadline(now, delay), TimerKey::Instance { key, gen });
-            }
-            AfterExit::Stay => {
-                let level = if exit.is_some_and(Exit::success) {
-                    log::Level::Info
-                } else {
-                    level
-                };
-                lifecycle!(
-                    self,
-                    inst,
-                    level,
-                    "{} {what}; not restarting (restart = {})",
-                    inst.label,
-                    pool.restart.as_str()
-                );
-                self.mark_stopped(key);
-            }
-            AfterExit::GiveUp { cooldown } => {
-                let g = pool.give_up.unwrap_or(crate::config::GiveUp {
-                    restarts: 0,
-                    within: Duration::ZERO,
-                    cooldown: None,
-                });
-                let until = match cooldown {
-                    Some(c) => format!("retrying in {}", fmt_duration(c)),
-                    None => "until the next reload".to_string(),
-                };
-                lifecycle!(
-                    self,
-                    inst,
-                    log::Level::Error,
-                    "{} {what}; giving up: more than {} restarts within {}; failed, {until}",
-                    inst.label,
-                    g.restarts,
-                    fmt_duration(g.within)
-                );
-                let gen = self.gen();
-                self.instances[key].gen = gen;
-                if let Some(c) = cooldown {
-                    self.timers
-                        .arm(deadline(now, c), TimerKey::Instance { key, gen });
-                }
+            Action::Down => self.route_instance_down(key),
+            Action::Gone => {
+                self.roll_incoming_stopped(key);
                 self.route_instance_gone(key);
+                if self.instances.get(key).is_some_and(Instance::retiring) {
+                    self.instance_forget(key);
+                }
+            }
+            Action::PoolLost => {}
+            Action::Log {
+                level,
+                text,
+                record,
+            } => {
+                log::log!(level, "{text}");
+                if record {
+                    let inst = &self.instances[key];
+                    if let Some(p) = self.pools.get(inst.pool) {
+                        self.control
+                            .record(&p.cfg.name, inst.index, Stream::Orchd, text);
+                    }
+                }
             }
         }
-        self.route_pool_lost(self.instances[key].pool);
     }
 
-    pub(super) fn on_instance_timer(&mut self, key: usize, gen: u64) {
-        let Some(inst) = self.instances.get_mut(key) else {
+    /// A lifecycle timer fired.
+    pub(super) fn on_instance_timer(
+        &mut self,
+        key: usize,
+        timer: crate::supervisor::lifecycle::Timer,
+    ) {
+        let Some(inst) = self.instances.get(key) else {
             return;
         };
-        if inst.gen != gen {
+        if timer.gen != inst.life.gen() {
             return;
         }
-        match inst.life.state {
-            State::Backoff { .. } => {
-                if self.phase == Phase::Running {
-                    self.start_instance(key);
-                }
-            }
-            State::Failed { .. } => {
-                if self.phase == Phase::Running {
-                    lifecycle!(
-                        self,
-                        inst,
-                        log::Level::Info,
-                        "{}: cooldown over, starting afresh",
-                        inst.label
-                    );
-                    inst.life.reset();
-                    self.start_instance(key);
-                }
-            }
-            State::Stopping { pid, pgid, .. } => {
-                if sys::group_alive(pgid) {
-                    let t = self.pools[inst.pool].cfg.stop_timeout;
-                    log::warn!(
-                        "{} did not stop within {}; sending KILL to its group",
-                        inst.label,
-                        fmt_duration(t)
-                    );
-                    let _ = sys::kill_group(pgid, libc::SIGKILL);
-                }
-                inst.killed = true;
-                if pid.is_none() {
-                    self.awaiting_group.retain(|&k| k != key);
-                    self.mark_stopped(key);
-                }
-            }
-            State::Running { .. } | State::Stopped => {}
-        }
-    }
-
-    /// START_GRACE after a spawn: if the instance (whichever now has this key) has
-    /// been up that long, its first start succeeded. The loop then checks readiness.
-    pub(super) fn on_first_ready_timer(&mut self, key: usize) {
-        let now = self.now;
-        let Some(inst) = self.instances.get_mut(key) else {
-            return;
-        };
-        if let State::Running { since, .. } = inst.life.state {
-            if now.duration_since(since) >= START_GRACE {
-                inst.first_start = FirstStart::Ready;
-            }
-        }
-    }
-
-    pub(super) fn on_group_timer(&mut self, pgid: u32, gen: u64) {
-        if self.lingering.get(&pgid) != Some(&gen) {
-            return;
-        }
-        self.lingering.remove(&pgid);
-        if sys::group_alive(pgid) {
-            log::warn!("processes left in group {pgid} did not stop; sending KILL");
-            let _ = sys::kill_group(pgid, libc::SIGKILL);
-        }
-    }
-
-    /// After reaping: forget groups that have emptied.
-    fn check_groups(&mut self) {
-        self.lingering.retain(|&pgid, _| sys::group_alive(pgid));
-        let waiting = std::mem::take(&mut self.awaiting_group);
-        for key in waiting {
-            let gone = match self.instances.get(key) {
-                Some(i) => match i.life.state {
-                    State::Stopping { pgid, .. } => !sys::group_alive(pgid),
-                    _ => continue,
-                },
-                None => continue,
-            };
-            if gone {
-                self.mark_stopped(key);
-            } else {
-                self.awaiting_group.push(key);
-            }
-        }
+        let group_alive = inst.group().is_some_and(sys::group_alive);
+        self.feed(key, Event::Timer { timer, group_alive });
     }
 
     /// Ask an instance to stop: stop_signal to its group now, SIGKILL at stop_timeout.
     pub(super) fn stop_instance(&mut self, key: usize) {
-        let now = self.now;
-        let gen = self.gen();
-        let Some(inst) = self.instances.get_mut(key) else {
-            return;
-        };
-        match inst.life.state {
-            State::Running { pid, .. } => {
-                let pool = &self.pools[inst.pool].cfg;
-                let (sig, timeout) = (pool.stop_signal, pool.stop_timeout);
-                inst.gen = gen;
-                inst.life.state = State::Stopping {
-                    pid: Some(pid),
-                    pgid: inst.pgid,
-                    since: now,
-                    kill_at: deadline(now, timeout),
-                };
-                lifecycle!(
-                    self,
-                    inst,
-                    log::Level::Info,
-                    "stopping {} (pid {pid}) with {}",
-                    inst.label,
-                    sig.name
-                );
-                if let Err(e) = signal_group_to_stop(inst.pgid, sig.number) {
-                    if e.raw_os_error() != Some(libc::ESRCH) {
-                        log::warn!("{}: cannot signal group {}: {e}", inst.label, inst.pgid);
-                    }
-                }
-                self.timers
-                    .arm(deadline(now, timeout), TimerKey::Instance { key, gen });
-                self.close_worker_stdin(key);
-                self.route_instance_down(key);
-            }
-            State::Stopping { .. } | State::Stopped => {}
-            State::Backoff { .. } | State::Failed { .. } => {
-                inst.gen = gen;
-                self.mark_stopped(key);
-            }
-        }
+        self.feed(key, Event::Stop { then: Then::Stay });
     }
 
     /// Stop an instance and start it again once it has stopped (a hung worker).
     pub(super) fn restart_instance(&mut self, key: usize) {
-        self.stop_instance(key);
+        self.feed(
+            key,
+            Event::Stop {
+                then: Then::Restart,
+            },
+        );
     }
 
     /// After SIGKILL went to every group: stopping instances whose leader is gone are
@@ -706,63 +394,9 @@ impl Daemon {
     pub(super) fn instances_killed(&mut self) {
         let keys: Vec<usize> = self.instances.iter().map(|(k, _)| k).collect();
         for key in keys {
-            let inst = &mut self.instances[key];
-            match inst.life.state {
-                State::Stopping { pid: None, .. } => {
-                    inst.killed = true;
-                    self.mark_stopped(key);
-                }
-                State::Stopping { .. } => inst.killed = true,
-                State::Backoff { .. } | State::Failed { .. } => self.mark_stopped(key),
-                _ => {}
-            }
+            self.feed(key, Event::Killed);
         }
-        self.awaiting_group.clear();
-        self.lingering.clear();
-    }
-
-    /// The instance has fully stopped. A retiring one is forgotten (and its pool with
-    /// it, if the pool was removed and this was its last instance).
-    pub(super) fn mark_stopped(&mut self, key: usize) {
-        let gen = self.gen();
-        let Some(inst) = self.instances.get_mut(key) else {
-            return;
-        };
-        inst.gen = gen;
-        inst.life.state = State::Stopped;
-        if (inst.timed_out || inst.start_when_stopped)
-            && !inst.retiring
-            && !inst.held
-            && self.phase == Phase::Running
-        {
-            let label = inst.label.clone();
-            if std::mem::take(&mut inst.start_when_stopped) {
-                // `orchd ctl start` came while its hold was still stopping it.
-                lifecycle!(
-                    self,
-                    inst,
-                    log::Level::Info,
-                    "{label} stopped; starting it again (released)"
-                );
-                self.refresh_spec(key);
-            } else {
-                // A hung worker was stopped: it comes back at once.
-                inst.life.restarts += 1;
-                lifecycle!(
-                    self,
-                    inst,
-                    log::Level::Info,
-                    "{label} restarting after its timeout"
-                );
-            }
-            self.start_instance(key);
-            return;
-        }
-        self.roll_incoming_stopped(key);
-        self.route_instance_gone(key);
-        if self.instances[key].retiring {
-            self.instance_forget(key);
-        }
+        self.workers.forget_groups();
     }
 
     fn instance_forget(&mut self, key: usize) {
@@ -806,8 +440,114 @@ impl Daemon {
             log::info!("pool {name} removed");
         }
     }
+}
 
-    fn close_worker_pipes_of(&mut self, mut inst: Instance) {
+// ----- between the worker processes (the `workers` I/O component) and the rest ----
+
+impl Daemon {
+    /// Spawn an instance's process now and report how that went to its lifecycle.
+    pub(super) fn spawn_instance(&mut self, key: usize) {
+        let Some(inst) = self.instances.get_mut(key) else {
+            return;
+        };
+        let spec = inst.spec.clone();
+        let result = Credentials::resolve(&spec)
+            .and_then(|creds| spawn::spawn(&spec, inst.index, inst.stdin_pipe, creds));
+        match result {
+            Ok(sp) => {
+                let pid = sp.pid;
+                if let Err(e) = self.attach_pipes(key, sp) {
+                    log::error!(
+                        "{}: cannot watch the pipes of pid {pid}: {e}; killing it",
+                        self.instances[key].label
+                    );
+                    let _ = sys::kill_group(pid, libc::SIGKILL);
+                }
+                self.workers.pids.insert(pid, key);
+                self.feed(key, Event::Spawned { pid });
+            }
+            Err(e) => {
+                let why = format!(
+                    "failed to start {} in {}: {e}",
+                    spec.command,
+                    spec.cwd.display()
+                );
+                inst.spawn_error = Some(format!("spawn: {e}"));
+                self.feed(key, Event::SpawnFailed { why });
+            }
+        }
+    }
+
+    /// Register a new process's pipes. Each is stored on the instance as soon as it
+    /// is registered, so that on a failure the normal close path (after the caller
+    /// kills the process and it is reaped) releases what was registered.
+    fn attach_pipes(&mut self, key: usize, sp: spawn::Spawned) -> io::Result<()> {
+        let mut stdout = sp.stdout;
+        let token = self.register_io(&mut stdout, IoTarget::Stdout(key), Interest::READABLE)?;
+        let inst = &mut self.instances[key];
+        let max = if inst.stdin_pipe {
+            MAX_LINE
+        } else {
+            usize::MAX
+        };
+        inst.stdout = Some(PipeIn {
+            rx: stdout,
+            token,
+            buf: LineBuf::new(max),
+        });
+        let mut stderr = sp.stderr;
+        let token = self.register_io(&mut stderr, IoTarget::Stderr(key), Interest::READABLE)?;
+        self.instances[key].stderr = Some(PipeIn {
+            rx: stderr,
+            token,
+            buf: LineBuf::new(usize::MAX),
+        });
+        if let Some(mut tx) = sp.stdin {
+            // WRITABLE interest is added only while output is pending.
+            let token = self.register_io(&mut tx, IoTarget::Stdin(key), Interest::READABLE)?;
+            self.instances[key].stdin = Some(PipeOut {
+                tx,
+                token,
+                out: OutBuf::new(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reap every exited child and tell its instance; then tell stopping instances
+    /// whose group has emptied.
+    pub(super) fn reap(&mut self) {
+        for (key, exit) in self.workers.reap() {
+            self.on_reaped(key, exit);
+        }
+        for (key, id, pgid) in self.workers.emptied_groups() {
+            if self.instances.get(key).is_some_and(|i| i.id == id) {
+                // Ignored unless it still waits for that group.
+                self.feed(key, Event::GroupGone { pgid });
+            }
+        }
+    }
+
+    fn on_reaped(&mut self, key: usize, exit: Exit) {
+        self.now = Instant::now();
+        // Replies written before death are delivered before anything is redelivered.
+        self.drain_worker_output(key);
+        self.note_unread_input(key);
+        self.close_worker_stdin(key);
+        let group_alive = self
+            .instances
+            .get(key)
+            .and_then(Instance::group)
+            .is_some_and(sys::group_alive);
+        self.feed(key, Event::Exited { exit, group_alive });
+    }
+
+    /// A group left behind by its leader is past its stop timeout.
+    pub(super) fn on_group_timer(&mut self, pgid: u32, gen: u64) {
+        self.workers.linger_over(pgid, gen);
+    }
+
+    pub(super) fn close_worker_pipes_of(&mut self, mut inst: Instance) {
         for p in [inst.stdout.take(), inst.stderr.take()]
             .into_iter()
             .flatten()
@@ -881,12 +621,13 @@ impl Daemon {
         let (label, index) = (inst.label.clone(), inst.index);
         let pool = &self.pools[inst.pool].cfg.name;
         let control = &mut self.control;
-        let open = read_lines(&mut pipe, &label, |line| {
+        let open = pipe.read_lines(&label, |line| {
             log_output(control, pool, index, &label, Stream::Stderr, line)
         });
         self.put_back_pipe(key, pipe, open, false);
     }
 
+    /// A routed worker's stdout lines are replies; an unrouted one's are logged.
     pub(super) fn on_worker_stdout(&mut self, key: usize) {
         let Some(mut pipe) = self.instances.get_mut(key).and_then(|i| i.stdout.take()) else {
             return;
@@ -894,29 +635,11 @@ impl Daemon {
         let inst = &self.instances[key];
         let label = inst.label.clone();
         let open = if inst.stdin_pipe {
-            loop {
-                match pipe.buf.fill(&mut pipe.rx) {
-                    Ok(Fill::Data(_)) => {
-                        while let Some(frame) = pipe.buf.next_frame() {
-                            let reply = match frame {
-                                Frame::Line(l) => Ok(l),
-                                Frame::TooLong => Err("reply too long"),
-                            };
-                            self.on_worker_reply(key, reply);
-                        }
-                    }
-                    Ok(Fill::Eof) => break false,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
-                    Err(e) => {
-                        log::warn!("{label}: reading stdout: {e}");
-                        break false;
-                    }
-                }
-            }
+            pipe.read_replies(&label, |reply| self.on_worker_reply(key, reply))
         } else {
             let (index, pool) = (inst.index, &self.pools[inst.pool].cfg.name);
             let control = &mut self.control;
-            read_lines(&mut pipe, &label, |line| {
+            pipe.read_lines(&label, |line| {
                 log_output(control, pool, index, &label, Stream::Stdout, line)
             })
         };
@@ -938,8 +661,7 @@ impl Daemon {
         }
     }
 
-    /// Write queued messages to an instance's stdin; WRITABLE interest only while
-    /// something is left.
+    /// Write queued messages to an instance's stdin.
     pub(super) fn flush_worker_stdin(&mut self, key: usize) {
         let Some(inst) = self.instances.get_mut(key) else {
             return;
@@ -947,106 +669,13 @@ impl Daemon {
         let Some(p) = inst.stdin.as_mut() else {
             return;
         };
-        let mut failed = None;
-        while p.pos < p.buf.len() {
-            match io::Write::write(&mut p.tx, &p.buf[p.pos..]) {
-                Ok(0) => break,
-                Ok(n) => p.pos += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
-        if p.pos == p.buf.len() {
-            p.buf.clear();
-            p.pos = 0;
-            if p.buf.capacity() > 1 << 20 {
-                p.buf = Vec::new();
-            }
-        } else if p.pos > (1 << 16) && p.pos * 2 > p.buf.len() {
-            p.buf.drain(..p.pos);
-            p.pos = 0;
-        }
-        let want = p.pos < p.buf.len() && failed.is_none();
-        let (token, changed) = (p.token, want != p.want_write);
-        p.want_write = want;
-        if let Some(e) = failed {
-            // EPIPE: the worker closed stdin or died; waitpid will tell which, and the
-            // in-flight messages are redelivered then.
-            if e.kind() != io::ErrorKind::BrokenPipe {
-                log::warn!("{}: writing to stdin: {e}", inst.label);
-            } else {
-                log::debug!("{}: stdin closed by the worker", inst.label);
-            }
+        if !p.flush(self.poll.registry(), &inst.label) {
             self.close_worker_stdin(key);
-            return;
-        }
-        if changed {
-            let interest = if want {
-                Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            if let Some(p) = self.instances.get_mut(key).and_then(|i| i.stdin.as_mut()) {
-                if let Err(e) = self.poll.registry().reregister(&mut p.tx, token, interest) {
-                    log::warn!("cannot change interest of {token:?}: {e}");
-                }
-            }
         }
     }
 
     pub(super) fn on_worker_stdin_writable(&mut self, key: usize) {
         self.flush_worker_stdin(key);
-    }
-}
-
-/// Send `stop_signal` to a group, then SIGCONT: a stopped (SIGSTOP, ^Z) process
-/// only acts on the stop signal once continued, and would otherwise sit out
-/// `stop_timeout` until SIGKILL. A `stop_signal` of STOP itself is left alone.
-pub(super) fn signal_group_to_stop(pgid: u32, signal: i32) -> io::Result<()> {
-    sys::kill_group(pgid, signal)?;
-    if signal != libc::SIGSTOP && signal != libc::SIGCONT {
-        sys::kill_group(pgid, libc::SIGCONT)?;
-    }
-    Ok(())
-}
-
-/// `user`/`group` only apply when orchd runs as root: say so rather than ignore them.
-pub(super) fn warn_if_ids_ignored(cfg: &Pool) {
-    if (cfg.user.is_some() || cfg.group.is_some()) && !sys::is_root() {
-        log::warn!(
-            "pool {}: user/group ignored: orchd is not running as root",
-            cfg.name
-        );
-    }
-}
-
-/// Read a log pipe until it would block; returns whether it is still open.
-fn read_lines(pipe: &mut PipeIn, label: &str, mut each: impl FnMut(&[u8])) -> bool {
-    loop {
-        match pipe.buf.fill(&mut pipe.rx) {
-            Ok(Fill::Data(_)) => {
-                while let Some(frame) = pipe.buf.next_frame() {
-                    if let Frame::Line(l) = frame {
-                        each(l);
-                    }
-                }
-                if pipe.buf.partial_len() >= LOG_LINE_MAX {
-                    if let Some(piece) = pipe.buf.take_partial() {
-                        each(&piece);
-                    }
-                }
-            }
-            Ok(Fill::Eof) => return false,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-            Err(e) => {
-                log::warn!("{label}: reading output: {e}");
-                return false;
-            }
-        }
     }
 }
 
@@ -1067,7 +696,15 @@ fn log_output(
     }
 }
 
-pub use crate::timers::fmt_duration;
+/// `user`/`group` only apply when orchd runs as root: say so rather than ignore them.
+pub(super) fn warn_if_ids_ignored(cfg: &Pool) {
+    if (cfg.user.is_some() || cfg.group.is_some()) && !sys::is_root() {
+        log::warn!(
+            "pool {}: user/group ignored: orchd is not running as root",
+            cfg.name
+        );
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -1085,15 +722,11 @@ mod tests {
             label: "w[0]".into(),
             id: 1,
             held,
-            start_when_stopped: false,
-            life: Lifecycle::default(),
-            started_at: Instant::now(),
-            pgid: 0,
-            gen: 0,
-            retiring: false,
-            killed: false,
-            timed_out: false,
-            first_start,
+            life: {
+                let mut life = Lifecycle::new(std::time::Instant::now(), 0);
+                life.first_start = first_start;
+                life
+            },
             spawn_error: None,
             spec: Rc::new(config.pools[0].clone()),
             stdin_pipe: false,

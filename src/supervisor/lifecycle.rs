@@ -1,16 +1,28 @@
 //! The lifecycle of one instance slot, as a pure state machine.
 //!
-//! It takes events (`spawned`, `exited`, `stop_requested`) with the current time and
-//! returns decisions (restart at T, give up until T, stay stopped). The event loop
-//! performs the decisions: it spawns, signals and arms timers. Nothing here touches a
-//! process or a clock.
+//! [`Lifecycle::step`] takes an [`Event`] (spawned, spawn failed, exited, stop asked,
+//! a timer fired, …) with the current time and pushes [`Action`]s (start, signal the
+//! group, arm a timer, report up/down/gone, log). The event loop performs the actions:
+//! it spawns, signals and arms timers, and feeds back what happened. Nothing here
+//! touches a process or a clock.
+//!
+//! Stale timers: every timer carries the generation the instance had when it was
+//! armed ([`Timer::gen`]); the generation changes on every state change, and a timer
+//! whose generation is not the current one is ignored. Generations come from the
+//! shell ([`Context::gen`], unique for the daemon's lifetime), so a timer of a
+//! forgotten instance never matches the instance that reuses its key.
+//!
+//! Besides the state, an instance may be leaving ([`Lifecycle::retire`]: scale-down,
+//! replacement, removal) and is then never restarted and forgotten once stopped;
+//! whether it is held by `orchd ctl stop` and whether orchd is shutting down come in
+//! with each step ([`Context`]).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::config::{Backoff, GiveUp, Pool, RestartPolicy};
+use crate::config::{Backoff, GiveUp, Pool, RestartPolicy, Signal};
 use crate::sys::Exit;
-use crate::timers::deadline;
+use crate::timers::{deadline, fmt_duration};
 
 /// An instance counts as `starting` (for status) until it has been up this long.
 pub const START_GRACE: Duration = Duration::from_secs(1);
@@ -22,22 +34,38 @@ pub const FAILED_SPAWN_MIN_INITIAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
-    /// A live process. Shown as `starting` during its first [`START_GRACE`].
+    /// A live process, leader of its own process group (pgid = pid). Shown as
+    /// `starting` during its first [`START_GRACE`].
     Running { pid: u32, since: Instant },
     /// Waiting to restart.
     Backoff { until: Instant },
     /// Asked to stop: stop_signal sent to the group at `since`; SIGKILL at `kill_at` if
-    /// anything in the group is still alive. `pid` is None once the leader was reaped.
+    /// anything in the group is still alive. `pid` is None once the leader was reaped;
+    /// `killed` once SIGKILL went to the group. `then`: what follows once stopped.
     Stopping {
         pid: Option<u32>,
         pgid: u32,
         since: Instant,
         kill_at: Instant,
+        then: Then,
+        killed: bool,
     },
     /// Gave up after too many restarts; comes back at `until` (None: at the next reload).
     Failed { until: Option<Instant> },
     /// Not running and not coming back by itself.
     Stopped,
+}
+
+/// What follows a stop, once the instance has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Stay stopped (held, retiring, shutting down, scaled away).
+    Stay,
+    /// A hung worker was stopped: start it again at once (counts as a restart).
+    Restart,
+    /// `orchd ctl start` came while its hold was stopping it: start it again, with
+    /// what its pool runs now.
+    Release,
 }
 
 /// The names SPEC fixes for states.
@@ -129,7 +157,7 @@ pub enum AfterExit {
     GiveUp { cooldown: Option<Duration> },
 }
 
-/// Restart bookkeeping of one instance slot.
+/// The lifecycle of one instance slot: its state and restart bookkeeping.
 #[derive(Debug, Clone)]
 pub struct Lifecycle {
     pub state: State,
@@ -140,18 +168,135 @@ pub struct Lifecycle {
     /// Restarts since this slot was created (status).
     pub restarts: u64,
     pub last_exit: Option<Exit>,
+    /// How its first start went (the ready line and READY=1).
+    pub first_start: FirstStart,
+    /// When the current (or last) process was spawned.
+    started_at: Instant,
+    /// Generation of the current state: timers armed in an earlier state are stale.
+    gen: u64,
+    /// Leaving (scale-down, replacement, removal): it takes no new work, is not
+    /// restarted, and once stopped its slot is forgotten.
+    leaving: bool,
 }
 
-impl Default for Lifecycle {
-    fn default() -> Self {
+impl Lifecycle {
+    /// A slot that has not run yet; `gen` is a generation unique to it.
+    pub fn new(now: Instant, gen: u64) -> Lifecycle {
         Lifecycle {
             state: State::Stopped,
             consecutive: 0,
             recent: VecDeque::new(),
             restarts: 0,
             last_exit: None,
+            first_start: FirstStart::Pending,
+            started_at: now,
+            gen,
+            leaving: false,
         }
     }
+}
+
+/// Which of an instance's timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TimerKind {
+    /// The state's deadline: backoff over, cooldown over, stop_timeout hit.
+    State,
+    /// START_GRACE after a spawn: the first start may have succeeded.
+    FirstReady,
+}
+
+/// An armed timer: what for, and the generation it was armed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timer {
+    pub kind: TimerKind,
+    pub gen: u64,
+}
+
+/// What happened to an instance (fed by the event loop).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Its process was spawned; `pid` leads a new process group.
+    Spawned { pid: u32 },
+    /// Spawning failed; `why` says what was tried and why it failed.
+    SpawnFailed { why: String },
+    /// The leader exited; `group_alive`: processes remain in its group.
+    Exited { exit: Exit, group_alive: bool },
+    /// Group `pgid` has emptied (of a stopping instance whose leader is gone).
+    GroupGone { pgid: u32 },
+    /// Stop it (stop_signal now, SIGKILL at stop_timeout), then `then`.
+    Stop { then: Then },
+    /// Not running and not to run (shutdown, held before it ran): it is stopped now.
+    Settle,
+    /// It is leaving (scale-down, replacement, removal): never restarted, forgotten
+    /// once stopped; stopped now if it does not run.
+    Retire,
+    /// `orchd ctl stop` holds it (the shell set `held`): it stays stopped once
+    /// stopped; stopped now if it waits to restart.
+    Hold,
+    /// `orchd ctl start` released it: started afresh if stopped or failed, started
+    /// again once stopped if stopping.
+    Release,
+    /// A reload: a failed instance starts afresh.
+    Reload,
+    /// SIGKILL went to every group (forced shutdown).
+    Killed,
+    /// A timer it armed fired; `group_alive`: its group still has processes.
+    Timer { timer: Timer, group_alive: bool },
+}
+
+/// What the event loop is to do for an instance (pushed by [`Lifecycle::step`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start it (as the spawn budget allows); `fresh_spec`: with what its pool runs
+    /// now rather than what it ran.
+    Start { fresh_spec: bool },
+    /// Send `signal` to the group (then SIGCONT, so a stopped process acts on it).
+    SignalGroup { pgid: u32, signal: Signal },
+    /// SIGKILL to the group.
+    Kill { pgid: u32 },
+    /// Close its stdin: it gets no more input.
+    CloseStdin,
+    /// Fire `timer` at `at` (as [`Event::Timer`]).
+    Arm { at: Instant, timer: Timer },
+    /// A group left behind by its exited leader (it was sent the stop signal): SIGKILL
+    /// whatever is left of it at `kill_at`. It no longer belongs to the instance.
+    Linger { pgid: u32, kill_at: Instant },
+    /// Tell it (as [`Event::GroupGone`]) when group `pgid` has emptied.
+    WatchGroup { pgid: u32 },
+    /// It runs and can take work.
+    Up,
+    /// Its process died or is being stopped: what it had in flight goes elsewhere.
+    Down,
+    /// Stopped for good (or gave up): nothing may wait for it. A leaving instance is
+    /// then forgotten.
+    Gone,
+    /// It stopped being live: its pool may have none left.
+    PoolLost,
+    /// A log line about it; `record`: also kept in its pool's log buffer.
+    Log {
+        level: log::Level,
+        text: String,
+        record: bool,
+    },
+}
+
+/// What a step needs to know beyond the instance itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// `pool[index]`, for log lines.
+    pub label: &'a str,
+    /// Restart policy, backoff, give-up, stop signal and timeout.
+    pub pool: &'a Pool,
+    /// orchd runs (is not shutting down): nothing is (re)started otherwise.
+    pub running: bool,
+    /// Held stopped by `orchd ctl stop`: not restarted.
+    pub held: bool,
+    /// The ready line is not out yet: a spawn arms a [`TimerKind::FirstReady`] timer.
+    pub await_ready: bool,
+    /// A uniform random number in [0, 1), for backoff jitter.
+    pub rand01: f64,
+    /// A generation number not used before, taken if the state changes.
+    pub gen: u64,
 }
 
 /// Delay before the `n`-th consecutive restart (n >= 1): `min(max, initial *
@@ -255,271 +400,468 @@ impl Lifecycle {
         self.consecutive = 0;
         self.recent.clear();
     }
+
+    /// Generation of the current state (timers armed since carry it).
+    pub fn gen(&self) -> u64 {
+        self.gen
+    }
+
+    /// Leaving: takes no new work, is not restarted, forgotten once stopped.
+    pub fn retiring(&self) -> bool {
+        self.leaving
+    }
+
+    /// From now on it is leaving, without a step: for an instance being reported
+    /// gone, which is then forgotten (see [`Event::Retire`] otherwise).
+    pub fn retire(&mut self) {
+        self.leaving = true;
+    }
+
+    /// Stopping because it hung (a message timed out): what it had in flight failed
+    /// by timeout.
+    pub fn timed_out(&self) -> bool {
+        matches!(
+            self.state,
+            State::Stopping {
+                then: Then::Restart,
+                ..
+            }
+        )
+    }
+
+    /// The process group to signal, while there may be one.
+    pub fn group(&self) -> Option<u32> {
+        match self.state {
+            State::Running { pid: pgid, .. } | State::Stopping { pgid, .. } if pgid > 1 => {
+                Some(pgid)
+            }
+            _ => None,
+        }
+    }
+
+    /// Take one event at `now`; push what to do into `out`.
+    pub fn step(&mut self, event: Event, now: Instant, cx: &Context, out: &mut Vec<Action>) {
+        match event {
+            Event::Spawned { pid } => self.on_spawned(pid, now, cx, out),
+            Event::SpawnFailed { why } => {
+                self.gen = cx.gen;
+                self.after_exit(Err(why), Duration::ZERO, now, cx, out);
+            }
+            Event::Exited { exit, group_alive } => self.on_exited(exit, group_alive, now, cx, out),
+            Event::GroupGone { pgid } => {
+                if let State::Stopping {
+                    pid: None,
+                    pgid: waited,
+                    then,
+                    ..
+                } = self.state
+                {
+                    if pgid == waited {
+                        self.stopped(then, cx, out);
+                    }
+                }
+            }
+            Event::Stop { then } => self.on_stop(then, now, cx, out),
+            Event::Retire => {
+                self.leaving = true;
+                if !matches!(self.state, State::Running { .. } | State::Stopping { .. }) {
+                    self.stopped(Then::Stay, cx, out);
+                }
+            }
+            Event::Hold => match &mut self.state {
+                State::Stopping { then, .. } => *then = Then::Stay,
+                State::Backoff { .. } | State::Failed { .. } => self.stopped(Then::Stay, cx, out),
+                State::Running { .. } | State::Stopped => {}
+            },
+            Event::Release => match &mut self.state {
+                State::Stopping { then, .. } => *then = Then::Release,
+                State::Stopped | State::Failed { .. } => {
+                    if cx.running && !cx.held && !self.leaving {
+                        self.reset();
+                        out.push(Action::Start { fresh_spec: true });
+                    }
+                }
+                State::Running { .. } | State::Backoff { .. } => {}
+            },
+            Event::Reload => {
+                if matches!(self.state, State::Failed { .. })
+                    && cx.running
+                    && !cx.held
+                    && !self.leaving
+                {
+                    self.reset();
+                    out.push(Action::Start { fresh_spec: false });
+                }
+            }
+            Event::Settle => {
+                if matches!(
+                    self.state,
+                    State::Backoff { .. } | State::Failed { .. } | State::Stopped
+                ) {
+                    self.stopped(Then::Stay, cx, out);
+                }
+            }
+            Event::Killed => match &mut self.state {
+                State::Stopping {
+                    pid, killed, then, ..
+                } => {
+                    *killed = true;
+                    if pid.is_none() {
+                        let then = *then;
+                        self.stopped(then, cx, out);
+                    }
+                }
+                State::Backoff { .. } | State::Failed { .. } => self.stopped(Then::Stay, cx, out),
+                State::Running { .. } | State::Stopped => {}
+            },
+            Event::Timer { timer, group_alive } => {
+                if timer.gen == self.gen {
+                    self.on_timer(timer.kind, group_alive, now, cx, out);
+                }
+            }
+        }
+        debug_assert!(
+            !self.leaving || !matches!(self.state, State::Backoff { .. } | State::Failed { .. }),
+            "{}: a leaving instance waits to restart: {:?}",
+            cx.label,
+            self.state
+        );
+    }
+
+    fn on_spawned(&mut self, pid: u32, now: Instant, cx: &Context, out: &mut Vec<Action>) {
+        debug_assert!(
+            !matches!(self.state, State::Running { .. } | State::Stopping { .. }),
+            "{}: spawned while {:?}",
+            cx.label,
+            self.state
+        );
+        self.gen = cx.gen;
+        self.started_at = now;
+        if self.first_start == FirstStart::Pending {
+            self.first_start = FirstStart::Started;
+        }
+        self.state = State::Running { pid, since: now };
+        log(
+            out,
+            log::Level::Info,
+            format!("{} started (pid {pid})", cx.label),
+        );
+        if self.first_start != FirstStart::Ready && cx.await_ready {
+            // Ready for the ready line once up for START_GRACE; after that line, no
+            // such timer is armed (an idle orchd stays asleep).
+            out.push(Action::Arm {
+                at: deadline(now, START_GRACE),
+                timer: self.timer(TimerKind::FirstReady),
+            });
+        }
+        out.push(Action::Up);
+    }
+
+    fn on_exited(
+        &mut self,
+        exit: Exit,
+        group_alive: bool,
+        now: Instant,
+        cx: &Context,
+        out: &mut Vec<Action>,
+    ) {
+        let ran_for = now.saturating_duration_since(self.started_at);
+        match &mut self.state {
+            State::Running { pid, .. } => {
+                let pgid = *pid;
+                if group_alive {
+                    let signal = cx.pool.stop_signal;
+                    out.push(Action::Log {
+                        level: log::Level::Warn,
+                        text: format!(
+                            "{}: leader exited but processes remain in its group {pgid}; sending {}",
+                            cx.label, signal.name
+                        ),
+                        record: false,
+                    });
+                    out.push(Action::SignalGroup { pgid, signal });
+                    out.push(Action::Linger {
+                        pgid,
+                        kill_at: deadline(now, cx.pool.stop_timeout),
+                    });
+                }
+                out.push(Action::Down);
+                self.after_exit(Ok(exit), ran_for, now, cx, out);
+            }
+            State::Stopping {
+                pid,
+                pgid,
+                killed,
+                then,
+                ..
+            } => {
+                *pid = None;
+                let (pgid, killed, then) = (*pgid, *killed, *then);
+                self.last_exit = Some(exit);
+                log(
+                    out,
+                    log::Level::Info,
+                    format!(
+                        "{} stopped ({exit}) after {}",
+                        cx.label,
+                        fmt_duration(ran_for)
+                    ),
+                );
+                out.push(Action::Down);
+                if !killed && group_alive {
+                    out.push(Action::WatchGroup { pgid });
+                } else {
+                    self.stopped(then, cx, out);
+                }
+            }
+            State::Backoff { .. } | State::Failed { .. } | State::Stopped => {
+                out.push(Action::Log {
+                    level: log::Level::Debug,
+                    text: format!("{}: reaped a process in unexpected state", cx.label),
+                    record: false,
+                });
+            }
+        }
+    }
+
+    fn on_stop(&mut self, then: Then, now: Instant, cx: &Context, out: &mut Vec<Action>) {
+        match &mut self.state {
+            State::Running { pid, .. } => {
+                let pid = *pid;
+                let (signal, timeout) = (cx.pool.stop_signal, cx.pool.stop_timeout);
+                let kill_at = deadline(now, timeout);
+                self.gen = cx.gen;
+                self.state = State::Stopping {
+                    pid: Some(pid),
+                    pgid: pid,
+                    since: now,
+                    kill_at,
+                    then,
+                    killed: false,
+                };
+                log(
+                    out,
+                    log::Level::Info,
+                    format!("stopping {} (pid {pid}) with {}", cx.label, signal.name),
+                );
+                out.push(Action::SignalGroup { pgid: pid, signal });
+                out.push(Action::Arm {
+                    at: kill_at,
+                    timer: self.timer(TimerKind::State),
+                });
+                out.push(Action::CloseStdin);
+                out.push(Action::Down);
+            }
+            // Already stopping: a hung worker is restarted once stopped, unless it
+            // was to stay stopped or to be released.
+            State::Stopping { then: t, .. } => {
+                if then == Then::Restart && *t == Then::Stay {
+                    *t = then;
+                }
+            }
+            State::Stopped => {}
+            State::Backoff { .. } | State::Failed { .. } => {
+                self.gen = cx.gen;
+                self.stopped(then, cx, out);
+            }
+        }
+    }
+
+    fn on_timer(
+        &mut self,
+        kind: TimerKind,
+        group_alive: bool,
+        now: Instant,
+        cx: &Context,
+        out: &mut Vec<Action>,
+    ) {
+        match (kind, &mut self.state) {
+            (TimerKind::FirstReady, State::Running { since, .. }) => {
+                if now.saturating_duration_since(*since) >= START_GRACE {
+                    self.first_start = FirstStart::Ready;
+                }
+            }
+            (TimerKind::FirstReady, _) => {}
+            (TimerKind::State, State::Backoff { .. }) => {
+                if cx.running && !cx.held {
+                    out.push(Action::Start { fresh_spec: false });
+                }
+            }
+            (TimerKind::State, State::Failed { .. }) => {
+                if cx.running && !cx.held {
+                    log(
+                        out,
+                        log::Level::Info,
+                        format!("{}: cooldown over, starting afresh", cx.label),
+                    );
+                    self.reset();
+                    out.push(Action::Start { fresh_spec: false });
+                }
+            }
+            (
+                TimerKind::State,
+                State::Stopping {
+                    pid,
+                    pgid,
+                    killed,
+                    then,
+                    ..
+                },
+            ) => {
+                if group_alive {
+                    out.push(Action::Log {
+                        level: log::Level::Warn,
+                        text: format!(
+                            "{} did not stop within {}; sending KILL to its group",
+                            cx.label,
+                            fmt_duration(cx.pool.stop_timeout)
+                        ),
+                        record: false,
+                    });
+                    out.push(Action::Kill { pgid: *pgid });
+                }
+                *killed = true;
+                if pid.is_none() {
+                    let then = *then;
+                    self.stopped(then, cx, out);
+                }
+            }
+            (TimerKind::State, State::Running { .. } | State::Stopped) => {}
+        }
+    }
+
+    /// Decide and announce what follows an exit (`Err`: the spawn failed, and why).
+    /// One log line per exit or failed spawn, saying what happened and what comes
+    /// next.
+    fn after_exit(
+        &mut self,
+        exit: Result<Exit, String>,
+        ran_for: Duration,
+        now: Instant,
+        cx: &Context,
+        out: &mut Vec<Action>,
+    ) {
+        let status = exit.as_ref().ok().copied();
+        let restarting = wants_restart(cx.pool.restart, status);
+        self.first_start = self.first_start.exited(status, ran_for, restarting);
+        let (what, level) = match exit {
+            Ok(e) => (
+                format!("exited with {e} after {}", fmt_duration(ran_for)),
+                log::Level::Warn,
+            ),
+            Err(why) => (why, log::Level::Error),
+        };
+        let label = cx.label;
+        if !cx.running || self.leaving || cx.held {
+            self.last_exit = status;
+            log(out, log::Level::Info, format!("{label} {what}"));
+            self.stopped(Then::Stay, cx, out);
+            return;
+        }
+        match self.exited(status, ran_for, now, cx.pool, cx.rand01) {
+            AfterExit::Restart { delay, attempt } => {
+                log(
+                    out,
+                    level,
+                    format!(
+                        "{label} {what}; restarting in {} (attempt {attempt})",
+                        fmt_duration(delay)
+                    ),
+                );
+                self.gen = cx.gen;
+                // Always through the timer, never at once: a zero delay fires in the
+                // same loop turn, after the events at hand.
+                out.push(Action::Arm {
+                    at: deadline(now, delay),
+                    timer: self.timer(TimerKind::State),
+                });
+            }
+            AfterExit::Stay => {
+                let level = if status.is_some_and(Exit::success) {
+                    log::Level::Info
+                } else {
+                    level
+                };
+                log(
+                    out,
+                    level,
+                    format!(
+                        "{label} {what}; not restarting (restart = {})",
+                        cx.pool.restart.as_str()
+                    ),
+                );
+                self.stopped(Then::Stay, cx, out);
+            }
+            AfterExit::GiveUp { cooldown } => {
+                let g = cx.pool.give_up.unwrap_or(GiveUp {
+                    restarts: 0,
+                    within: Duration::ZERO,
+                    cooldown: None,
+                });
+                let until = match cooldown {
+                    Some(c) => format!("retrying in {}", fmt_duration(c)),
+                    None => "until the next reload".to_string(),
+                };
+                log(
+                    out,
+                    log::Level::Error,
+                    format!(
+                        "{label} {what}; giving up: more than {} restarts within {}; failed, {until}",
+                        g.restarts,
+                        fmt_duration(g.within)
+                    ),
+                );
+                self.gen = cx.gen;
+                if let Some(c) = cooldown {
+                    out.push(Action::Arm {
+                        at: deadline(now, c),
+                        timer: self.timer(TimerKind::State),
+                    });
+                }
+                out.push(Action::Gone);
+            }
+        }
+        out.push(Action::PoolLost);
+    }
+
+    /// It has fully stopped: start it again if `then` says so and nothing forbids
+    /// it, else it is gone (and forgotten if leaving).
+    fn stopped(&mut self, then: Then, cx: &Context, out: &mut Vec<Action>) {
+        self.gen = cx.gen;
+        self.state = State::Stopped;
+        if then != Then::Stay && !self.leaving && !cx.held && cx.running {
+            let fresh_spec = then == Then::Release;
+            let text = if fresh_spec {
+                // `orchd ctl start` came while its hold was still stopping it.
+                format!("{} stopped; starting it again (released)", cx.label)
+            } else {
+                // A hung worker was stopped: it comes back at once.
+                self.restarts += 1;
+                format!("{} restarting after its timeout", cx.label)
+            };
+            log(out, log::Level::Info, text);
+            out.push(Action::Start { fresh_spec });
+            return;
+        }
+        out.push(Action::Gone);
+    }
+
+    fn timer(&self, kind: TimerKind) -> Timer {
+        Timer {
+            kind,
+            gen: self.gen,
+        }
+    }
+}
+
+/// A lifecycle line (kept in the pool's log buffer too).
+fn log(out: &mut Vec<Action>, level: log::Level, text: String) {
+    out.push(Action::Log {
+        level,
+        text,
+        record: true,
+    });
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{Command, Pool, Signal};
-    use std::collections::BTreeMap;
-    use std::path::PathBuf;
-
-    fn pool(restart: RestartPolicy, give_up: Option<GiveUp>) -> Pool {
-        Pool {
-            name: "p".into(),
-            command: Command::Shell("true".into()),
-            count: 1,
-            cwd: PathBuf::from("/"),
-            env: BTreeMap::new(),
-            user: None,
-            group: None,
-            restart,
-            backoff: Backoff {
-                initial: Duration::from_millis(100),
-                max: Duration::from_secs(1),
-                factor: 2.0,
-                jitter: 0.0,
-                reset_after: Duration::from_secs(10),
-            },
-            give_up,
-            stop_signal: Signal {
-                number: libc::SIGTERM,
-                name: "TERM",
-            },
-            stop_timeout: Duration::from_secs(10),
-            max_inflight: 32,
-            queue: 10000,
-        }
-    }
-
-    const MS: fn(u64) -> Duration = Duration::from_millis;
-
-    #[test]
-    fn delay_grows_by_factor_and_caps_at_max() {
-        let b = pool(RestartPolicy::Always, None).backoff;
-        let got: Vec<_> = (1..=6).map(|n| backoff_delay(&b, n, 0.5)).collect();
-        assert_eq!(
-            got,
-            [MS(100), MS(200), MS(400), MS(800), MS(1000), MS(1000)]
-        );
-    }
-
-    #[test]
-    fn jitter_spreads_both_ways() {
-        let mut b = pool(RestartPolicy::Always, None).backoff;
-        b.jitter = 0.1;
-        assert_eq!(backoff_delay(&b, 1, 0.0), MS(90));
-        assert_eq!(backoff_delay(&b, 1, 0.5), MS(100));
-        assert!(backoff_delay(&b, 1, 0.999_999) <= MS(110));
-    }
-
-    #[test]
-    fn zero_initial_stays_zero_however_many_restarts() {
-        let mut b = pool(RestartPolicy::Always, None).backoff;
-        b.initial = Duration::ZERO;
-        b.factor = 10.0;
-        for n in [1, 2, 310, 1025, u32::MAX] {
-            assert_eq!(backoff_delay(&b, n, 0.5), Duration::ZERO, "attempt {n}");
-        }
-    }
-
-    #[test]
-    fn failed_spawns_back_off_from_a_floored_initial() {
-        let mut p = pool(RestartPolicy::Always, None);
-        p.backoff.initial = Duration::ZERO;
-        let mut l = Lifecycle::default();
-        let t = Instant::now();
-        let delays: Vec<_> = (0..3)
-            .map(|_| match l.exited(None, Duration::ZERO, t, &p, 0.5) {
-                AfterExit::Restart { delay, .. } => delay,
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(delays, [MS(100), MS(200), MS(400)]);
-        let r = l.exited(Some(Exit::Code(1)), MS(1), Instant::now(), &p, 0.5);
-        assert!(matches!(r, AfterExit::Restart { delay, .. } if delay.is_zero()));
-    }
-
-    #[test]
-    fn huge_exponent_does_not_overflow() {
-        let b = pool(RestartPolicy::Always, None).backoff;
-        assert_eq!(backoff_delay(&b, u32::MAX, 0.5), Duration::from_secs(1));
-    }
-
-    /// Issue 12: durations the config cannot hold any more (past the 365-day cap), a
-    /// huge factor and full jitter: no panic in the float conversion or in `now + d`.
-    #[test]
-    fn extreme_backoff_and_give_up_durations_do_not_panic() {
-        let cap = Duration::from_secs(365 * 24 * 3600);
-        for top in [cap, Duration::MAX] {
-            let b = Backoff {
-                initial: top,
-                max: top,
-                factor: f64::MAX,
-                jitter: 1.0,
-                reset_after: top,
-            };
-            for n in [1, 2, 1025, u32::MAX] {
-                for r in [0.0, 0.5, 0.999_999] {
-                    let d = backoff_delay(&b, n, r);
-                    assert!(d <= top.saturating_mul(2), "{d:?}");
-                }
-            }
-            let mut p = pool(RestartPolicy::Always, None);
-            p.backoff = b;
-            p.stop_timeout = top;
-            let mut l = Lifecycle::default();
-            let now = Instant::now();
-            let r = l.exited(Some(Exit::Code(1)), MS(1), now, &p, 0.999_999);
-            assert!(matches!(r, AfterExit::Restart { .. }), "{r:?}");
-            assert!(matches!(l.state, State::Backoff { until } if until > now));
-            // The spawn-failure floor and a give-up with a cooldown at the top.
-            let r = l.exited(None, Duration::ZERO, now, &p, 0.5);
-            assert!(matches!(r, AfterExit::Restart { .. }), "{r:?}");
-            p.give_up = Some(GiveUp {
-                restarts: 0,
-                within: top,
-                cooldown: Some(top),
-            });
-            let mut l = Lifecycle::default();
-            let r = l.exited(Some(Exit::Code(1)), MS(1), now, &p, 0.5);
-            assert!(matches!(r, AfterExit::GiveUp { .. }), "{r:?}");
-            assert!(matches!(l.state, State::Failed { until: Some(u) } if u > now));
-        }
-    }
-
-    #[test]
-    fn policies() {
-        let ok = Some(Exit::Code(0));
-        let bad = Some(Exit::Code(3));
-        let sig = Some(Exit::Signal {
-            signal: 9,
-            core_dumped: false,
-        });
-        assert!(wants_restart(RestartPolicy::Always, ok));
-        assert!(!wants_restart(RestartPolicy::OnFailure, ok));
-        assert!(wants_restart(RestartPolicy::OnFailure, bad));
-        assert!(wants_restart(RestartPolicy::OnFailure, sig));
-        assert!(wants_restart(RestartPolicy::OnFailure, None));
-        assert!(!wants_restart(RestartPolicy::Never, bad));
-    }
-
-    #[test]
-    fn first_start_outcomes() {
-        use FirstStart::*;
-        let (ok, bad) = (Some(Exit::Code(0)), Some(Exit::Code(1)));
-        let short = MS(10);
-        // A failed spawn, or an exit within the grace, is a failed start...
-        assert_eq!(Started.exited(None, Duration::ZERO, true), Failed);
-        assert_eq!(Pending.exited(None, Duration::ZERO, false), Failed);
-        assert_eq!(Started.exited(bad, short, true), Failed);
-        assert_eq!(Started.exited(ok, short, true), Failed);
-        // ...except a clean exit that is not restarted: a one-shot job that is done.
-        assert_eq!(Started.exited(ok, short, false), Completed);
-        // Up for the grace: ready, even if its timer was not handled yet.
-        assert_eq!(Started.exited(bad, START_GRACE, true), Ready);
-        assert_eq!(Failed.exited(bad, START_GRACE, true), Ready);
-        assert_eq!(Failed.exited(None, Duration::ZERO, true), Failed);
-        // Once ready, later exits change nothing.
-        assert_eq!(Ready.exited(None, Duration::ZERO, true), Ready);
-        assert_eq!(Completed.exited(bad, short, true), Completed);
-    }
-
-    #[test]
-    fn consecutive_failures_back_off_and_long_run_resets() {
-        let p = pool(RestartPolicy::Always, None);
-        let mut l = Lifecycle::default();
-        let t = Instant::now();
-        let bad = Some(Exit::Code(1));
-        let d: Vec<_> = (0..3)
-            .map(|_| match l.exited(bad, MS(5), t, &p, 0.5) {
-                AfterExit::Restart { delay, .. } => delay,
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(d, [MS(100), MS(200), MS(400)]);
-        // A run of reset_after starts the sequence over.
-        assert_eq!(
-            l.exited(bad, Duration::from_secs(10), t, &p, 0.5),
-            AfterExit::Restart {
-                delay: MS(100),
-                attempt: 1
-            }
-        );
-        assert_eq!(l.restarts, 4);
-        assert!(matches!(l.state, State::Backoff { .. }));
-    }
-
-    #[test]
-    fn gives_up_after_more_than_n_restarts_within_window() {
-        let g = GiveUp {
-            restarts: 3,
-            within: Duration::from_secs(60),
-            cooldown: Some(Duration::from_secs(300)),
-        };
-        let p = pool(RestartPolicy::Always, Some(g));
-        let mut l = Lifecycle::default();
-        let t = Instant::now();
-        for i in 0..3 {
-            let r = l.exited(Some(Exit::Code(1)), MS(1), t + MS(i), &p, 0.5);
-            assert!(matches!(r, AfterExit::Restart { .. }), "{r:?}");
-        }
-        let r = l.exited(Some(Exit::Code(1)), MS(1), t + MS(3), &p, 0.5);
-        assert_eq!(
-            r,
-            AfterExit::GiveUp {
-                cooldown: Some(Duration::from_secs(300))
-            }
-        );
-        assert_eq!(
-            l.state,
-            State::Failed {
-                until: Some(t + MS(3) + Duration::from_secs(300))
-            }
-        );
-        // After a reset (cooldown passed) it gets the full budget again.
-        l.reset();
-        let r = l.exited(Some(Exit::Code(1)), MS(1), t + MS(4), &p, 0.5);
-        assert!(matches!(r, AfterExit::Restart { attempt: 1, .. }));
-    }
-
-    #[test]
-    fn restarts_outside_window_do_not_count() {
-        let g = GiveUp {
-            restarts: 1,
-            within: Duration::from_secs(1),
-            cooldown: None,
-        };
-        let p = pool(RestartPolicy::Always, Some(g));
-        let mut l = Lifecycle::default();
-        let t = Instant::now();
-        for i in 0..5 {
-            let r = l.exited(
-                Some(Exit::Code(1)),
-                MS(1),
-                t + Duration::from_secs(2 * i),
-                &p,
-                0.5,
-            );
-            assert!(matches!(r, AfterExit::Restart { .. }), "{r:?}");
-        }
-    }
-
-    #[test]
-    fn on_failure_clean_exit_stays_stopped() {
-        let p = pool(RestartPolicy::OnFailure, None);
-        let mut l = Lifecycle::default();
-        let r = l.exited(Some(Exit::Code(0)), MS(1), Instant::now(), &p, 0.5);
-        assert_eq!(r, AfterExit::Stay);
-        assert_eq!(l.state, State::Stopped);
-        assert_eq!(l.last_exit, Some(Exit::Code(0)));
-    }
-
-    #[test]
-    fn starting_is_derived_from_uptime() {
-        let t = Instant::now();
-        let s = State::Running { pid: 1, since: t };
-        assert_eq!(s.name(t), StateName::Starting);
-        assert_eq!(s.name(t + START_GRACE), StateName::Running);
-    }
-}
+mod tests;
