@@ -7,14 +7,22 @@
 //! orchd makes no system calls at all. Writes are batched: handlers append to output
 //! buffers and mark them dirty, and each loop turn flushes every dirty buffer once.
 //!
-//! Submodules add methods to [`Daemon`]: `supervise` (instances: feeds their pure
-//! lifecycle, [`crate::supervisor::lifecycle`], and performs what it decides),
-//! `workers` (processes and their pipes), `route` (messages:
-//! it feeds what `net`, the listeners and client connections, reads to the pure
-//! message ledger, [`crate::router::ledger`]), `exec` (tells the ledger what happened
-//! to instances and executes its actions), `reload` (config changes), `control`
-//! (control socket), `ctl` (its operations); `logs` keeps recent output per pool for
-//! `orchd ctl CONFIG logs`.
+//! The daemon is a thin shell around pure state machines. It owns the poll, the
+//! tokens, the timers and the clock; I/O components do the reading and writing and
+//! decide nothing; the machines decide and do no I/O; executors carry a machine's
+//! actions to the components. Components never call each other.
+//!
+//! - Machines: [`crate::router::ledger`] (messages), [`crate::supervisor::lifecycle`]
+//!   (one instance's life), [`crate::reload::roll`] (rolling replacement) and
+//!   [`crate::reload::apply`] (a reload plan as steps).
+//! - I/O components: `net` (listeners, client connections, batch stdin/stdout),
+//!   `workers` (processes, reaping, process groups, worker pipes), `control` (the
+//!   control socket), `outbuf` (the one write buffer all of them use), `tokens`.
+//! - Executors and wiring: `route` (connections to and from the ledger), `exec` (the
+//!   ledger's actions; instance events for it), `supervise` (instances: feeds their
+//!   lifecycle, performs its actions), `reload` (watcher, plans, rolls), `ctl`
+//!   (operations), `start`, `shutdown`, `ready`; `logs` keeps recent output per pool
+//!   for `orchd ctl CONFIG logs`.
 
 pub mod client;
 mod control;
@@ -26,7 +34,10 @@ pub mod outbuf;
 mod ready;
 mod reload;
 mod route;
+mod shutdown;
+mod start;
 mod supervise;
+mod tokens;
 mod workers;
 
 use std::collections::{HashMap, VecDeque};
@@ -34,22 +45,19 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Poll, Token, Waker};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::config::Config;
-use crate::router::ledger::{Actions, Ledger, Limits};
-use crate::supervisor::lifecycle::FirstStart;
-use crate::timers::{deadline, Timers};
+use crate::router::ledger::{Actions, Ledger};
+use crate::timers::Timers;
 
 pub use control::{
     parse_command, parse_signal, parse_target, ControlCommand, Target, DEFAULT_LOG_LINES,
 };
 pub use ready::notify_systemd;
-use ready::ReadyCounts;
 pub use supervise::Instance;
 
 const SIGNALS: Token = Token(0);
@@ -201,82 +209,6 @@ pub fn run(config: Config, opts: Options) -> i32 {
 }
 
 impl Daemon {
-    fn new(config: Config, opts: Options) -> io::Result<Daemon> {
-        crate::sys::malloc_tuning();
-        crate::sys::cloexec_inherited_fds();
-        if let Err(e) = crate::sys::become_subreaper() {
-            log::warn!("cannot become a child subreaper ({e}); orphaned grandchildren go to init");
-        }
-        match crate::sys::raise_nofile_limit() {
-            Ok(n) => log::debug!("open file limit {n}"),
-            Err(e) => log::warn!("cannot raise the open file limit: {e}"),
-        }
-        let poll = Poll::new()?;
-        // Signals first: no child may exit before SIGCHLD is being watched.
-        let mut signals = Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP])?;
-        poll.registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let now = Instant::now();
-        // Jitter only needs instances not to restart in lockstep.
-        let seed = (u64::from(std::process::id()) << 32)
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0x9e37_79b9_7f4a_7c15);
-        let mut d = Daemon {
-            poll,
-            signals,
-            waker,
-            config: config.clone(),
-            opts,
-            now,
-            phase: Phase::Running,
-            io: Slab::new(),
-            timers: Timers::new(),
-            next_gen: 0,
-            rng: seed | 1,
-            pools: Slab::new(),
-            pool_names: HashMap::new(),
-            instances: Slab::new(),
-            workers: workers::Workers::default(),
-            lifecycle_actions: Vec::new(),
-            net: net::Net::default(),
-            ledger: Ledger::new(Limits {
-                error_prefix: config.settings.error_prefix.clone(),
-                ..Limits::default()
-            }),
-            ledger_out: Actions::new(),
-            watcher: reload::Watcher::default(),
-            control: control::Control::new(config.settings.log_buffer),
-            ops: Vec::new(),
-            start_queue: VecDeque::new(),
-            spawn_budget: SPAWNS_PER_TURN,
-            dirty_stdin: VecDeque::new(),
-            dirty_clients: VecDeque::new(),
-            starting_up: true,
-            ready_sent: false,
-            flush_deadline: None,
-            log_fd: None,
-            exit_code: 0,
-        };
-        d.control_open()?;
-        if let Err(e) = d.listeners_open(&config) {
-            // Leave no socket file behind.
-            d.router_close();
-            d.control_close();
-            return Err(e);
-        }
-        d.watch_start();
-        for pool in &config.pools {
-            d.pool_add(pool.clone(), config.is_routed(&pool.name));
-        }
-        d.router_install(&config);
-        d.starting_up = false;
-        d.notify_ready_if_started();
-        Ok(d)
-    }
-
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
@@ -359,91 +291,6 @@ impl Daemon {
         }
     }
 
-    fn shutdown_requested(&mut self) {
-        match self.phase {
-            Phase::Running => {
-                log::info!("shutting down");
-                notify_systemd("STOPPING=1");
-                self.phase = Phase::Draining;
-                // Nothing new starts: queued starts are dropped (their instances stay
-                // in backoff or stopped, and stop_everything settles them).
-                self.start_queue.clear();
-                self.router_stop_reading();
-                if self.router_idle() {
-                    self.stop_everything();
-                } else {
-                    let at = deadline(self.now, self.config.settings.drain_timeout);
-                    log::info!(
-                        "waiting up to {} for in-flight messages",
-                        humantime::format_duration(self.config.settings.drain_timeout)
-                    );
-                    self.timers.arm(at, TimerKey::DrainOver);
-                }
-            }
-            Phase::Draining => {
-                log::warn!("second signal: stopping at once");
-                self.stop_everything();
-                self.kill_everything();
-            }
-            Phase::Stopping { forced: false } => {
-                log::warn!("second signal: killing every worker now");
-                self.kill_everything();
-            }
-            Phase::Stopping { forced: true } => {}
-        }
-    }
-
-    /// Drain time is over (or nothing was in flight): answer what is left with an
-    /// error and stop every instance.
-    fn stop_everything(&mut self) {
-        if matches!(self.phase, Phase::Stopping { .. }) {
-            return;
-        }
-        self.phase = Phase::Stopping { forced: false };
-        self.router_fail_all("shutting down");
-        let keys: Vec<usize> = self.instances.iter().map(|(k, _)| k).collect();
-        for k in keys {
-            self.stop_instance(k);
-        }
-    }
-
-    fn kill_everything(&mut self) {
-        self.phase = Phase::Stopping { forced: true };
-        let groups: Vec<u32> = self
-            .instances
-            .iter()
-            .filter_map(|(_, i)| i.group())
-            .chain(self.workers.lingering.keys().copied())
-            .collect();
-        for pgid in groups {
-            let _ = crate::sys::kill_group(pgid, libc::SIGKILL);
-        }
-        self.instances_killed();
-    }
-
-    /// Shutdown is complete when nothing runs any more and every client has its
-    /// replies (waiting at most [`FINAL_FLUSH`] for slow readers).
-    fn finished(&mut self) -> bool {
-        if !matches!(self.phase, Phase::Stopping { .. })
-            || !self.workers.lingering.is_empty()
-            || !self.instances.iter().all(|(_, i)| i.is_stopped())
-        {
-            return false;
-        }
-        if self.router_flushed() {
-            return true;
-        }
-        match self.flush_deadline {
-            Some(at) => Instant::now() >= at,
-            None => {
-                let at = self.now + FINAL_FLUSH;
-                self.flush_deadline = Some(at);
-                self.timers.arm(at, TimerKey::DrainOver);
-                false
-            }
-        }
-    }
-
     fn fire_timers(&mut self) {
         let now = Instant::now();
         self.now = now;
@@ -484,42 +331,6 @@ impl Daemon {
         (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn register_io<S: mio::event::Source + ?Sized>(
-        &mut self,
-        source: &mut S,
-        target: IoTarget,
-        interest: Interest,
-    ) -> io::Result<Token> {
-        register(&self.poll, &mut self.io, source, target, interest)
-    }
-
-    fn deregister_io<S: mio::event::Source + ?Sized>(&mut self, source: &mut S, token: Token) {
-        deregister(&self.poll, &mut self.io, source, token)
-    }
-
-    /// Write what stderr takes of the log backlog; poll it for WRITABLE only while
-    /// some is left (logging never blocks the loop, see `logging`). Must not log.
-    fn flush_log(&mut self) {
-        let want = crate::logging::flush();
-        if want == self.log_fd {
-            return;
-        }
-        if let Some(fd) = self.log_fd.take() {
-            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-        }
-        if let Some(fd) = want {
-            let registered =
-                self.poll
-                    .registry()
-                    .register(&mut SourceFd(&fd), LOG, Interest::WRITABLE);
-            // Not pollable (should not happen for the fds `logging` returns): the
-            // backlog is then written whenever something else wakes the loop.
-            if registered.is_ok() {
-                self.log_fd = Some(fd);
-            }
-        }
-    }
-
     /// Resume clients that may read again, then write every dirty buffer once.
     fn flush_dirty(&mut self) {
         loop {
@@ -538,104 +349,5 @@ impl Daemon {
         if self.phase == Phase::Draining && self.router_idle() {
             self.stop_everything();
         }
-    }
-
-    /// READY=1 and the ready line, once every instance is ready or has failed its
-    /// first start (SPEC 7): a worker that cannot start does not keep orchd from
-    /// being ready, but it is counted.
-    fn notify_ready_if_started(&mut self) {
-        if self.ready_sent || self.starting_up || self.phase != Phase::Running {
-            return;
-        }
-        if !self.instances.iter().all(|(_, i)| i.first_start_settled()) {
-            return;
-        }
-        let mut counts = ReadyCounts {
-            pools: self.pools.len(),
-            ..ReadyCounts::default()
-        };
-        for (_, i) in self.instances.iter() {
-            match i.life.first_start {
-                FirstStart::Ready => counts.ready += 1,
-                FirstStart::Failed => counts.failed += 1,
-                FirstStart::Completed => counts.completed += 1,
-                FirstStart::Pending | FirstStart::Started => {}
-            }
-        }
-        self.ready_sent = true;
-        notify_systemd("READY=1");
-        if counts.failed > 0 {
-            log::warn!("{counts}");
-        } else {
-            log::info!("{counts}");
-        }
-    }
-
-    /// After an error in the loop itself: kill everything we started.
-    fn emergency_stop(&mut self) {
-        self.kill_everything();
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline && !self.workers.pids.is_empty() {
-            self.reap();
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Last words: remove the control socket, kill and reap anything still parented to
-    /// us (descendants that escaped their group with setsid), restore stdin.
-    fn finish(&mut self) {
-        self.control_close();
-        self.router_close();
-        let stray = crate::sys::children_of_self();
-        for pid in &stray {
-            log::warn!("killing stray process {pid} left behind by a worker");
-            let _ = crate::sys::kill_pid(*pid, libc::SIGKILL);
-        }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            match crate::sys::reap_one() {
-                Ok(Some(_)) => continue,
-                Ok(None) if !stray.is_empty() && Instant::now() < deadline => {
-                    if crate::sys::children_of_self().is_empty() {
-                        let _ = crate::sys::reap_one();
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                _ => break,
-            }
-        }
-        log::info!("exiting with status {}", self.exit_code);
-    }
-}
-
-/// Register `source` under a new I/O token for `target` (the one implementation
-/// behind [`Daemon::register_io`], for callers holding another part of the daemon).
-fn register<S: mio::event::Source + ?Sized>(
-    poll: &Poll,
-    io: &mut Slab<IoTarget>,
-    source: &mut S,
-    target: IoTarget,
-    interest: Interest,
-) -> io::Result<Token> {
-    let entry = io.vacant_entry();
-    let token = Token(entry.key() + FIRST_IO);
-    poll.registry().register(source, token, interest)?;
-    entry.insert(target);
-    Ok(token)
-}
-
-/// Stop watching `source` and free its token (see [`register`]).
-fn deregister<S: mio::event::Source + ?Sized>(
-    poll: &Poll,
-    io: &mut Slab<IoTarget>,
-    source: &mut S,
-    token: Token,
-) {
-    if let Err(e) = poll.registry().deregister(source) {
-        log::debug!("deregister {token:?}: {e}");
-    }
-    if token.0 >= FIRST_IO && io.contains(token.0 - FIRST_IO) {
-        io.remove(token.0 - FIRST_IO);
     }
 }

@@ -25,7 +25,8 @@ use mio::{Interest, Poll, Token};
 use slab::Slab;
 
 use super::outbuf::{Flushed, OutBuf};
-use super::{deregister, register, IoTarget};
+use super::tokens::{deregister, register};
+use super::IoTarget;
 use crate::config::Source;
 use crate::framing::{Fill, LineBuf};
 use crate::sys::{self, FdKind};

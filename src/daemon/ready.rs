@@ -1,5 +1,41 @@
 //! Telling the world orchd is ready: the ready line and systemd's `sd_notify`.
 
+use super::{Daemon, Phase};
+use crate::supervisor::lifecycle::FirstStart;
+
+impl Daemon {
+    /// READY=1 and the ready line, once every instance is ready or has failed its
+    /// first start (SPEC 7): a worker that cannot start does not keep orchd from
+    /// being ready, but it is counted.
+    pub(super) fn notify_ready_if_started(&mut self) {
+        if self.ready_sent || self.starting_up || self.phase != Phase::Running {
+            return;
+        }
+        if !self.instances.iter().all(|(_, i)| i.first_start_settled()) {
+            return;
+        }
+        let mut counts = ReadyCounts {
+            pools: self.pools.len(),
+            ..ReadyCounts::default()
+        };
+        for (_, i) in self.instances.iter() {
+            match i.life.first_start {
+                FirstStart::Ready => counts.ready += 1,
+                FirstStart::Failed => counts.failed += 1,
+                FirstStart::Completed => counts.completed += 1,
+                FirstStart::Pending | FirstStart::Started => {}
+            }
+        }
+        self.ready_sent = true;
+        notify_systemd("READY=1");
+        if counts.failed > 0 {
+            log::warn!("{counts}");
+        } else {
+            log::info!("{counts}");
+        }
+    }
+}
+
 /// What the ready line counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct ReadyCounts {

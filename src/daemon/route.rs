@@ -15,7 +15,8 @@ use super::net::{
     accept_loop, AcceptEnd, Conn, Listener, ListenerKind, Stream, ACCEPT_RETRY, LINGER,
 };
 use super::supervise::MAX_LINE;
-use super::{register, Daemon, IoTarget, TimerKey};
+use super::tokens::register;
+use super::{Daemon, IoTarget, TimerKey};
 use crate::config::Config;
 use crate::framing::{Fill, Frame};
 use crate::router::ledger::Rule;
