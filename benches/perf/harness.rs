@@ -18,6 +18,12 @@ pub type Result<T> = std::result::Result<T, String>;
 /// The orchd binary cargo built for this bench (the release build under `cargo bench`).
 pub const BIN: &str = env!("CARGO_BIN_EXE_orchd");
 
+/// The orchd binary to measure: `ORCHD_BENCH_BIN` if set (to compare another build —
+/// an older commit — in the same run conditions), else [`BIN`].
+pub fn orchd_bin() -> String {
+    std::env::var("ORCHD_BENCH_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 /// The scratch directory and the programs built into it.
 pub struct Bench {
     pub dir: PathBuf,
@@ -165,13 +171,14 @@ impl Orchd {
     }
 
     pub fn start_with(config: &Path, stdin: Stdio, stdout: Stdio) -> Result<Orchd> {
-        let mut child = Command::new(BIN)
+        let bin = orchd_bin();
+        let mut child = Command::new(&bin)
             .arg(config)
             .stdin(stdin)
             .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("spawn {BIN}: {e}"))?;
+            .map_err(|e| format!("spawn {bin}: {e}"))?;
         let stderr = child.stderr.take().ok_or("no stderr pipe")?;
         let (tx, ready) = mpsc::channel();
         std::thread::spawn(move || {

@@ -109,6 +109,9 @@ fn main() {
         o.runs,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
+    if std::env::var_os("ORCHD_BENCH_BIN").is_some() {
+        println!("orchd binary: {} (ORCHD_BENCH_BIN)\n", harness::orchd_bin());
+    }
     t.print();
 }
 
