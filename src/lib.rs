@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod framing;
+pub mod health;
 pub mod logging;
 pub mod reload;
 pub mod router;

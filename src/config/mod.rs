@@ -27,10 +27,13 @@ mod preflight;
 mod raw;
 mod signal;
 mod source;
+mod supervision;
 mod validate;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_health;
 
 pub use describe::describe;
 pub use error::{ConfigError, ConfigErrors};
@@ -38,6 +41,7 @@ pub use file::{read_file, MAX_CONFIG_BYTES};
 pub use preflight::preflight;
 pub(crate) use signal::known_signal_names;
 pub use signal::signal_by_name;
+pub use supervision::*;
 
 use std::path::{Path, PathBuf};
 
