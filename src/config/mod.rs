@@ -35,7 +35,7 @@ mod tests;
 #[cfg(test)]
 mod tests_health;
 
-pub use describe::describe;
+pub use describe::{describe, size as describe_size};
 pub use error::{ConfigError, ConfigErrors};
 pub use file::{read_file, MAX_CONFIG_BYTES};
 pub use preflight::preflight;

@@ -11,3 +11,6 @@
 //! - [`rss`]: `max_rss`, two checks in a row over the limit.
 
 pub mod order;
+pub mod probe;
+pub mod ready;
+pub mod rss;
