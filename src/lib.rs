@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod framing;
 pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod reload;
 pub mod router;
 pub mod supervisor;
