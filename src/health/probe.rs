@@ -456,7 +456,7 @@ mod tests {
         let t0 = Instant::now();
         let mut h = HealthTracker::new(&exec_health(), t0, false);
         let mut out = Vec::new();
-        let mut run = |h: &mut HealthTracker, o: ExecOutcome, out: &mut Vec<HealthAction>| {
+        let run = |h: &mut HealthTracker, o: ExecOutcome, out: &mut Vec<HealthAction>| {
             let now = h.next_deadline().unwrap();
             h.on_timer(now, out);
             let id = started(out);

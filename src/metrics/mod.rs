@@ -4,8 +4,7 @@
 //! ([`http`]).
 //!
 //! The shell builds a `Snapshot` from its own state on each scrape (pools, instances,
-//! the counters it keeps per pool and per instance slot, a [`ReplyHistogram`] per
-//! pool), calls [`render`], and writes [`http::response`] to the client through its
+//! and the metrics-only counts it keeps in [`counters::Counters`]), calls [`render`], and writes [`http::response`] to the client through its
 //! output buffer. Nothing here does I/O or keeps state between scrapes.
 //!
 //! Series (labels `pool`, and `instance` where it applies):
@@ -14,6 +13,7 @@
 //! `orchd_reply_seconds` (histogram), `orchd_health_failures_total`,
 //! `orchd_reloads_total{result}`, `orchd_cpu_seconds_total`, `orchd_rss_bytes`.
 
+pub mod counters;
 pub mod http;
 
 use std::time::Duration;
