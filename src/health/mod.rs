@@ -8,8 +8,10 @@
 //!   `ready.probe`) or fails to (`ready.timeout`).
 //! - [`probe`]: one instance's health probes: when the next is due, its timeout,
 //!   consecutive failures, when to restart.
+//! - [`exec`]: `exec` probes run a bounded number at a time.
 //! - [`rss`]: `max_rss`, two checks in a row over the limit.
 
+pub mod exec;
 pub mod order;
 pub mod probe;
 pub mod ready;

@@ -9,10 +9,11 @@
 //! - `Start(id)`: for `send`, queue the probe line on the instance's input like a
 //!   message (its reply is consumed by orchd, never delivered to a client); once the
 //!   line is written to the worker's pipe and the worker can reach it, call
-//!   [`HealthTracker::on_reachable`]: the timeout clock starts then, as for messages,
-//!   so a busy healthy worker is not failed. For `exec`, spawn the command with the
-//!   pool's cwd, env and user (its timeout runs from now) and report its exit with
-//!   [`HealthTracker::on_exit`].
+//!   [`HealthTracker::on_running`]: the timeout clock starts then, as for messages,
+//!   so a busy healthy worker is not failed. For `exec`, queue the command in the
+//!   [`ExecQueue`](super::exec::ExecQueue) (a bounded number run at once), call
+//!   `on_running` when it is spawned with the pool's cwd, env and user, and report
+//!   its exit with [`HealthTracker::on_exit`].
 //! - `Kill(id)`: the `exec` probe `id` outlived its timeout: SIGKILL its group.
 //! - `Passed`, `Failed`: log and count (`orchd_health_failures_total`); with
 //!   `ready.probe` the first `Passed` goes to the ready tracker.
@@ -58,7 +59,8 @@ pub enum ExecOutcome {
 enum State {
     /// No probe in flight; the next is due at `due`.
     Idle { due: Instant },
-    /// A `send` probe waits for the worker to reach it: no timeout yet.
+    /// Waits for the worker to reach it (`send`) or for its turn to run (`exec`): no
+    /// timeout yet.
     Queued { id: ProbeId, started: Instant },
     /// In flight, failed at `deadline`.
     Running {
@@ -109,8 +111,8 @@ impl HealthTracker {
         }
     }
 
-    /// When [`Self::on_timer`] has something to do; None while a `send` probe waits
-    /// for the worker to reach it.
+    /// When [`Self::on_timer`] has something to do; None while a probe waits to run
+    /// (see [`Self::on_running`]).
     pub fn next_deadline(&self) -> Option<Instant> {
         match self.state {
             State::Idle { due } => Some(due),
@@ -138,15 +140,7 @@ impl HealthTracker {
             State::Idle { due } if due <= now => {
                 self.next_id += 1;
                 let id = ProbeId(self.next_id);
-                self.state = if self.expect.is_some() {
-                    State::Queued { id, started: now }
-                } else {
-                    State::Running {
-                        id,
-                        started: now,
-                        deadline: self.deadline(now),
-                    }
-                };
+                self.state = State::Queued { id, started: now };
                 out.push(HealthAction::Start(id));
             }
             State::Running {
@@ -169,9 +163,9 @@ impl HealthTracker {
         }
     }
 
-    /// The `send` probe `id` has been written and the worker can reach it: its timeout
-    /// clock starts.
-    pub fn on_reachable(&mut self, id: ProbeId, now: Instant) {
+    /// Probe `id` runs: for `send`, it has been written and the worker can reach it;
+    /// for `exec`, its command was spawned. Its timeout clock starts.
+    pub fn on_running(&mut self, id: ProbeId, now: Instant) {
         if let State::Queued { id: q, started } = self.state {
             if q == id {
                 self.state = State::Running {
@@ -346,7 +340,7 @@ mod tests {
         let id = started(&out);
         // Waiting for the worker: no timeout yet.
         assert_eq!(h.next_deadline(), None);
-        h.on_reachable(id, t0 + S(11));
+        h.on_running(id, t0 + S(11));
         assert_eq!(h.next_deadline(), Some(t0 + S(13)));
         out.clear();
         h.on_reply(id, b"PONG 1", t0 + S(12), &mut out);
@@ -365,7 +359,7 @@ mod tests {
         // Long after the timeout would have passed, still queued behind messages.
         h.on_timer(t0 + S(60), &mut out);
         assert_eq!(out.len(), 1);
-        h.on_reachable(id, t0 + S(60));
+        h.on_running(id, t0 + S(60));
         h.on_reply(id, b"PONG", t0 + S(61), &mut out);
         assert_eq!(out.last(), Some(&HealthAction::Passed { first: true }));
     }
@@ -380,7 +374,7 @@ mod tests {
             now = h.next_deadline().unwrap();
             h.on_timer(now, out);
             let id = started(out);
-            h.on_reachable(id, now);
+            h.on_running(id, now);
             h.on_reply(id, reply, now + S(1), out);
         };
         probe(&mut h, b"ERR busy", &mut out);
@@ -414,7 +408,7 @@ mod tests {
         let mut out = Vec::new();
         h.on_timer(t0 + S(10), &mut out);
         let id = started(&out);
-        h.on_reachable(id, t0 + S(10));
+        h.on_running(id, t0 + S(10));
         h.on_timer(t0 + S(11), &mut out);
         assert_eq!(out.len(), 1);
         h.on_timer(t0 + S(12), &mut out);
@@ -437,7 +431,9 @@ mod tests {
         let mut out = Vec::new();
         h.on_timer(t0 + S(5), &mut out);
         let id = started(&out);
-        // exec runs from the start: its deadline is set at once.
+        // Waiting for a free exec slot: no timeout yet.
+        assert_eq!(h.next_deadline(), None);
+        h.on_running(id, t0 + S(5));
         assert_eq!(h.next_deadline(), Some(t0 + S(6)));
         h.on_timer(t0 + S(6), &mut out);
         assert_eq!(out[1], HealthAction::Kill(id));
@@ -460,6 +456,7 @@ mod tests {
             let now = h.next_deadline().unwrap();
             h.on_timer(now, out);
             let id = started(out);
+            h.on_running(id, now);
             h.on_exit(id, &o, now, out);
         };
         run(&mut h, ExecOutcome::Exited(0), &mut out);
@@ -486,7 +483,7 @@ mod tests {
         assert_eq!(h.next_deadline(), Some(t0));
         h.on_timer(t0, &mut out);
         let id = started(&out);
-        h.on_reachable(id, t0);
+        h.on_running(id, t0);
         h.on_reply(id, b"starting", t0, &mut out);
         assert_eq!(
             out.last(),
@@ -498,12 +495,12 @@ mod tests {
         assert_eq!(h.next_deadline(), Some(t0 + S(10)));
         h.on_timer(t0 + S(10), &mut out);
         let id = started(&out);
-        h.on_reachable(id, t0 + S(10));
+        h.on_running(id, t0 + S(10));
         h.on_reply(id, b"PONG", t0 + S(10), &mut out);
         assert_eq!(out.last(), Some(&HealthAction::Passed { first: true }));
         h.on_timer(t0 + S(20), &mut out);
         let id = started(&out);
-        h.on_reachable(id, t0 + S(20));
+        h.on_running(id, t0 + S(20));
         h.on_reply(id, b"x", t0 + S(20), &mut out);
         assert!(matches!(out.last(), Some(HealthAction::Restart { .. })));
     }
