@@ -76,6 +76,25 @@ fn every_key_parses() {
 }
 
 #[test]
+fn ready_after_must_fit_in_the_timeout() {
+    one(
+        &with_web("ready = { after = \"2m\" }\n"),
+        3,
+        19,
+        "pool.web.ready.after",
+        "ready.after (2m) is longer than ready.timeout (1m)",
+    );
+    one(
+        &with_web("ready = { after = \"10s\", timeout = \"5s\" }\n"),
+        3,
+        36,
+        "pool.web.ready.timeout",
+        "could never become ready",
+    );
+    ok(&with_web("ready = { after = \"5s\", timeout = \"5s\" }\n"));
+}
+
+#[test]
 fn ready_after_and_shell_exec() {
     let c = ok(&with_web(
         "ready = { after = \"2s\" }\nhealth = { exec = \"curl -fsS http://127.0.0.1:8080/health\" }\n",

@@ -142,10 +142,26 @@ impl Checker<'_, '_> {
                 _ => Some(ReadyWhen::Probe),
             },
         };
-        Some(Ready {
-            when: when?,
-            timeout: timeout?,
-        })
+        let (when, timeout) = (when?, timeout?);
+        if let ReadyWhen::After(after) = when {
+            if after > timeout {
+                let at = if r.timeout.is_some() {
+                    "timeout"
+                } else {
+                    "after"
+                };
+                self.at_value(
+                    &rp.key(at),
+                    format!(
+                        "ready.after ({}) is longer than ready.timeout ({}): the instance could never become ready",
+                        fmt_dur(after),
+                        fmt_dur(timeout)
+                    ),
+                );
+                return None;
+            }
+        }
+        Some(Ready { when, timeout })
     }
 
     fn health(&mut self, hp: &KeyPath, h: &RawHealth, failed: &Failed) -> Option<Health> {
