@@ -240,6 +240,49 @@ mod tests {
         assert_eq!(cycles(&ring)[0].len(), n);
     }
 
+    /// Random small graphs: waves respect every dependency, and a reported cycle is
+    /// made of real edges.
+    #[test]
+    fn random_graphs_give_valid_waves_or_real_cycles() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..2000 {
+            let n = 1 + next(8) as usize;
+            let deps: Vec<Vec<usize>> = (0..n)
+                .map(|_| (0..next(3)).map(|_| next(n as u64) as usize).collect())
+                .collect();
+            match start_waves(&deps) {
+                Ok(waves) => {
+                    let mut wave_of = vec![usize::MAX; n];
+                    for (w, pools) in waves.iter().enumerate() {
+                        for &p in pools {
+                            assert_eq!(wave_of[p], usize::MAX, "{deps:?}");
+                            wave_of[p] = w;
+                        }
+                    }
+                    for (i, d) in deps.iter().enumerate() {
+                        for &x in d {
+                            assert!(wave_of[x] < wave_of[i], "{deps:?} {waves:?}");
+                        }
+                    }
+                    assert!(cycles(&deps).is_empty());
+                }
+                Err(cycle) => {
+                    assert!(!cycle.is_empty(), "{deps:?}");
+                    for (k, &p) in cycle.iter().enumerate() {
+                        let to = cycle[(k + 1) % cycle.len()];
+                        assert!(deps[p].contains(&to), "{deps:?} {cycle:?}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn dep_state_from_counts() {
         assert_eq!(DepState::of(0, 0, 0, 0), DepState::Ready);
