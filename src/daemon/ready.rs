@@ -11,7 +11,12 @@ impl Daemon {
         if self.ready_sent || self.starting_up || self.phase != Phase::Running {
             return;
         }
-        if !self.instances.iter().all(|(_, i)| i.first_start_settled()) {
+        // A pool waiting on a failed dependency may never start: not waited for.
+        if !self
+            .instances
+            .iter()
+            .all(|(_, i)| i.first_start_settled() || self.blocked_by_failed_dep(i.pool))
+        {
             return;
         }
         let mut counts = ReadyCounts {
