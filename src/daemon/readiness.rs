@@ -61,8 +61,13 @@ impl Daemon {
                 State::Failed { .. } => failed += 1,
                 State::Stopped if never && exit_ok && i.spawn_error.is_none() => ok += 1,
                 State::Stopped if never && i.life.first_start != FirstStart::Pending => failed += 1,
-                // Without `ready`, a running instance counts as ready.
-                State::Running { .. } if i.life.takes_messages() => ready += 1,
+                // Without `ready`, a running instance counts as ready, except in a
+                // `restart = "never"` pool (a one-shot job): that one must complete.
+                State::Running { .. }
+                    if i.life.takes_messages() && (!never || p.sup.ready.is_some()) =>
+                {
+                    ready += 1
+                }
                 _ => {}
             }
         }
