@@ -124,9 +124,14 @@ impl Daemon {
         );
         for k in self.pools[pool].slots.clone() {
             if self.instances.get(k).is_some_and(|i| i.is_stopped()) {
+                // It never ran: it runs what its pool runs now (a reload may have
+                // changed that while it waited).
+                self.refresh_spec(k);
                 self.start_instance(k);
             }
         }
+        // A roll held back while the pool waited has nothing left to replace.
+        self.roll_step(pool);
     }
 
     /// Why an instance is in its state, for status (SPEC 7).
@@ -142,13 +147,11 @@ impl Daemon {
         i.rss.is_over().then(|| "rss above max_rss".to_string())
     }
 
-    /// Whether an instance keeps orchd from sending READY=1: not while its pool waits
-    /// on a failed dependency (it may never start).
-    pub(super) fn blocked_by_failed_dep(&self, pool: usize) -> bool {
-        self.pools
-            .get(pool)
-            .and_then(|p| p.waiting.as_deref())
-            .is_some_and(|w| w.ends_with("(failed)"))
+    /// Whether `pool` waits for its `depends_on`. Its instances do not keep orchd
+    /// from sending READY=1 once every other instance is settled: what it waits for
+    /// then failed its first start (or is a held pool), and may never be met.
+    pub(super) fn pool_waiting(&self, pool: usize) -> bool {
+        self.pools.get(pool).is_some_and(|p| p.waiting.is_some())
     }
 
     /// Shutdown: stop the pools wave by wave, dependents before what they depend on.

@@ -630,7 +630,8 @@ impl Daemon {
                 rolling: p.sup.rolling,
                 gated: p.sup.ready.is_some(),
                 instances: &self.instances,
-                shutting_down: self.phase != Phase::Running,
+                // Nothing starts in a pool waiting for its `depends_on`.
+                shutting_down: self.phase != Phase::Running || p.waiting.is_some(),
             };
             roll.handle(event, &view, &mut actions);
             if roll.is_over() {

@@ -919,7 +919,10 @@ impl Lifecycle {
             // Not ready in time: like a spawn that failed (backoff, give_up).
             let why = format!("{} stopped: a failed start", cx.label);
             let ran_for = now.saturating_duration_since(self.started_at);
+            // Status shows how it ended (the stop signal, most likely).
+            let last_exit = self.last_exit;
             self.after_exit(Err(why), ran_for, now, cx, out);
+            self.last_exit = last_exit;
             return;
         }
         if then != Then::Stay

@@ -91,7 +91,7 @@ fn roll_config(port: u16, version: &str, extra: &str) -> String {
 control = "ctl.sock"
 
 [pool.echo]
-command = "sleep 0.2; echo up >&2; while read -r l; do echo \"{version} $l\"; done"
+command = "sleep 0.1; echo up >&2; while read -r l; do echo \"{version} $l\"; done"
 count = 10
 stop_timeout = "2s"
 ready = {{ log = "^up" }}
@@ -127,11 +127,11 @@ fn rolling_replacement_of_10_with_ready_log_is_fast_under_load_and_loses_nothing
     );
     assert_eq!(o.log_count("ERR"), 0);
     eprintln!(
-        "rolling replacement of 10 (ready.log, 200 ms start): {} ms, {} replies, 0 lost",
+        "rolling replacement of 10 (ready.log, 100 ms start): {} ms, {} replies, 0 lost",
         took.as_millis(),
         replies.len()
     );
-    // Each replacement needs 200 ms to get ready: one at a time is about 2 s; the
+    // Each replacement needs 100 ms to get ready: one at a time is about 1 s; the
     // fixed second of old would be 10 s or more.
     assert!(took < Duration::from_secs(3), "took {took:?}");
     assert_eq!(o.stop(), 0);
