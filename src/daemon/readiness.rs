@@ -14,7 +14,7 @@
 use crate::config::{RestartPolicy, RSS_CHECK_EVERY};
 use crate::health::order::{gate, stop_waves, DepState};
 use crate::health::rss::{checks_needed, restart_reason, RssVerdict};
-use crate::supervisor::lifecycle::{FirstStart, State};
+use crate::supervisor::lifecycle::State;
 use crate::timers::deadline;
 
 use super::{Daemon, Phase, TimerKey};
@@ -50,28 +50,13 @@ impl Daemon {
             return DepState::Pending;
         }
         let never = p.cfg.restart == RestartPolicy::Never;
-        let (mut total, mut ready, mut ok, mut failed) = (0, 0, 0, 0);
-        for &k in &p.slots {
-            let Some(i) = self.instances.get(k).filter(|i| !i.held) else {
-                continue;
-            };
-            total += 1;
-            let exit_ok = i.life.last_exit.is_some_and(crate::sys::Exit::success);
-            match &i.life.state {
-                State::Failed { .. } => failed += 1,
-                State::Stopped if never && exit_ok && i.spawn_error.is_none() => ok += 1,
-                State::Stopped if never && i.life.first_start != FirstStart::Pending => failed += 1,
-                // Without `ready`, a running instance counts as ready, except in a
-                // `restart = "never"` pool (a one-shot job): that one must complete.
-                State::Running { .. }
-                    if i.life.takes_messages() && (!never || p.sup.ready.is_some()) =>
-                {
-                    ready += 1
-                }
-                _ => {}
-            }
-        }
-        DepState::of(total, ready, ok, failed)
+        DepState::of_members(
+            p.slots
+                .iter()
+                .filter_map(|&k| self.instances.get(k))
+                .filter(|i| !i.held)
+                .map(|i| i.life.as_dependency(never)),
+        )
     }
 
     /// Open the gate of every waiting pool whose dependencies are met; record why the

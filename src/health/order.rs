@@ -146,6 +146,34 @@ impl DepState {
     pub fn is_met(self) -> bool {
         matches!(self, DepState::Ready | DepState::Completed)
     }
+
+    /// The state of a pool from what each of its instances not held is.
+    pub fn of_members(members: impl IntoIterator<Item = Member>) -> DepState {
+        let (mut total, mut ready, mut ok, mut failed) = (0, 0, 0, 0);
+        for m in members {
+            total += 1;
+            match m {
+                Member::Ready => ready += 1,
+                Member::Completed => ok += 1,
+                Member::Failed => failed += 1,
+                Member::Pending => {}
+            }
+        }
+        DepState::of(total, ready, ok, failed)
+    }
+}
+
+/// What one instance (not held) of a dependency pool is, for [`DepState::of_members`]
+/// (see `Lifecycle::as_dependency`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Member {
+    Ready,
+    /// Exited 0 and not restarted (`restart = "never"`).
+    Completed,
+    /// `failed`, or exited non-zero (or could not start) with `restart = "never"`.
+    Failed,
+    /// Not yet any of these.
+    Pending,
 }
 
 /// Whether a pool may start, given the state of each pool it depends on.
@@ -290,6 +318,19 @@ mod tests {
         assert_eq!(DepState::of(3, 2, 0, 0), DepState::Pending);
         assert_eq!(DepState::of(2, 0, 2, 0), DepState::Completed);
         assert_eq!(DepState::of(2, 0, 1, 1), DepState::Failed);
+    }
+
+    #[test]
+    fn dep_state_from_members() {
+        use Member::*;
+        assert_eq!(DepState::of_members([]), DepState::Ready);
+        assert_eq!(DepState::of_members([Ready, Ready]), DepState::Ready);
+        assert_eq!(DepState::of_members([Ready, Pending]), DepState::Pending);
+        assert_eq!(
+            DepState::of_members([Completed, Completed]),
+            DepState::Completed
+        );
+        assert_eq!(DepState::of_members([Completed, Failed]), DepState::Failed);
     }
 
     #[test]

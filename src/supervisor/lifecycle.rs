@@ -31,6 +31,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::config::{Backoff, GiveUp, Pool, Ready, RestartPolicy, Signal};
+use crate::health::order::Member;
 use crate::health::ready::{ReadyEvent, ReadyTracker};
 use crate::sys::Exit;
 use crate::timers::{deadline, fmt_duration};
@@ -1022,6 +1023,33 @@ impl Lifecycle {
             (State::Running { .. }, Some(_)) if !self.ready_seen => StateName::Starting,
             (State::Running { .. }, Some(_)) => StateName::Running,
             (s, _) => s.name(now),
+        }
+    }
+
+    /// What it is for pools that depend on its pool (SPEC 10): ready once ready
+    /// (without `ready`: once it runs, except in a `restart = "never"` pool, whose
+    /// instances must complete); completed once exited 0 under `restart = "never"`;
+    /// failed when `failed`, or stopped otherwise under `restart = "never"` after it
+    /// was started.
+    pub fn as_dependency(&self, never: bool) -> Member {
+        match &self.state {
+            State::Failed { .. } => Member::Failed,
+            State::Stopped if never && self.first_start != FirstStart::Pending => {
+                if self.last_exit.is_some_and(Exit::success) {
+                    Member::Completed
+                } else {
+                    Member::Failed
+                }
+            }
+            State::Running { .. } if self.ready.is_some() => {
+                if self.ready_seen {
+                    Member::Ready
+                } else {
+                    Member::Pending
+                }
+            }
+            State::Running { .. } if !never => Member::Ready,
+            _ => Member::Pending,
         }
     }
 

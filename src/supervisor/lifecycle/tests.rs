@@ -1105,3 +1105,30 @@ fn without_ready_nothing_changes() {
     assert_eq!(r.quiet(Event::Ready), vec![]);
     assert!(r.life.is_ready(r.t0 + START_GRACE));
 }
+
+#[test]
+fn as_a_dependency_ready_completed_failed_or_pending() {
+    use crate::health::order::Member;
+    // Without `ready`: ready once it runs, unless it is a one-shot job.
+    let mut r = Rig::new(pool(RestartPolicy::Never, None));
+    assert_eq!(r.life.as_dependency(true), Member::Pending, "never started");
+    r.spawned(42);
+    assert_eq!(r.life.as_dependency(false), Member::Ready);
+    assert_eq!(
+        r.life.as_dependency(true),
+        Member::Pending,
+        "a job must complete"
+    );
+    r.at(100).exit(0, false);
+    assert_eq!(r.life.as_dependency(true), Member::Completed);
+    let mut r = Rig::new(pool(RestartPolicy::Never, None));
+    r.spawned(42);
+    r.at(100).exit(1, false);
+    assert_eq!(r.life.as_dependency(true), Member::Failed);
+    // With `ready`: pending until ready.
+    let mut r = gated_rig(log_rule("^up"), 5000);
+    r.spawned(42);
+    assert_eq!(r.life.as_dependency(false), Member::Pending);
+    r.quiet(Event::Ready);
+    assert_eq!(r.life.as_dependency(false), Member::Ready);
+}
