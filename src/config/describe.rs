@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::model::{Config, Source, Strategy};
+use super::supervision::{Probe, ReadyWhen, Supervision};
 
 fn dur(d: Duration) -> String {
     humantime::format_duration(d).to_string()
@@ -55,6 +56,12 @@ pub fn describe(config: &Config) -> String {
         s.max_clients,
         size(s.log_buffer)
     );
+    if let Some(m) = s.metrics {
+        // Appended to the settings line only when set: output of configs without
+        // it is unchanged.
+        out.pop();
+        let _ = writeln!(out, " metrics={m}");
+    }
 
     for p in &config.pools {
         let _ = write!(
@@ -118,6 +125,7 @@ pub fn describe(config: &Config) -> String {
                 .collect();
             let _ = writeln!(out, "  env: {}", env.join(" "));
         }
+        describe_supervision(&mut out, config.supervision(&p.name));
     }
 
     for (i, r) in config.routes.iter().enumerate() {
@@ -153,4 +161,44 @@ pub fn describe(config: &Config) -> String {
         );
     }
     out
+}
+
+/// The `ready`, `health`, `depends_on`, `rolling` and `max_rss` lines of a pool, each
+/// only when it differs from the default (so older configs describe as before).
+fn describe_supervision(out: &mut String, s: &Supervision) {
+    if let Some(r) = &s.ready {
+        let when = match &r.when {
+            ReadyWhen::Log(p) => format!("log={:?}", p.as_str()),
+            ReadyWhen::After(d) => format!("after={}", dur(*d)),
+            ReadyWhen::Probe => "probe=true".to_string(),
+        };
+        let _ = writeln!(out, "  ready: {when} timeout={}", dur(r.timeout));
+    }
+    if let Some(h) = &s.health {
+        let probe = match &h.probe {
+            Probe::Send { send, expect } => format!("send={send:?} expect={:?}", expect.as_str()),
+            Probe::Exec(c) => format!("exec={c}"),
+        };
+        let _ = writeln!(
+            out,
+            "  health: {probe} every={} timeout={} failures={}",
+            dur(h.every),
+            dur(h.timeout),
+            h.failures
+        );
+    }
+    if !s.depends_on.is_empty() {
+        let _ = writeln!(out, "  depends_on: {}", s.depends_on.join(" "));
+    }
+    if s.rolling != Default::default() {
+        let _ = writeln!(
+            out,
+            "  rolling: parallel={} order={}",
+            s.rolling.parallel,
+            s.rolling.order.as_str()
+        );
+    }
+    if let Some(m) = s.max_rss {
+        let _ = writeln!(out, "  max_rss: {}", size(m as usize));
+    }
 }

@@ -27,16 +27,20 @@ mod preflight;
 mod raw;
 mod signal;
 mod source;
+mod supervision;
 mod validate;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_health;
 
-pub use describe::describe;
+pub use describe::{describe, size as describe_size};
 pub use error::{ConfigError, ConfigErrors};
 pub use file::{read_file, MAX_CONFIG_BYTES};
 pub use preflight::preflight;
 pub use signal::{parse_signal, signal_by_name, signal_name};
+pub use supervision::*;
 
 use std::path::{Path, PathBuf};
 

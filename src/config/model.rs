@@ -26,6 +26,9 @@ pub struct Config {
     /// path (`pool.web.command`, `pool.web.cwd`) to 1-based (line, column). A pool
     /// without `cwd` has its table's position under `pool.NAME.cwd`.
     pub positions: BTreeMap<String, (usize, usize)>,
+    /// Each pool's `ready`, `health`, `depends_on`, `rolling` and `max_rss`, by pool
+    /// name; a pool that sets none of them may be absent (see [`Config::supervision`]).
+    pub supervision: BTreeMap<String, super::Supervision>,
 }
 
 impl Config {
@@ -36,6 +39,14 @@ impl Config {
     /// Whether some route delivers messages to `pool` (its instances then get a stdin pipe).
     pub fn is_routed(&self, pool: &str) -> bool {
         self.routes.iter().any(|r| r.to == pool)
+    }
+
+    /// The readiness, health, start-order, rolling and memory settings of `pool`
+    /// (the defaults for a pool that sets none, or that does not exist).
+    pub fn supervision(&self, pool: &str) -> &super::Supervision {
+        self.supervision
+            .get(pool)
+            .unwrap_or(&super::supervision::DEFAULT_SUPERVISION)
     }
 }
 
@@ -57,6 +68,8 @@ pub struct Settings {
     /// `log_buffer`, default [`DEFAULT_LOG_BUFFER`]: bytes of recent output kept per
     /// pool for `orchd ctl CONFIG logs`; 0 keeps nothing.
     pub log_buffer: usize,
+    /// `metrics`: where `GET /metrics` is served (Prometheus text format); None = off.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Default of `[orchd] log_buffer`: 256 KiB per pool.
@@ -77,6 +90,7 @@ impl Default for Settings {
             error_prefix: "ERR ".into(),
             max_clients: DEFAULT_MAX_CLIENTS,
             log_buffer: DEFAULT_LOG_BUFFER,
+            metrics: None,
         }
     }
 }

@@ -22,7 +22,7 @@ pub(crate) const COMMAND_EXPECTED: &str = "a command: a non-empty array of strin
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a table such as [orchd] with log_level, control, drain_timeout, watch, error_prefix, max_clients, log_buffer"
+    expecting = "a table such as [orchd] with log_level, control, drain_timeout, watch, error_prefix, max_clients, log_buffer, metrics"
 )]
 pub(crate) struct RawSettings {
     pub log_level: Option<String>,
@@ -32,6 +32,7 @@ pub(crate) struct RawSettings {
     pub error_prefix: Option<String>,
     pub max_clients: Option<UInt>,
     pub log_buffer: Option<Bytes>,
+    pub metrics: Option<String>,
 }
 
 /// `[pool.NAME]`
@@ -54,6 +55,50 @@ pub(crate) struct RawPool {
     pub stop_timeout: Option<Dur>,
     pub max_inflight: Option<UInt>,
     pub queue: Option<UInt>,
+    pub ready: Option<RawReady>,
+    pub health: Option<RawHealth>,
+    pub depends_on: Option<Vec<String>>,
+    pub rolling: Option<RawRolling>,
+    pub max_rss: Option<Bytes>,
+}
+
+/// `ready = { ... }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table such as { log = \"listening\" }, { after = \"2s\" } or { probe = true }, with an optional timeout"
+)]
+pub(crate) struct RawReady {
+    pub log: Option<String>,
+    pub after: Option<Dur>,
+    pub probe: Option<bool>,
+    pub timeout: Option<Dur>,
+}
+
+/// `health = { ... }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table such as { send = \"PING\", expect = \"^PONG\", every = \"10s\", timeout = \"2s\", failures = 3 } or { exec = [\"curl\", \"-fsS\", \"URL\"] }"
+)]
+pub(crate) struct RawHealth {
+    pub send: Option<String>,
+    pub expect: Option<String>,
+    pub exec: Option<RawCommand>,
+    pub every: Option<Dur>,
+    pub timeout: Option<Dur>,
+    pub failures: Option<UInt>,
+}
+
+/// `rolling = { ... }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table such as { parallel = 1, order = \"start-first\" }"
+)]
+pub(crate) struct RawRolling {
+    pub parallel: Option<UInt>,
+    pub order: Option<String>,
 }
 
 /// `backoff = { ... }`

@@ -5,20 +5,20 @@ use super::signal::known_signal_names;
 use super::source::line_col;
 use super::*;
 
-const FILE: &str = "/etc/orchd/pool.toml";
+pub(super) const FILE: &str = "/etc/orchd/pool.toml";
 
-fn parse(text: &str) -> Result<Config, ConfigErrors> {
+pub(super) fn parse(text: &str) -> Result<Config, ConfigErrors> {
     parse_str(Path::new(FILE), text)
 }
 
-fn ok(text: &str) -> Config {
+pub(super) fn ok(text: &str) -> Config {
     match parse(text) {
         Ok(c) => c,
         Err(e) => panic!("unexpected errors:\n{e}"),
     }
 }
 
-fn errs(text: &str) -> Vec<ConfigError> {
+pub(super) fn errs(text: &str) -> Vec<ConfigError> {
     match parse(text) {
         Ok(c) => panic!("expected errors, got {c:#?}"),
         Err(e) => {
@@ -30,7 +30,7 @@ fn errs(text: &str) -> Vec<ConfigError> {
 
 /// Exactly one error, at LINE:COL with KEY, whose message contains `msg`.
 #[track_caller]
-fn one(text: &str, line: usize, column: usize, key: &str, msg: &str) -> ConfigError {
+pub(super) fn one(text: &str, line: usize, column: usize, key: &str, msg: &str) -> ConfigError {
     let e = errs(text);
     assert_eq!(
         e.len(),
@@ -43,7 +43,7 @@ fn one(text: &str, line: usize, column: usize, key: &str, msg: &str) -> ConfigEr
 }
 
 #[track_caller]
-fn check(e: &ConfigError, line: usize, column: usize, key: &str, msg: &str) {
+pub(super) fn check(e: &ConfigError, line: usize, column: usize, key: &str, msg: &str) {
     assert_eq!(
         (e.line, e.column, e.key.as_str()),
         (line, column, key),
@@ -58,13 +58,13 @@ fn check(e: &ConfigError, line: usize, column: usize, key: &str, msg: &str) {
 }
 
 /// A valid pool on lines 1-2, for tests that add lines from line 3 on.
-const WEB: &str = "[pool.web]\ncommand = [\"worker\"]\n";
+pub(super) const WEB: &str = "[pool.web]\ncommand = [\"worker\"]\n";
 
-fn with_web(rest: &str) -> String {
+pub(super) fn with_web(rest: &str) -> String {
     format!("{WEB}{rest}")
 }
 
-fn web(c: &Config) -> &Pool {
+pub(super) fn web(c: &Config) -> &Pool {
     match c.pool("web") {
         Some(p) => p,
         None => panic!("no pool web"),

@@ -13,6 +13,8 @@ use toml::Spanned;
 
 use super::error::ConfigError;
 use super::listen::{parse_mode, parse_source, socket_identity, tcp_overlap};
+mod health;
+
 use super::model::{
     Backoff, Command, Config, GiveUp, Pattern, Pool, RestartPolicy, Route, Settings, Source,
     Strategy, MAX_LOG_BUFFER,
@@ -23,6 +25,7 @@ use super::raw::{
 };
 use super::signal::{known_signal_names, signal_by_name};
 use super::source::{self, describe_value, quote, KeyPath, Seg};
+use super::supervision::Supervision;
 
 /// Most errors reported for one section (`[orchd]`, one pool, one route); each error
 /// drops one key, so this also bounds the retries.
@@ -134,6 +137,8 @@ pub(crate) struct Checker<'a, 'i> {
     pub errors: Vec<ConfigError>,
     /// See [`Config::positions`].
     positions: BTreeMap<String, (usize, usize)>,
+    /// See [`Config::supervision`]: filled per pool, checked across pools at the end.
+    supervision: BTreeMap<String, Supervision>,
 }
 
 /// A route being built, with what the cross-route checks need.
@@ -157,6 +162,7 @@ impl<'a, 'i> Checker<'a, 'i> {
             dir,
             errors: Vec::new(),
             positions: BTreeMap::new(),
+            supervision: BTreeMap::new(),
         }
     }
 
@@ -342,6 +348,8 @@ impl<'a, 'i> Checker<'a, 'i> {
             .map(|(i, v)| self.route(i, v, &pool_names))
             .collect();
         self.cross_route_checks(&routes, settings.as_ref());
+        let metrics = settings.as_ref().and_then(|s| s.metrics);
+        self.supervision_cross_checks(&pool_names, &routes, metrics);
 
         let settings = settings?;
         let pools: Option<Vec<Pool>> = pools.into_iter().collect();
@@ -352,6 +360,7 @@ impl<'a, 'i> Checker<'a, 'i> {
             pools: pools?,
             routes: routes?,
             positions: std::mem::take(&mut self.positions),
+            supervision: std::mem::take(&mut self.supervision),
         })
     }
 
@@ -417,6 +426,9 @@ impl<'a, 'i> Checker<'a, 'i> {
             Some(Bytes(n)) => s.log_buffer = n as usize,
             None => {}
         }
+        if let Some(m) = &raw.metrics {
+            s.metrics = self.metrics_address(&base.key("metrics"), m);
+        }
         Some(s)
     }
 
@@ -432,6 +444,7 @@ impl<'a, 'i> Checker<'a, 'i> {
             );
         }
         let (raw, failed) = self.section::<RawPool>(&base, value)?;
+        let supervision = self.supervision(&base, &raw, &failed);
 
         const NUL: &str = "expected a string without a NUL character (exec cannot pass one)";
         let command = match raw.command {
@@ -622,6 +635,10 @@ impl<'a, 'i> Checker<'a, 'i> {
         let max_inflight = at_least_one("max_inflight", raw.max_inflight, 32);
         let queue = at_least_one("queue", raw.queue, 10000);
 
+        let supervision = supervision?;
+        if supervision != Supervision::default() {
+            self.supervision.insert(name.to_string(), supervision);
+        }
         Some(Pool {
             name: name.to_string(),
             command: command?,

@@ -672,8 +672,8 @@ impl Daemon {
                 instances.push(json!({
                     "index": i.index,
                     "pid": i.pid(),
-                    "state": i.life.state.name(now).as_str(),
-                    "reason": i.reason(),
+                    "state": i.life.state_name(now).as_str(),
+                    "reason": self.instance_reason(k),
                     "retiring": i.retiring(),
                     "replacement": incoming.contains(&k),
                     "uptime_ms": uptime,

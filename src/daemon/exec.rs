@@ -68,7 +68,7 @@ impl Daemon {
         let leaving = i.retiring() || i.held;
         Some(InstanceView {
             running: matches!(i.life.state, State::Running { .. }),
-            writable: i.can_work(),
+            writable: i.takes_messages(),
             leaving,
             coming_back: !leaving
                 && matches!(i.life.state, State::Backoff { .. } | State::Running { .. }),

@@ -21,7 +21,8 @@
 //! - Executors and wiring: `route` (connections to and from the ledger), `exec` (the
 //!   ledger's actions; instance events for it), `supervise` (instances: feeds their
 //!   lifecycle, performs its actions), `reload` (watcher, plans, rolls), `ctl`
-//!   (operations), `start`, `shutdown`, `ready`; `logs` keeps recent output per pool
+//!   (operations), `start`, `shutdown`, `ready`, `readiness` (readiness, `depends_on`,
+//!   `max_rss`: SPEC 10); `logs` keeps recent output per pool
 //!   for `orchd ctl CONFIG logs`.
 
 pub mod client;
@@ -31,6 +32,7 @@ mod exec;
 pub mod logs;
 mod net;
 pub mod outbuf;
+mod readiness;
 mod ready;
 mod reload;
 mod route;
@@ -122,6 +124,8 @@ enum TimerKey {
     Linger { client: usize, id: u64 },
     /// A rolling replacement has stayed up long enough to take its slot.
     Promote { key: usize, gen: u64 },
+    /// Time to check RSS against `max_rss` (only while some pool sets it).
+    Rss { gen: u64 },
 }
 
 /// Where shutdown stands.
@@ -180,6 +184,8 @@ pub struct Daemon {
     ready_sent: bool,
     /// Shutdown: when to stop waiting for clients to take their last replies.
     flush_deadline: Option<Instant>,
+    /// The generation of the armed RSS check timer (None: not armed).
+    rss_timer: Option<u64>,
     /// The stderr fd registered for WRITABLE while log output waits for room.
     log_fd: Option<i32>,
     exit_code: i32,
@@ -312,6 +318,7 @@ impl Daemon {
                 TimerKey::Accept { listener, gen } => self.on_accept_timer(listener, gen),
                 TimerKey::Linger { client, id } => self.on_linger_timer(client, id),
                 TimerKey::Promote { key, gen } => self.on_promote_timer(key, gen),
+                TimerKey::Rss { gen } => self.on_rss_timer(gen),
             }
         }
     }

@@ -11,7 +11,14 @@ impl Daemon {
         if self.ready_sent || self.starting_up || self.phase != Phase::Running {
             return;
         }
-        if !self.instances.iter().all(|(_, i)| i.first_start_settled()) {
+        // A pool still waiting for its `depends_on` once everything else is settled
+        // waits for something that failed its first start: not waited for (a pool
+        // whose dependencies are met is started in the same loop turn).
+        if !self
+            .instances
+            .iter()
+            .all(|(_, i)| i.first_start_settled() || self.pool_waiting(i.pool))
+        {
             return;
         }
         let mut counts = ReadyCounts {

@@ -404,6 +404,8 @@ impl Daemon {
         self.control_commit(control);
         let old_settings = std::mem::replace(&mut self.config, new).settings;
         self.settings_changed(&old_settings);
+        self.deps_check();
+        self.rss_arm();
         Ok(self.restart_failed())
     }
 
@@ -473,7 +475,8 @@ impl Daemon {
         match step {
             Step::AddPool => {
                 if let Some(p) = new.pool(name) {
-                    self.pool_add(p.clone(), new.is_routed(name));
+                    let sup = new.supervision(name).clone();
+                    self.pool_add(p.clone(), new.is_routed(name), sup);
                 }
                 return;
             }
@@ -487,7 +490,8 @@ impl Daemon {
             Step::AddPool | Step::RemovePool => {}
             Step::Update => {
                 if let Some(cfg) = new.pool(name) {
-                    self.pool_update(key, cfg.clone(), new.is_routed(name));
+                    let sup = new.supervision(name).clone();
+                    self.pool_update(key, cfg.clone(), new.is_routed(name), sup);
                 }
             }
             Step::Roll(event) => {
@@ -504,17 +508,30 @@ impl Daemon {
             Step::AddSlot => {
                 self.instance_add(key);
             }
-            Step::Replacing { replace } => log::info!(
-                "pool {}: replacing {replace} instance(s) one at a time",
-                self.pools[key].cfg.name
-            ),
+            Step::Replacing { replace } => {
+                let p = &self.pools[key];
+                let (n, order) = (p.sup.rolling.parallel, p.sup.rolling.order);
+                let at_once = match n {
+                    1 => "one".to_string(),
+                    n => n.to_string(),
+                };
+                let order = match order {
+                    config::RollOrder::StartFirst => "",
+                    config::RollOrder::StopFirst => " (stop-first)",
+                };
+                log::info!(
+                    "pool {}: replacing {replace} instance(s) {at_once} at a time{order}",
+                    p.cfg.name
+                )
+            }
             Step::Refresh => self.pool_refresh(key),
         }
     }
 
     /// A changed pool takes its new settings, and the spec its new instances run.
-    fn pool_update(&mut self, key: usize, cfg: Pool, routed: bool) {
+    fn pool_update(&mut self, key: usize, cfg: Pool, routed: bool, sup: config::Supervision) {
         let p = &mut self.pools[key];
+        p.sup = sup;
         if p.cfg.user != cfg.user || p.cfg.group != cfg.group {
             super::supervise::warn_if_ids_ignored(&cfg);
         }
@@ -558,6 +575,11 @@ impl Daemon {
             let now = self.now;
             self.roll_event(pool, RollEvent::Started { key: k, now });
         }
+    }
+
+    /// An instance became ready: if it is a roll's replacement, it takes its slot.
+    pub(super) fn roll_ready(&mut self, pool: usize, k: usize) {
+        self.roll_event(pool, RollEvent::Ready { key: k });
     }
 
     /// A promote timer fired: the roll promotes the replacement if it stayed up.
@@ -605,8 +627,11 @@ impl Daemon {
                 slots: &p.slots,
                 spec: &p.spec,
                 routed: p.routed,
+                rolling: p.sup.rolling,
+                gated: p.sup.ready.is_some(),
                 instances: &self.instances,
-                shutting_down: self.phase != Phase::Running,
+                // Nothing starts in a pool waiting for its `depends_on`.
+                shutting_down: self.phase != Phase::Running || p.waiting.is_some(),
             };
             roll.handle(event, &view, &mut actions);
             if roll.is_over() {
@@ -628,6 +653,23 @@ impl Daemon {
                 self.roll_event(pool, RollEvent::Created { index, key: new });
                 // Until it is promoted (or waits in backoff), the old instance serves.
                 self.start_instance(new);
+            }
+            RollAction::Create { index } => {
+                if self.pools.get(pool).is_none_or(|p| p.roll.is_none()) {
+                    return;
+                }
+                let new = self.instance_new(pool, index);
+                self.roll_event(pool, RollEvent::Created { index, key: new });
+            }
+            RollAction::Launch { key } => self.start_instance(key),
+            RollAction::Halted { key, .. } => {
+                if let (Some(p), Some(i)) = (self.pools.get(pool), self.instances.get(key)) {
+                    log::error!(
+                        "pool {}: replacement {} stopped before it was ready; replacement halted",
+                        p.cfg.name,
+                        i.label
+                    );
+                }
             }
             RollAction::ArmPromote { key, gen, at } => {
                 self.timers.arm(at, TimerKey::Promote { key, gen });
@@ -678,6 +720,8 @@ struct PoolSlots<'a> {
     slots: &'a [usize],
     spec: &'a Pool,
     routed: bool,
+    rolling: config::Rolling,
+    gated: bool,
     instances: &'a Slab<Instance>,
     shutting_down: bool,
 }
@@ -695,5 +739,13 @@ impl Slots for PoolSlots<'_> {
 
     fn shutting_down(&self) -> bool {
         self.shutting_down
+    }
+
+    fn rolling(&self) -> config::Rolling {
+        self.rolling
+    }
+
+    fn gated(&self) -> bool {
+        self.gated
     }
 }

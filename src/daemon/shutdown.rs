@@ -49,10 +49,8 @@ impl Daemon {
         }
         self.phase = Phase::Stopping { forced: false };
         self.router_fail_all("shutting down");
-        let keys: Vec<usize> = self.instances.iter().map(|(k, _)| k).collect();
-        for k in keys {
-            self.stop_instance(k);
-        }
+        // Dependents first, then what they depend on (`depends_on`, SPEC 10).
+        self.stop_next_wave();
     }
 
     pub(super) fn kill_everything(&mut self) {

@@ -74,6 +74,7 @@ impl Daemon {
             starting_up: true,
             ready_sent: false,
             flush_deadline: None,
+            rss_timer: None,
             log_fd: None,
             exit_code: 0,
         };
@@ -86,8 +87,11 @@ impl Daemon {
         }
         d.watch_start();
         for pool in &config.pools {
-            d.pool_add(pool.clone(), config.is_routed(&pool.name));
+            let sup = config.supervision(&pool.name).clone();
+            d.pool_add(pool.clone(), config.is_routed(&pool.name), sup);
         }
+        d.deps_check();
+        d.rss_arm();
         d.router_install(&config);
         d.starting_up = false;
         d.notify_ready_if_started();

@@ -19,7 +19,7 @@ use super::logs::Stream;
 use super::outbuf::OutBuf;
 use super::workers::{self, PipeIn, PipeOut, LOG_LINE_MAX};
 use super::{Daemon, IoTarget, Phase, TimerKey};
-use crate::config::Pool;
+use crate::config::{Pool, Supervision};
 use crate::framing::{log_pieces, LineBuf};
 use crate::supervisor::lifecycle::{Action, Context, Event, FirstStart, Lifecycle, State, Then};
 use crate::supervisor::spawn::{self, Credentials};
@@ -49,6 +49,10 @@ pub struct PoolRt {
     pub roll: Option<super::reload::Roll>,
     /// `orchd ctl stop POOL`: instances a later scale-up adds are held too.
     pub held: bool,
+    /// Readiness, health, start order, rolling, max_rss (SPEC 10).
+    pub sup: Supervision,
+    /// Not started yet: waiting for its `depends_on` (the status reason).
+    pub waiting: Option<String>,
 }
 
 impl PoolRt {
@@ -84,6 +88,8 @@ pub struct Instance {
     pub(super) stdout: Option<PipeIn>,
     pub(super) stderr: Option<PipeIn>,
     pub(super) stdin: Option<PipeOut>,
+    /// `max_rss`: its run of checks over the limit.
+    pub rss: crate::health::rss::RssWatch,
 }
 
 impl Instance {
@@ -148,11 +154,16 @@ impl Instance {
     pub fn can_work(&self) -> bool {
         matches!(self.life.state, State::Running { .. }) && self.stdin.is_some()
     }
+
+    /// Running with a stdin and, when its pool sets `ready`, ready (SPEC 10).
+    pub fn takes_messages(&self) -> bool {
+        self.can_work() && self.life.takes_messages()
+    }
 }
 
 impl Daemon {
     /// Create a pool and start its instances.
-    pub(super) fn pool_add(&mut self, cfg: Pool, routed: bool) -> usize {
+    pub(super) fn pool_add(&mut self, cfg: Pool, routed: bool, sup: Supervision) -> usize {
         warn_if_ids_ignored(&cfg);
         let count = cfg.count;
         let name = cfg.name.clone();
@@ -165,6 +176,9 @@ impl Daemon {
             removed: false,
             roll: None,
             held: false,
+            // Decided by `deps_check` once every pool is known.
+            waiting: (!sup.depends_on.is_empty()).then(|| "waiting".to_string()),
+            sup,
         });
         self.pool_names.insert(name, key);
         for _ in 0..count {
@@ -182,6 +196,10 @@ impl Daemon {
             // `orchd ctl stop POOL` holds what a scale-up adds (SPEC 9).
             self.instances[key].held = true;
             log::info!("{} held stopped", self.instances[key].label);
+            return key;
+        }
+        if self.pools[pool].waiting.is_some() {
+            // Its dependencies are not met yet: `deps_check` starts it.
             return key;
         }
         self.start_instance(key);
@@ -211,6 +229,7 @@ impl Daemon {
             stdout: None,
             stderr: None,
             stdin: None,
+            rss: Default::default(),
         })
     }
 
@@ -275,6 +294,7 @@ impl Daemon {
             running,
             held: inst.held,
             await_ready,
+            ready: pool.sup.ready.as_ref(),
             rand01,
             gen,
         };
@@ -295,6 +315,7 @@ impl Daemon {
     fn perform(&mut self, key: usize, id: u64, pool: usize, action: Action) {
         if action == Action::PoolLost {
             self.route_pool_lost(pool);
+            self.deps_changed();
             return;
         }
         if self.instances.get(key).is_none_or(|i| i.id != id) {
@@ -332,6 +353,7 @@ impl Daemon {
                 self.roll_started(key);
                 self.route_instance_up(key);
             }
+            Action::Ready => self.instance_ready(key),
             Action::Down => self.route_instance_down(key),
             Action::Gone => {
                 self.roll_incoming_stopped(key);
@@ -339,6 +361,7 @@ impl Daemon {
                 if self.instances.get(key).is_some_and(Instance::retiring) {
                     self.instance_forget(key);
                 }
+                self.deps_changed();
             }
             Action::PoolLost => {}
             Action::Log {
@@ -617,14 +640,22 @@ impl Daemon {
         let Some(mut pipe) = self.instances.get_mut(key).and_then(|i| i.stderr.take()) else {
             return;
         };
-        let inst = &self.instances[key];
+        let now = self.now;
+        let inst = &mut self.instances[key];
         let (label, index) = (inst.label.clone(), inst.index);
         let pool = &self.pools[inst.pool].cfg.name;
         let control = &mut self.control;
+        let mut ready = None;
         let open = pipe.read_lines(&label, |line| {
-            log_output(control, pool, index, &label, Stream::Stderr, line)
+            log_output(control, pool, index, &label, Stream::Stderr, line);
+            if ready.is_none() && inst.life.wants_lines() {
+                ready = inst.life.ready_line(line, now);
+            }
         });
         self.put_back_pipe(key, pipe, open, false);
+        if let Some(event) = ready {
+            self.feed(key, event);
+        }
     }
 
     /// A routed worker's stdout lines are replies; an unrouted one's are logged.
@@ -632,18 +663,26 @@ impl Daemon {
         let Some(mut pipe) = self.instances.get_mut(key).and_then(|i| i.stdout.take()) else {
             return;
         };
-        let inst = &self.instances[key];
+        let now = self.now;
+        let inst = &mut self.instances[key];
         let label = inst.label.clone();
+        let mut ready = None;
         let open = if inst.stdin_pipe {
             pipe.read_replies(&label, |reply| self.on_worker_reply(key, reply))
         } else {
             let (index, pool) = (inst.index, &self.pools[inst.pool].cfg.name);
             let control = &mut self.control;
             pipe.read_lines(&label, |line| {
-                log_output(control, pool, index, &label, Stream::Stdout, line)
+                log_output(control, pool, index, &label, Stream::Stdout, line);
+                if ready.is_none() && inst.life.wants_lines() {
+                    ready = inst.life.ready_line(line, now);
+                }
             })
         };
         self.put_back_pipe(key, pipe, open, true);
+        if let Some(event) = ready {
+            self.feed(key, event);
+        }
     }
 
     fn put_back_pipe(&mut self, key: usize, mut pipe: PipeIn, open: bool, stdout: bool) {
@@ -733,6 +772,7 @@ mod tests {
             stdout: None,
             stderr: None,
             stdin: None,
+            rss: Default::default(),
         }
     }
 

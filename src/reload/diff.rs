@@ -172,7 +172,8 @@ pub fn diff_running<'a>(
                     .iter()
                     .any(|s| !RunningPool::runs(s, p, p_routed));
                 let resize = (o.count != p.count).then_some((o.count, p.count));
-                let settings = settings_changed(o, p);
+                let mut settings = settings_changed(o, p);
+                settings.extend(old.supervision(&o.name).changed(new.supervision(&p.name)));
                 if replace == 0 && !cancel && resize.is_none() && settings.is_empty() {
                     PoolChange::Unchanged {
                         name: p.name.clone(),
@@ -227,6 +228,7 @@ pub fn diff_running<'a>(
         ("error_prefix", a.error_prefix != b.error_prefix),
         ("max_clients", a.max_clients != b.max_clients),
         ("log_buffer", a.log_buffer != b.log_buffer),
+        ("metrics", a.metrics != b.metrics),
     ]);
     plan
 }

@@ -18,20 +18,20 @@
 //! On top of it, promotion checks that the replacement has really been running for
 //! [`START_GRACE`], so even a key reused by another roll cannot be promoted early.
 //!
-//! Room for more (issue 10): the replacements under way are lists bounded by
-//! [`PARALLEL`] (`rolling.parallel`); "stayed up" is one check in [`Roll::handle`]
-//! (readiness); stop-first would retire the old instance at `Start` instead of at
-//! promotion.
+//! Readiness and `rolling` (SPEC 10, [`Slots::rolling`], [`Slots::gated`]): in a pool
+//! that sets `ready`, "stayed up" is [`Event::Ready`] instead of the promote timer.
+//! Up to `rolling.parallel` replacements are under way at once (started, not yet
+//! ready); the next one starts as soon as one is ready, and old instances drain in
+//! parallel. `stop-first`: the replacement is created and takes the slot at once, the
+//! old instance retires, and the replacement is launched only once the old one is
+//! gone ([`Action::Create`], [`Action::Launch`]), so a slot never runs two processes.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
 
+use crate::config::{RollOrder, Rolling};
 use crate::supervisor::lifecycle::START_GRACE;
 use crate::timers::deadline;
-
-/// Replacements under way at once (started and not yet promoted, or promoted and
-/// their old instance not yet gone).
-pub const PARALLEL: usize = 1;
 
 /// One slot of the pool, as the shell sees it now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +51,15 @@ pub trait Slots {
     fn slot(&self, index: u32) -> Option<Slot>;
     /// orchd is shutting down: nothing starts, nothing is promoted.
     fn shutting_down(&self) -> bool;
+    /// The pool's `rolling` settings.
+    fn rolling(&self) -> Rolling {
+        Rolling::default()
+    }
+    /// The pool sets `ready`: a replacement counts when [`Event::Ready`] says so, not
+    /// after [`START_GRACE`] of running.
+    fn gated(&self) -> bool {
+        false
+    }
 }
 
 /// What happened.
@@ -89,6 +98,8 @@ pub enum Event {
         now: Instant,
         running_since: Option<Instant>,
     },
+    /// An instance became ready (a pool that sets `ready`).
+    Ready { key: usize },
     /// An instance stopped for good (its restart policy, or shutdown).
     Stopped { key: usize },
     /// An instance was forgotten.
@@ -114,6 +125,11 @@ pub enum Action {
     /// Create a new instance for slot `index` (answer with [`Event::Created`]), then
     /// start it.
     Start { index: u32 },
+    /// Stop-first: create a new instance for slot `index` (answer with
+    /// [`Event::Created`]) and do not start it ([`Action::Launch`] will).
+    Create { index: u32 },
+    /// Stop-first: the old instance of the slot is gone: start its replacement.
+    Launch { key: usize },
     /// Fire [`Event::PromoteDue`] for `key` with `gen` at `at`.
     ArmPromote { key: usize, gen: u64, at: Instant },
     /// `new` takes slot `index` from `old` (retired by the [`Action::Retire`] that
@@ -126,6 +142,9 @@ pub enum Action {
     /// The replacement `key` for `index` stopped for good: the roll is over, the
     /// running instances stay. The shell forgets `key`.
     Abandoned { index: u32, key: usize },
+    /// Stop-first: the replacement `key`, already in slot `index`, stopped for good
+    /// before it was ready: the roll is over; it stays in its slot.
+    Halted { index: u32, key: usize },
 }
 
 /// A replacement started, waiting to take its slot.
@@ -136,6 +155,10 @@ struct Incoming {
     key: Option<usize>,
     /// Generation of the promote timer armed at its latest start.
     armed: Option<u64>,
+    /// Stop-first: it took its slot when created.
+    stop_first: bool,
+    /// Stop-first: the old instance it waits for to be gone before it is launched.
+    waits_for: Option<usize>,
 }
 
 /// The rolling replacement of one pool.
@@ -163,9 +186,11 @@ impl Roll {
     }
 
     /// Replacements started and created, not yet promoted: (index, instance key).
+    /// Stop-first replacements are in their slots already and not listed.
     pub fn incoming(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
         self.incoming
             .iter()
+            .filter(|i| !i.stop_first)
             .filter_map(|i| i.key.map(|k| (i.index, k)))
     }
 
@@ -197,10 +222,6 @@ impl Roll {
     /// The invariants, after every event (debug builds).
     fn check(&self) {
         debug_assert!(
-            self.over || self.incoming.len() + self.outgoing.len() <= PARALLEL,
-            "more replacements under way than PARALLEL: {self:?}"
-        );
-        debug_assert!(
             self.incoming.iter().enumerate().all(|(n, i)| {
                 self.incoming[..n]
                     .iter()
@@ -231,14 +252,20 @@ impl Roll {
             Event::Hold { index } => self.skip(index, Why::Cancelled, out),
             Event::GiveUp { index } => self.skip(index, Why::Failed, out),
             Event::Cancel => {
-                for i in self.incoming.drain(..) {
+                // A stop-first replacement is in its slot already: it goes on (a
+                // later roll replaces it if it runs another spec).
+                self.incoming.retain(|i| {
+                    if i.stop_first {
+                        return true;
+                    }
                     if let Some(key) = i.key {
                         out.push(Action::Retire {
                             key,
                             why: Why::Cancelled,
                         });
                     }
-                }
+                    false
+                });
                 // The old instances of promoted slots drain on their own; the new roll
                 // does not wait for them.
                 self.outgoing.clear();
@@ -249,7 +276,8 @@ impl Roll {
                     if i.index < count {
                         return true;
                     }
-                    if let Some(key) = i.key {
+                    // A stop-first replacement is in its slot: the shell retires it.
+                    if let Some(key) = i.key.filter(|_| !i.stop_first) {
                         out.push(Action::Retire {
                             key,
                             why: Why::Dropped,
@@ -268,7 +296,7 @@ impl Roll {
             Event::Remove => {
                 self.over = true;
                 for i in self.incoming.drain(..) {
-                    if let Some(key) = i.key {
+                    if let Some(key) = i.key.filter(|_| !i.stop_first) {
                         out.push(Action::Retire {
                             key,
                             why: Why::Dropped,
@@ -284,9 +312,36 @@ impl Roll {
                 debug_assert!(pending.is_some(), "created {key} for {index}: not started");
                 if let Some(i) = pending {
                     i.key = Some(key);
+                    if let Some(old) = i.waits_for {
+                        // Stop-first: it takes the slot now; launched once the old
+                        // one is gone.
+                        out.push(Action::Promote {
+                            index,
+                            new: key,
+                            old,
+                        });
+                        out.push(Action::Retire {
+                            key: old,
+                            why: Why::Replaced,
+                        });
+                    }
+                }
+            }
+            Event::Ready { key } => {
+                if !slots.gated() {
+                    return;
+                }
+                if let Some(pos) = self.incoming.iter().position(|i| i.key == Some(key)) {
+                    if !slots.shutting_down() {
+                        self.ready(pos, slots, out);
+                    }
                 }
             }
             Event::Started { key, now } => {
+                if slots.gated() {
+                    // Ready comes as Event::Ready.
+                    return;
+                }
                 if let Some(i) = self.incoming.iter_mut().find(|i| i.key == Some(key)) {
                     self.gen += 1;
                     i.armed = Some(self.gen);
@@ -316,9 +371,66 @@ impl Roll {
                 if !stayed_up || slots.shutting_down() {
                     return;
                 }
-                let index = self.incoming.remove(pos).index;
-                self.next = index + 1;
-                self.restart.remove(&index);
+                self.ready(pos, slots, out);
+            }
+            Event::Stopped { key } => {
+                if let Some(pos) = self.incoming.iter().position(|i| i.key == Some(key)) {
+                    let i = self.incoming.remove(pos);
+                    self.over = true;
+                    out.push(if i.stop_first {
+                        Action::Halted {
+                            index: i.index,
+                            key,
+                        }
+                    } else {
+                        Action::Abandoned {
+                            index: i.index,
+                            key,
+                        }
+                    });
+                }
+            }
+            Event::Gone { key } => {
+                let before = self.outgoing.len() + self.incoming.len();
+                self.outgoing.retain(|&k| k != key);
+                self.incoming.retain(|i| i.key != Some(key));
+                let mut launched = false;
+                for i in self.incoming.iter_mut() {
+                    if i.waits_for == Some(key) {
+                        i.waits_for = None;
+                        if let Some(new) = i.key {
+                            launched = true;
+                            out.push(Action::Launch { key: new });
+                        }
+                    }
+                }
+                if launched || self.outgoing.len() + self.incoming.len() < before {
+                    self.step(slots, out);
+                }
+            }
+        }
+    }
+
+    /// The replacement at `pos` of the incoming list is ready (or stayed up): it takes
+    /// its slot (start-first), the old instance retires, and the next may start.
+    fn ready(&mut self, pos: usize, slots: &impl Slots, out: &mut Vec<Action>) {
+        let Some(key) = self.incoming[pos].key else {
+            return;
+        };
+        if self.incoming[pos].waits_for.is_some() {
+            // Stop-first, not launched yet: cannot be ready.
+            return;
+        }
+        let inc = self.incoming.remove(pos);
+        let index = inc.index;
+        self.next = self.next.max(index + 1);
+        self.restart.remove(&index);
+        if inc.stop_first {
+            self.step(slots, out);
+            return;
+        }
+        {
+            {
                 match slots.slot(index) {
                     Some(old) => {
                         self.outgoing.push(old.key);
@@ -339,26 +451,11 @@ impl Roll {
                             key,
                             why: Why::Dropped,
                         });
-                        self.step(slots, out);
                     }
                 }
             }
-            Event::Stopped { key } => {
-                if let Some(pos) = self.incoming.iter().position(|i| i.key == Some(key)) {
-                    let index = self.incoming.remove(pos).index;
-                    self.over = true;
-                    out.push(Action::Abandoned { index, key });
-                }
-            }
-            Event::Gone { key } => {
-                let before = self.outgoing.len() + self.incoming.len();
-                self.outgoing.retain(|&k| k != key);
-                self.incoming.retain(|i| i.key != Some(key));
-                if self.outgoing.len() + self.incoming.len() < before {
-                    self.step(slots, out);
-                }
-            }
         }
+        self.step(slots, out);
     }
 
     /// Slot `index` is not replaced now: not for `ctl restart`, and a replacement on its
@@ -366,7 +463,17 @@ impl Roll {
     fn skip(&mut self, index: u32, why: Why, out: &mut Vec<Action>) {
         self.restart.remove(&index);
         if let Some(pos) = self.incoming.iter().position(|i| i.index == index) {
-            let i = self.incoming.remove(pos);
+            let i = self.incoming[pos];
+            if i.stop_first {
+                // In its slot already. Held: it stays held there. Given up: it goes
+                // on by its restart policy once launched (its old one is stopping).
+                if why == Why::Cancelled || i.waits_for.is_none() {
+                    self.incoming.remove(pos);
+                    self.next = self.next.max(index + 1);
+                }
+                return;
+            }
+            self.incoming.remove(pos);
             self.next = self.next.max(index + 1);
             if let Some(key) = i.key {
                 out.push(Action::Retire { key, why });
@@ -374,8 +481,9 @@ impl Roll {
         }
     }
 
-    fn busy(&self) -> bool {
-        self.incoming.len() + self.outgoing.len() >= PARALLEL
+    /// `rolling.parallel` replacements are under way (started, not yet ready).
+    fn busy(&self, rolling: Rolling) -> bool {
+        self.incoming.len() >= rolling.parallel.max(1) as usize
     }
 
     /// Start replacements while there is room; the roll is done once every slot runs
@@ -384,7 +492,8 @@ impl Roll {
         if slots.shutting_down() {
             return;
         }
-        while !self.busy() {
+        let rolling = slots.rolling();
+        while !self.busy(rolling) {
             // Instances that already run the pool's spec stay (SPEC 6: decided per
             // running instance), unless `orchd ctl restart` asked for them; held ones
             // stay held.
@@ -411,10 +520,24 @@ impl Roll {
                 }
                 return;
             }
+            if rolling.order == RollOrder::StopFirst {
+                let old = slots.slot(index).map(|s| s.key);
+                self.incoming.push(Incoming {
+                    index,
+                    key: None,
+                    armed: None,
+                    stop_first: true,
+                    waits_for: old,
+                });
+                out.push(Action::Create { index });
+                continue;
+            }
             self.incoming.push(Incoming {
                 index,
                 key: None,
                 armed: None,
+                stop_first: false,
+                waits_for: None,
             });
             out.push(Action::Start { index });
         }
@@ -433,6 +556,11 @@ mod tests {
         next_key: usize,
         retired: Vec<(usize, Why)>,
         started: Vec<u32>,
+        /// Stop-first: indexes whose replacement was created, keys launched.
+        created: Vec<u32>,
+        launched: Vec<usize>,
+        rolling: Rolling,
+        gated: bool,
         timers: Vec<(usize, u64, Instant)>,
     }
 
@@ -442,6 +570,12 @@ mod tests {
         }
         fn shutting_down(&self) -> bool {
             self.shutting_down
+        }
+        fn rolling(&self) -> Rolling {
+            self.rolling
+        }
+        fn gated(&self) -> bool {
+            self.gated
         }
     }
 
@@ -475,6 +609,10 @@ mod tests {
                 shutting_down: false,
                 retired: Vec::new(),
                 started: Vec::new(),
+                created: Vec::new(),
+                launched: Vec::new(),
+                rolling: Rolling::default(),
+                gated: false,
                 timers: Vec::new(),
             }
         }
@@ -504,7 +642,31 @@ mod tests {
                         };
                     }
                     Action::Retire { key, why } => self.retired.push((key, why)),
-                    Action::Done | Action::Abandoned { .. } => {}
+                    Action::Create { index } => {
+                        let key = self.next_key;
+                        self.next_key += 1;
+                        self.created.push(index);
+                        let mut created = Vec::new();
+                        roll.handle(Event::Created { index, key }, &*self, &mut created);
+                        // Stop-first: it takes the slot, the old one retires.
+                        for a in created {
+                            match a {
+                                Action::Promote { index, new, old } => {
+                                    let slot = &mut self.slots[index as usize];
+                                    assert_eq!(slot.key, old);
+                                    *slot = Slot {
+                                        key: new,
+                                        held: false,
+                                        current: true,
+                                    };
+                                }
+                                Action::Retire { key, why } => self.retired.push((key, why)),
+                                a => panic!("{a:?}"),
+                            }
+                        }
+                    }
+                    Action::Launch { key } => self.launched.push(key),
+                    Action::Done | Action::Abandoned { .. } | Action::Halted { .. } => {}
                 }
             }
             out
@@ -520,8 +682,9 @@ mod tests {
             assert_eq!(at, t + START_GRACE);
             let old = self.slots[index as usize].key;
             let out = self.feed(roll, due(key, gen, at, Some(t)));
+            // The next replacement may follow at once (not checked here).
             assert_eq!(
-                out,
+                out[..2],
                 [
                     Action::Promote {
                         index,
@@ -601,31 +764,144 @@ mod tests {
     }
 
     #[test]
-    fn a_full_roll_replaces_one_index_at_a_time() {
+    fn a_full_roll_replaces_one_index_at_a_time_and_old_ones_drain_in_parallel() {
         let t = Instant::now();
         let mut pool = Pool::stale(3);
         let mut roll = begin(&mut pool, 3);
+        let mut olds = Vec::new();
         for index in 0..3u32 {
             assert_eq!(pool.started.len(), index as usize + 1, "one at a time");
-            let old = pool.replace(&mut roll, index, t);
-            // The next index waits for the old instance to be gone.
-            assert_eq!(pool.feed(&mut roll, Event::Proceed), []);
-            assert_eq!(pool.started.len(), index as usize + 1);
-            let out = pool.feed(&mut roll, Event::Gone { key: old });
-            if index < 2 {
-                assert_eq!(out, [Action::Start { index: index + 1 }]);
-            } else {
-                assert_eq!(out, [Action::Done]);
-            }
+            olds.push(pool.replace(&mut roll, index, t));
+            // The next index does not wait for the old instance to be gone.
         }
-        assert!(roll.is_over());
         assert_eq!(pool.started, [0, 1, 2]);
+        assert!(!roll.is_over(), "old instances still draining");
+        assert_eq!(pool.feed(&mut roll, Event::Gone { key: olds[0] }), []);
+        assert_eq!(pool.feed(&mut roll, Event::Gone { key: olds[2] }), []);
+        assert_eq!(
+            pool.feed(&mut roll, Event::Gone { key: olds[1] }),
+            [Action::Done]
+        );
+        assert!(roll.is_over());
         assert_eq!(
             pool.retired,
             [0, 1, 2].map(|k| (k, Why::Replaced)),
             "each old instance retired once"
         );
         assert!(pool.slots.iter().all(|s| s.current && s.key >= 100));
+    }
+
+    #[test]
+    fn parallel_replacements_start_together_and_ready_ones_make_room() {
+        let mut pool = Pool::stale(5);
+        pool.rolling = Rolling {
+            parallel: 2,
+            order: RollOrder::StartFirst,
+        };
+        pool.gated = true;
+        let mut roll = begin(&mut pool, 5);
+        assert_eq!(pool.started, [0, 1]);
+        let (a, b) = (roll.incoming_at(0).unwrap(), roll.incoming_at(1).unwrap());
+        // In a `ready` pool, staying up is not enough: no promote timer.
+        assert_eq!(
+            pool.feed(
+                &mut roll,
+                Event::Started {
+                    key: b,
+                    now: Instant::now()
+                }
+            ),
+            []
+        );
+        // Index 1 ready first: it takes its slot, index 2 starts.
+        let out = pool.feed(&mut roll, Event::Ready { key: b });
+        assert_eq!(
+            out,
+            [
+                Action::Promote {
+                    index: 1,
+                    new: b,
+                    old: 1
+                },
+                Action::Retire {
+                    key: 1,
+                    why: Why::Replaced
+                },
+                Action::Start { index: 2 },
+            ]
+        );
+        let out = pool.feed(&mut roll, Event::Ready { key: a });
+        assert_eq!(out[2], Action::Start { index: 3 });
+        for index in [2, 3] {
+            let k = roll.incoming_at(index).unwrap();
+            pool.feed(&mut roll, Event::Ready { key: k });
+        }
+        let k = roll.incoming_at(4).unwrap();
+        pool.feed(&mut roll, Event::Ready { key: k });
+        assert_eq!(pool.started, [0, 1, 2, 3, 4]);
+        assert!(!roll.has_incoming());
+        for old in 0..4 {
+            assert_eq!(pool.feed(&mut roll, Event::Gone { key: old }), []);
+        }
+        assert_eq!(pool.feed(&mut roll, Event::Gone { key: 4 }), [Action::Done]);
+    }
+
+    #[test]
+    fn stop_first_never_runs_two_instances_of_a_slot() {
+        let mut pool = Pool::stale(2);
+        pool.rolling = Rolling {
+            parallel: 1,
+            order: RollOrder::StopFirst,
+        };
+        pool.gated = true;
+        let mut roll = begin(&mut pool, 2);
+        // Created (not started), in its slot at once; the old one retires.
+        assert_eq!(pool.created, [0]);
+        assert!(pool.started.is_empty());
+        assert_eq!(pool.retired, [(0, Why::Replaced)]);
+        let new = pool.slots[0].key;
+        assert!(new >= 100);
+        assert!(pool.launched.is_empty());
+        // Not listed as incoming (status shows it in its slot).
+        assert_eq!(roll.incoming().count(), 0);
+        assert!(roll.pending(0));
+        // A ready event before launch cannot happen; ignored.
+        assert_eq!(pool.feed(&mut roll, Event::Ready { key: new }), []);
+        // Another instance gone: nothing.
+        assert_eq!(pool.feed(&mut roll, Event::Gone { key: 1 }), []);
+        // The old one gone: launched; the next slot waits until it is ready.
+        assert_eq!(
+            pool.feed(&mut roll, Event::Gone { key: 0 }),
+            [Action::Launch { key: new }]
+        );
+        assert_eq!(pool.created, [0]);
+        let out = pool.feed(&mut roll, Event::Ready { key: new });
+        assert_eq!(out, [Action::Create { index: 1 }]);
+        assert_eq!(pool.retired[1], (1, Why::Replaced));
+        let new1 = pool.slots[1].key;
+        assert_eq!(
+            pool.feed(&mut roll, Event::Gone { key: 1 }),
+            [Action::Launch { key: new1 }]
+        );
+        assert_eq!(
+            pool.feed(&mut roll, Event::Ready { key: new1 }),
+            [Action::Done]
+        );
+        assert!(roll.is_over());
+    }
+
+    #[test]
+    fn stop_first_replacement_that_never_gets_ready_halts_and_stays() {
+        let mut pool = Pool::stale(2);
+        pool.rolling.order = RollOrder::StopFirst;
+        let mut roll = begin(&mut pool, 2);
+        let new = pool.slots[0].key;
+        pool.feed(&mut roll, Event::Gone { key: 0 });
+        let out = pool.feed(&mut roll, Event::Stopped { key: new });
+        assert_eq!(out, [Action::Halted { index: 0, key: new }]);
+        assert!(roll.is_over());
+        // Not retired: it is the slot's instance now.
+        assert_eq!(pool.retired, [(0, Why::Replaced)]);
     }
 
     #[test]
@@ -704,15 +980,13 @@ mod tests {
     }
 
     #[test]
-    fn the_old_instance_gone_lets_the_roll_go_on_and_other_instances_do_not() {
+    fn the_roll_goes_on_while_the_old_instance_drains() {
         let (mut pool, mut roll, old) = first_replaced(2);
-        // Some other instance of the pool is forgotten: the roll still waits.
-        assert_eq!(pool.feed(&mut roll, Event::Gone { key: 1 }), []);
+        // Index 1 started as soon as index 0 was promoted.
+        assert_eq!(pool.started, [0, 1]);
         assert_eq!(pool.feed(&mut roll, Event::Stopped { key: old }), []);
-        assert_eq!(
-            pool.feed(&mut roll, Event::Gone { key: old }),
-            [Action::Start { index: 1 }]
-        );
+        assert_eq!(pool.feed(&mut roll, Event::Gone { key: old }), []);
+        assert!(roll.incoming_at(1).is_some());
     }
 
     #[test]

@@ -16,11 +16,23 @@
 //! replacement, removal) and is then never restarted and forgotten once stopped;
 //! whether it is held by `orchd ctl stop` and whether orchd is shutting down come in
 //! with each step ([`Context`]).
+//!
+//! Readiness (SPEC 10): with the pool's `ready` set ([`Context::ready`]), a spawned
+//! process is `starting` and takes no messages until it is ready: its
+//! [`ReadyTracker`] decides from the time ([`TimerKind::Ready`]), from output lines
+//! the shell hands it ([`Lifecycle::ready_line`]) or from a passed health probe
+//! ([`Event::ProbePassed`]); the shell and the health checks raise
+//! [`Event::Ready`] / [`Event::NotReady`] with what it decided. Ready pushes
+//! [`Action::Ready`]; not ready within `ready.timeout` stops the process and counts as
+//! a failed start (backoff, give_up). Without `ready`, nothing changes: messages at
+//! once, `starting` for [`START_GRACE`].
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::config::{Backoff, GiveUp, Pool, RestartPolicy, Signal};
+use crate::config::{Backoff, GiveUp, Pool, Ready, RestartPolicy, Signal};
+use crate::health::order::Member;
+use crate::health::ready::{ReadyEvent, ReadyTracker};
 use crate::sys::Exit;
 use crate::timers::{deadline, fmt_duration};
 
@@ -66,6 +78,8 @@ pub enum Then {
     /// `orchd ctl start` came while its hold was stopping it: start it again, with
     /// what its pool runs now.
     Release,
+    /// It did not get ready within `ready.timeout`: a failed start (backoff, give_up).
+    FailedStart,
 }
 
 /// The names SPEC fixes for states.
@@ -113,10 +127,22 @@ impl FirstStart {
     /// After an exit (`exit` None: the spawn failed) of a process that ran for
     /// `ran_for`; `restarting`: the restart policy starts it again.
     pub fn exited(self, exit: Option<Exit>, ran_for: Duration, restarting: bool) -> FirstStart {
+        self.exited_gated(exit, ran_for, restarting, false)
+    }
+
+    /// [`Self::exited`]; `gated`: the pool sets `ready`, so only [`Event::Ready`]
+    /// makes a start ready, never the time it ran.
+    pub fn exited_gated(
+        self,
+        exit: Option<Exit>,
+        ran_for: Duration,
+        restarting: bool,
+        gated: bool,
+    ) -> FirstStart {
         match self {
             FirstStart::Ready | FirstStart::Completed => self,
             // Up long enough: its ready timer was due, just not handled yet.
-            _ if exit.is_some() && ran_for >= START_GRACE => FirstStart::Ready,
+            _ if !gated && exit.is_some() && ran_for >= START_GRACE => FirstStart::Ready,
             _ if exit.is_some_and(Exit::success) && !restarting => FirstStart::Completed,
             _ => FirstStart::Failed,
         }
@@ -177,6 +203,11 @@ pub struct Lifecycle {
     /// Leaving (scale-down, replacement, removal): it takes no new work, is not
     /// restarted, and once stopped its slot is forgotten.
     leaving: bool,
+    /// Readiness of the current process when its pool sets `ready` (None: it does
+    /// not, or no process runs).
+    ready: Option<ReadyTracker>,
+    /// The current process became ready ([`Action::Ready`] went out).
+    ready_seen: bool,
 }
 
 impl Lifecycle {
@@ -192,6 +223,8 @@ impl Lifecycle {
             started_at: now,
             gen,
             leaving: false,
+            ready: None,
+            ready_seen: false,
         }
     }
 }
@@ -203,6 +236,8 @@ pub enum TimerKind {
     State,
     /// START_GRACE after a spawn: the first start may have succeeded.
     FirstReady,
+    /// The ready tracker's next deadline (`ready.after`, `ready.timeout`).
+    Ready,
 }
 
 /// An armed timer: what for, and the generation it was armed in.
@@ -242,6 +277,12 @@ pub enum Event {
     Killed,
     /// A timer it armed fired; `group_alive`: its group still has processes.
     Timer { timer: Timer, group_alive: bool },
+    /// Its process became ready (its ready tracker said so: a log line, a probe).
+    Ready,
+    /// Its process did not become ready within `ready.timeout`: a failed start.
+    NotReady,
+    /// A health probe passed: with `ready.probe`, the first one makes it ready.
+    ProbePassed,
 }
 
 /// What the event loop is to do for an instance (pushed by [`Lifecycle::step`]).
@@ -263,8 +304,11 @@ pub enum Action {
     Linger { pgid: u32, kill_at: Instant },
     /// Tell it (as [`Event::GroupGone`]) when group `pgid` has emptied.
     WatchGroup { pgid: u32 },
-    /// It runs and can take work.
+    /// It runs and can take work (with `ready`: not before [`Action::Ready`]).
     Up,
+    /// Its process became ready (SPEC 10): it takes messages now (with `ready`), and a
+    /// rolling replacement may go on.
+    Ready,
     /// Its process died or is being stopped: what it had in flight goes elsewhere.
     Down,
     /// Stopped for good (or gave up): nothing may wait for it. A leaving instance is
@@ -293,6 +337,8 @@ pub struct Context<'a> {
     pub held: bool,
     /// The ready line is not out yet: a spawn arms a [`TimerKind::FirstReady`] timer.
     pub await_ready: bool,
+    /// The pool's `ready` (None: ready as soon as spawned).
+    pub ready: Option<&'a Ready>,
     /// A uniform random number in [0, 1), for backoff jitter.
     pub rand01: f64,
     /// A generation number not used before, taken if the state changes.
@@ -457,7 +503,7 @@ impl Lifecycle {
                 } = self.state
                 {
                     if pgid == waited {
-                        self.stopped(then, cx, out);
+                        self.stopped(then, now, cx, out);
                     }
                 }
             }
@@ -465,12 +511,14 @@ impl Lifecycle {
             Event::Retire => {
                 self.leaving = true;
                 if !matches!(self.state, State::Running { .. } | State::Stopping { .. }) {
-                    self.stopped(Then::Stay, cx, out);
+                    self.stopped(Then::Stay, now, cx, out);
                 }
             }
             Event::Hold => match &mut self.state {
                 State::Stopping { then, .. } => *then = Then::Stay,
-                State::Backoff { .. } | State::Failed { .. } => self.stopped(Then::Stay, cx, out),
+                State::Backoff { .. } | State::Failed { .. } => {
+                    self.stopped(Then::Stay, now, cx, out)
+                }
                 State::Running { .. } | State::Stopped => {}
             },
             Event::Release => match &mut self.state {
@@ -498,7 +546,7 @@ impl Lifecycle {
                     self.state,
                     State::Backoff { .. } | State::Failed { .. } | State::Stopped
                 ) {
-                    self.stopped(Then::Stay, cx, out);
+                    self.stopped(Then::Stay, now, cx, out);
                 }
             }
             Event::Killed => match &mut self.state {
@@ -508,10 +556,12 @@ impl Lifecycle {
                     *killed = true;
                     if pid.is_none() {
                         let then = *then;
-                        self.stopped(then, cx, out);
+                        self.stopped(then, now, cx, out);
                     }
                 }
-                State::Backoff { .. } | State::Failed { .. } => self.stopped(Then::Stay, cx, out),
+                State::Backoff { .. } | State::Failed { .. } => {
+                    self.stopped(Then::Stay, now, cx, out)
+                }
                 State::Running { .. } | State::Stopped => {}
             },
             Event::Timer { timer, group_alive } => {
@@ -519,6 +569,13 @@ impl Lifecycle {
                     self.on_timer(timer.kind, group_alive, now, cx, out);
                 }
             }
+            Event::Ready => self.on_ready(now, cx, out),
+            Event::NotReady => self.on_not_ready(now, cx, out),
+            Event::ProbePassed => match self.ready.as_mut().and_then(|r| r.on_probe_passed(now)) {
+                Some(ReadyEvent::Ready) => self.on_ready(now, cx, out),
+                Some(ReadyEvent::TimedOut) => self.on_not_ready(now, cx, out),
+                None => {}
+            },
         }
         debug_assert!(
             !self.leaving || !matches!(self.state, State::Backoff { .. } | State::Failed { .. }),
@@ -546,7 +603,15 @@ impl Lifecycle {
             log::Level::Info,
             format!("{} started (pid {pid})", cx.label),
         );
-        if self.first_start != FirstStart::Ready && cx.await_ready {
+        self.ready = cx.ready.map(|r| ReadyTracker::new(Some(r), now));
+        self.ready_seen = false;
+        if let Some(at) = self.ready.as_ref().and_then(ReadyTracker::next_deadline) {
+            out.push(Action::Arm {
+                at,
+                timer: self.timer(TimerKind::Ready),
+            });
+        }
+        if self.first_start != FirstStart::Ready && cx.await_ready && self.ready.is_none() {
             // Ready for the ready line once up for START_GRACE; after that line, no
             // such timer is armed (an idle orchd stays asleep).
             out.push(Action::Arm {
@@ -611,7 +676,7 @@ impl Lifecycle {
                 if !killed && group_alive {
                     out.push(Action::WatchGroup { pgid });
                 } else {
-                    self.stopped(then, cx, out);
+                    self.stopped(then, now, cx, out);
                 }
             }
             State::Backoff { .. } | State::Failed { .. } | State::Stopped => {
@@ -662,7 +727,7 @@ impl Lifecycle {
             State::Stopped => {}
             State::Backoff { .. } | State::Failed { .. } => {
                 self.gen = cx.gen;
-                self.stopped(then, cx, out);
+                self.stopped(then, now, cx, out);
             }
         }
     }
@@ -682,6 +747,23 @@ impl Lifecycle {
                 }
             }
             (TimerKind::FirstReady, _) => {}
+            (TimerKind::Ready, State::Running { .. }) => {
+                match self.ready.as_mut().and_then(|r| r.on_timer(now)) {
+                    Some(ReadyEvent::Ready) => self.on_ready(now, cx, out),
+                    Some(ReadyEvent::TimedOut) => self.on_not_ready(now, cx, out),
+                    None => {
+                        // Not decided yet (a timer armed before a later deadline).
+                        if let Some(at) = self.ready.as_ref().and_then(ReadyTracker::next_deadline)
+                        {
+                            out.push(Action::Arm {
+                                at,
+                                timer: self.timer(TimerKind::Ready),
+                            });
+                        }
+                    }
+                }
+            }
+            (TimerKind::Ready, _) => {}
             (TimerKind::State, State::Backoff { .. }) => {
                 if cx.running && !cx.held {
                     out.push(Action::Start { fresh_spec: false });
@@ -723,7 +805,7 @@ impl Lifecycle {
                 *killed = true;
                 if pid.is_none() {
                     let then = *then;
-                    self.stopped(then, cx, out);
+                    self.stopped(then, now, cx, out);
                 }
             }
             (TimerKind::State, State::Running { .. } | State::Stopped) => {}
@@ -743,7 +825,11 @@ impl Lifecycle {
     ) {
         let status = exit.as_ref().ok().copied();
         let restarting = wants_restart(cx.pool.restart, status);
-        self.first_start = self.first_start.exited(status, ran_for, restarting);
+        let gated = self.ready.is_some() || cx.ready.is_some();
+        self.ready = None;
+        self.first_start = self
+            .first_start
+            .exited_gated(status, ran_for, restarting, gated);
         let (what, level) = match exit {
             Ok(e) => (
                 format!("exited with {e} after {}", fmt_duration(ran_for)),
@@ -755,7 +841,7 @@ impl Lifecycle {
         if !cx.running || self.leaving || cx.held {
             self.last_exit = status;
             log(out, log::Level::Info, format!("{label} {what}"));
-            self.stopped(Then::Stay, cx, out);
+            self.stopped(Then::Stay, now, cx, out);
             return;
         }
         match self.exited(status, ran_for, now, cx.pool, cx.rand01) {
@@ -790,7 +876,7 @@ impl Lifecycle {
                         cx.pool.restart.as_str()
                     ),
                 );
-                self.stopped(Then::Stay, cx, out);
+                self.stopped(Then::Stay, now, cx, out);
             }
             AfterExit::GiveUp { cooldown } => {
                 let g = cx.pool.give_up.unwrap_or(GiveUp {
@@ -826,10 +912,26 @@ impl Lifecycle {
 
     /// It has fully stopped: start it again if `then` says so and nothing forbids
     /// it, else it is gone (and forgotten if leaving).
-    fn stopped(&mut self, then: Then, cx: &Context, out: &mut Vec<Action>) {
+    fn stopped(&mut self, then: Then, now: Instant, cx: &Context, out: &mut Vec<Action>) {
         self.gen = cx.gen;
         self.state = State::Stopped;
-        if then != Then::Stay && !self.leaving && !cx.held && cx.running {
+        self.ready = None;
+        if then == Then::FailedStart && !self.leaving && !cx.held && cx.running {
+            // Not ready in time: like a spawn that failed (backoff, give_up).
+            let why = format!("{} stopped: a failed start", cx.label);
+            let ran_for = now.saturating_duration_since(self.started_at);
+            // Status shows how it ended (the stop signal, most likely).
+            let last_exit = self.last_exit;
+            self.after_exit(Err(why), ran_for, now, cx, out);
+            self.last_exit = last_exit;
+            return;
+        }
+        if then != Then::Stay
+            && then != Then::FailedStart
+            && !self.leaving
+            && !cx.held
+            && cx.running
+        {
             let fresh_spec = then == Then::Release;
             let text = if fresh_spec {
                 // `orchd ctl start` came while its hold was still stopping it.
@@ -844,6 +946,130 @@ impl Lifecycle {
             return;
         }
         out.push(Action::Gone);
+    }
+
+    /// Its process became ready (the tracker, or whoever raised [`Event::Ready`],
+    /// decided): it takes messages, counts as ready for the ready line and rolls.
+    fn on_ready(&mut self, now: Instant, cx: &Context, out: &mut Vec<Action>) {
+        let State::Running { since, .. } = self.state else {
+            return;
+        };
+        if self.ready_seen || self.ready.as_ref().is_none_or(ReadyTracker::timed_out) {
+            return;
+        }
+        self.ready_seen = true;
+        if self.first_start != FirstStart::Completed {
+            self.first_start = FirstStart::Ready;
+        }
+        log(
+            out,
+            log::Level::Info,
+            format!(
+                "{} ready after {}",
+                cx.label,
+                fmt_duration(now.saturating_duration_since(since))
+            ),
+        );
+        out.push(Action::Ready);
+    }
+
+    /// Not ready within `ready.timeout`: stop it; once stopped, a failed start.
+    fn on_not_ready(&mut self, now: Instant, cx: &Context, out: &mut Vec<Action>) {
+        if !matches!(self.state, State::Running { .. }) || self.ready.is_none() || self.ready_seen {
+            return;
+        }
+        let timeout = cx.ready.map_or(Duration::ZERO, |r| r.timeout);
+        log(
+            out,
+            log::Level::Warn,
+            format!(
+                "{} not ready within {}: a failed start",
+                cx.label,
+                fmt_duration(timeout)
+            ),
+        );
+        self.on_stop(Then::FailedStart, now, cx, out);
+    }
+
+    /// Whether its process takes messages: it runs and, when its pool sets `ready`,
+    /// is ready (SPEC 10).
+    pub fn takes_messages(&self) -> bool {
+        matches!(self.state, State::Running { .. }) && (self.ready.is_none() || self.ready_seen)
+    }
+
+    /// Whether its process counts as ready at `now`: with `ready`, once ready; without,
+    /// once up for [`START_GRACE`].
+    pub fn is_ready(&self, now: Instant) -> bool {
+        match (&self.state, &self.ready) {
+            (State::Running { .. }, Some(_)) => self.ready_seen,
+            (State::Running { since, .. }, None) => {
+                now.saturating_duration_since(*since) >= START_GRACE
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether its process waits for a readiness decision (a `ready` pool), not yet
+    /// taken.
+    pub fn awaits_ready(&self) -> bool {
+        matches!(self.state, State::Running { .. })
+            && !self.ready_seen
+            && self.ready.as_ref().is_some_and(|r| !r.timed_out())
+    }
+
+    /// Its state's name for status: with `ready`, `starting` lasts until ready.
+    pub fn state_name(&self, now: Instant) -> StateName {
+        match (&self.state, &self.ready) {
+            (State::Running { .. }, Some(_)) if !self.ready_seen => StateName::Starting,
+            (State::Running { .. }, Some(_)) => StateName::Running,
+            (s, _) => s.name(now),
+        }
+    }
+
+    /// What it is for pools that depend on its pool (SPEC 10): ready once ready
+    /// (without `ready`: once it runs, except in a `restart = "never"` pool, whose
+    /// instances must complete); completed once exited 0 under `restart = "never"`;
+    /// failed when `failed`, or stopped otherwise under `restart = "never"` after it
+    /// was started.
+    pub fn as_dependency(&self, never: bool) -> Member {
+        match &self.state {
+            State::Failed { .. } => Member::Failed,
+            State::Stopped if never && self.first_start != FirstStart::Pending => {
+                if self.last_exit.is_some_and(Exit::success) {
+                    Member::Completed
+                } else {
+                    Member::Failed
+                }
+            }
+            State::Running { .. } if self.ready.is_some() => {
+                if self.ready_seen {
+                    Member::Ready
+                } else {
+                    Member::Pending
+                }
+            }
+            State::Running { .. } if !never => Member::Ready,
+            _ => Member::Pending,
+        }
+    }
+
+    /// Whether output lines are to be handed to [`Self::ready_line`] (`ready.log`).
+    pub fn wants_lines(&self) -> bool {
+        matches!(self.state, State::Running { .. })
+            && !self.ready_seen
+            && self.ready.as_ref().is_some_and(ReadyTracker::wants_lines)
+    }
+
+    /// A line of its output (stderr, and stdout where it is not the reply channel):
+    /// the event to raise ([`Event::Ready`], [`Event::NotReady`]) if it decides.
+    pub fn ready_line(&mut self, line: &[u8], now: Instant) -> Option<Event> {
+        if !matches!(self.state, State::Running { .. }) {
+            return None;
+        }
+        match self.ready.as_mut()?.on_line(line, now)? {
+            ReadyEvent::Ready => Some(Event::Ready),
+            ReadyEvent::TimedOut => Some(Event::NotReady),
+        }
     }
 
     fn timer(&self, kind: TimerKind) -> Timer {

@@ -6,7 +6,7 @@ use crate::common::*;
 
 /// Write `toml` as `pool.toml` in `dir` and run `orchd --check` on it:
 /// (config path, exit code, stdout, stderr).
-fn check(dir: &TempDir, toml: &str) -> (PathBuf, i32, String, String) {
+pub(crate) fn check(dir: &TempDir, toml: &str) -> (PathBuf, i32, String, String) {
     let cfg = dir.write("pool.toml", toml);
     let (code, out, err) = run_orchd(&["--check", cfg.to_str().unwrap()]);
     (cfg, code, out, err)
@@ -14,7 +14,7 @@ fn check(dir: &TempDir, toml: &str) -> (PathBuf, i32, String, String) {
 
 /// 1-based (line, column in characters) of the first occurrence of `needle` in the
 /// line of `toml` that contains `line_marker` (the column of `needle` in that line).
-fn pos(toml: &str, line_marker: &str, needle: &str) -> (usize, usize) {
+pub(crate) fn pos(toml: &str, line_marker: &str, needle: &str) -> (usize, usize) {
     let (i, line) = toml
         .lines()
         .enumerate()
@@ -28,7 +28,12 @@ fn pos(toml: &str, line_marker: &str, needle: &str) -> (usize, usize) {
 
 /// The stderr line reporting `key` at `line:col` of `cfg`; panics with everything
 /// reported when there is none.
-fn error_line<'a>(err: &'a str, cfg: &Path, (line, col): (usize, usize), key: &str) -> &'a str {
+pub(crate) fn error_line<'a>(
+    err: &'a str,
+    cfg: &Path,
+    (line, col): (usize, usize),
+    key: &str,
+) -> &'a str {
     let prefix = format!("{}:{line}:{col}: {key}: ", cfg.display());
     err.lines()
         .find(|l| l.starts_with(&prefix))

@@ -21,6 +21,8 @@ fn accepted_keys(snippet: &str) -> BTreeSet<String> {
         .next()
         .unwrap()
         .split(", ")
+        // serde lists two keys as "a or b"
+        .flat_map(|k| k.split(" or "))
         .map(|k| k.trim().to_string())
         .collect()
 }
@@ -46,6 +48,9 @@ fn every_config_key_is_documented_in_the_man_page_and_vice_versa() {
         format!("{pool}backoff = {{ zzz_unknown = 1 }}\n"),
         format!("{pool}give_up = {{ restarts = 1, within = \"1s\", zzz_unknown = 1 }}\n"),
         format!("{pool}[[route]]\nfrom = \"stdin\"\nto = \"p\"\nzzz_unknown = 1\n"),
+        format!("{pool}ready = {{ zzz_unknown = 1 }}\n"),
+        format!("{pool}health = {{ zzz_unknown = 1 }}\n"),
+        format!("{pool}rolling = {{ zzz_unknown = 1 }}\n"),
     ];
     let mut all = BTreeSet::new();
     for t in &tables {

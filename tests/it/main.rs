@@ -17,6 +17,8 @@ mod ctl_logs;
 mod harden_config;
 mod harden_logproc;
 mod harden_reload;
+mod health_config;
+mod readiness;
 mod reload;
 mod routing;
 mod smoke;

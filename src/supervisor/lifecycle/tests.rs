@@ -282,6 +282,8 @@ struct Rig {
     running: bool,
     held: bool,
     await_ready: bool,
+    /// The pool's `ready` (None: not set).
+    ready: Option<crate::config::Ready>,
 }
 
 impl Rig {
@@ -296,6 +298,7 @@ impl Rig {
             running: true,
             held: false,
             await_ready: true,
+            ready: None,
         }
     }
 
@@ -312,6 +315,7 @@ impl Rig {
             running: self.running,
             held: self.held,
             await_ready: self.await_ready,
+            ready: self.ready.as_ref(),
             rand01: 0.5,
             gen: self.next_gen,
         };
@@ -995,4 +999,136 @@ fn random_walks_keep_the_invariants() {
             }
         }
     }
+}
+
+// ----- readiness (SPEC 10) ------------------------------------------------------
+
+fn gated_rig(when: crate::config::ReadyWhen, timeout_ms: u64) -> Rig {
+    let mut r = Rig::new(pool(RestartPolicy::Always, None));
+    r.ready = Some(crate::config::Ready {
+        when,
+        timeout: MS(timeout_ms),
+    });
+    r
+}
+
+fn log_rule(re: &str) -> crate::config::ReadyWhen {
+    crate::config::ReadyWhen::Log(crate::config::Pattern(
+        regex::bytes::Regex::new(re).unwrap(),
+    ))
+}
+
+#[test]
+fn with_ready_an_instance_is_starting_and_takes_no_messages_until_ready() {
+    let mut r = gated_rig(log_rule("^listening"), 5000);
+    let a = r.spawned(42);
+    // The ready timeout is armed, not the one-second first-ready timer.
+    let (at, timer) = armed(&a);
+    assert_eq!((at, timer.kind), (r.t0 + MS(5000), TimerKind::Ready));
+    assert!(a.contains(&Action::Up));
+    assert!(!r.life.takes_messages());
+    r.at(3000);
+    assert_eq!(r.life.state_name(r.now), StateName::Starting);
+    assert!(!r.life.is_ready(r.now));
+    assert!(r.life.wants_lines());
+    assert_eq!(r.life.ready_line(b"booting", r.now), None);
+    let ev = r.life.ready_line(b"listening on 1", r.now);
+    assert_eq!(ev, Some(Event::Ready));
+    assert_eq!(r.quiet(Event::Ready), vec![Action::Ready]);
+    assert!(r.life.takes_messages() && r.life.is_ready(r.now));
+    assert_eq!(r.life.state_name(r.now), StateName::Running);
+    assert_eq!(r.life.first_start, FirstStart::Ready);
+    // Raised again (a probe after the log line): nothing more.
+    assert_eq!(r.quiet(Event::Ready), vec![]);
+    assert!(!r.life.wants_lines());
+    // The stale ready timer does nothing.
+    assert_eq!(r.at(5000).fire(timer, true), vec![]);
+}
+
+#[test]
+fn not_ready_in_time_is_a_failed_start_with_backoff() {
+    let mut r = gated_rig(log_rule("never"), 2000);
+    let (_, timer) = armed(&r.spawned(42));
+    let a = r.at(2000).fire(timer, true);
+    assert!(
+        a.contains(&Action::SignalGroup {
+            pgid: 42,
+            signal: term()
+        }),
+        "{a:?}"
+    );
+    assert!(a.contains(&Action::Down));
+    // Once it exited: a failed first start, restarted after a backoff, counted.
+    let a = r.at(2100).exited(143, false);
+    assert!(
+        a.iter().any(|x| matches!(x, Action::Log { text, .. } if text.contains("failed start") && text.contains("restarting in"))),
+        "{a:?}"
+    );
+    assert!(
+        matches!(r.life.state, State::Backoff { .. }),
+        "{:?}",
+        r.life.state
+    );
+    assert_eq!(r.life.first_start, FirstStart::Failed);
+    assert_eq!(r.life.restarts, 1);
+}
+
+#[test]
+fn exiting_before_ready_is_not_ready_however_long_it_ran() {
+    let mut r = gated_rig(log_rule("never"), 60_000);
+    r.spawned(42);
+    r.at(5000).exit(1, false);
+    assert_eq!(r.life.first_start, FirstStart::Failed);
+}
+
+#[test]
+fn ready_after_and_probe_rules() {
+    let mut r = gated_rig(crate::config::ReadyWhen::After(MS(500)), 5000);
+    let (at, timer) = armed(&r.spawned(42));
+    assert_eq!(at, r.t0 + MS(500));
+    assert_eq!(r.at(500).fire(timer, true), vec![Action::Ready]);
+    let mut r = gated_rig(crate::config::ReadyWhen::Probe, 5000);
+    r.spawned(42);
+    assert!(!r.life.wants_lines());
+    assert_eq!(r.at(10).quiet(Event::ProbePassed), vec![Action::Ready]);
+    assert!(r.life.takes_messages());
+}
+
+#[test]
+fn without_ready_nothing_changes() {
+    let mut r = Rig::new(pool(RestartPolicy::Always, None));
+    let (_, timer) = armed(&r.spawned(42));
+    assert_eq!(timer.kind, TimerKind::FirstReady);
+    assert!(r.life.takes_messages());
+    assert!(!r.life.wants_lines());
+    assert!(!r.life.is_ready(r.now));
+    assert_eq!(r.quiet(Event::Ready), vec![]);
+    assert!(r.life.is_ready(r.t0 + START_GRACE));
+}
+
+#[test]
+fn as_a_dependency_ready_completed_failed_or_pending() {
+    use crate::health::order::Member;
+    // Without `ready`: ready once it runs, unless it is a one-shot job.
+    let mut r = Rig::new(pool(RestartPolicy::Never, None));
+    assert_eq!(r.life.as_dependency(true), Member::Pending, "never started");
+    r.spawned(42);
+    assert_eq!(r.life.as_dependency(false), Member::Ready);
+    assert_eq!(
+        r.life.as_dependency(true),
+        Member::Pending,
+        "a job must complete"
+    );
+    r.at(100).exit(0, false);
+    assert_eq!(r.life.as_dependency(true), Member::Completed);
+    let mut r = Rig::new(pool(RestartPolicy::Never, None));
+    r.spawned(42);
+    r.at(100).exit(1, false);
+    assert_eq!(r.life.as_dependency(true), Member::Failed);
+    // With `ready`: pending until ready.
+    let mut r = gated_rig(log_rule("^up"), 5000);
+    r.spawned(42);
+    assert_eq!(r.life.as_dependency(false), Member::Pending);
+    r.quiet(Event::Ready);
+    assert_eq!(r.life.as_dependency(false), Member::Ready);
 }
