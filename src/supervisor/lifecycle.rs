@@ -289,6 +289,7 @@ mod tests {
             stop_timeout: Duration::from_secs(10),
             max_inflight: 32,
             queue: 10000,
+            protocol: Default::default(),
         }
     }
 
