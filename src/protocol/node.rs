@@ -79,8 +79,8 @@ pub const MAX_LINE: usize = 6 * MAX_MESSAGE + 2;
 /// 1. `socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)`: orchd keeps one end,
 ///    non-blocking, registered for reading (replies) and, while output is queued,
 ///    writing (messages, through the same `OutBuf` as a stdin pipe);
-/// 2. in the child before exec: [`Channel::child_fd_step`] for the other end (it must
-///    survive exec as fd 3, and nothing else of orchd may);
+/// 2. in the child before exec: `sys::child_install_fd(child_end, CHANNEL_FD)` (it
+///    must survive exec as fd 3, and nothing else of orchd may);
 /// 3. the environment: [`CHANNEL_ENV`]; stdin `/dev/null`; stdout and stderr pipes,
 ///    both logged;
 /// 4. after the spawn, orchd closes its copy of the child's end, so that the worker's
@@ -90,28 +90,6 @@ pub const MAX_LINE: usize = 6 * MAX_MESSAGE + 2;
 /// worker gets `disconnect`), then sends `stop_signal` as for any worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Channel;
-
-/// How the child's end of the socket pair becomes fd [`CHANNEL_FD`] across exec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChildFdStep {
-    /// `dup2(from, CHANNEL_FD)`: the copy does not have `FD_CLOEXEC`; the original
-    /// (close-on-exec) goes away at exec.
-    Dup { from: RawFd },
-    /// The child's end already is fd 3 (`dup2` onto itself would keep its
-    /// `FD_CLOEXEC`): clear the flag with `fcntl(3, F_SETFD, 0)`.
-    ClearCloexec,
-}
-
-impl Channel {
-    /// The async-signal-safe step the child takes before exec for its end `fd`.
-    pub fn child_fd_step(fd: RawFd) -> ChildFdStep {
-        if fd == CHANNEL_FD {
-            ChildFdStep::ClearCloexec
-        } else {
-            ChildFdStep::Dup { from: fd }
-        }
-    }
-}
 
 /// Appends `message` as a JSON string and a newline, the way `send(string)` of a
 /// Node parent writes it. A message that is not valid UTF-8 cannot be a JavaScript
@@ -573,10 +551,7 @@ mod tests {
     }
 
     #[test]
-    fn the_childs_end_becomes_fd_3_across_exec() {
-        assert_eq!(Channel::child_fd_step(7), ChildFdStep::Dup { from: 7 });
-        assert_eq!(Channel::child_fd_step(0), ChildFdStep::Dup { from: 0 });
-        assert_eq!(Channel::child_fd_step(3), ChildFdStep::ClearCloexec);
+    fn the_channel_is_fd_3_named_in_the_environment() {
         assert_eq!(CHANNEL_ENV[0], (CHANNEL_VARS[0], "3"));
         assert_eq!(CHANNEL_ENV[0].1, CHANNEL_FD.to_string());
         assert_eq!(CHANNEL_ENV[1], (CHANNEL_VARS[1], "json"));

@@ -3,7 +3,7 @@
 //! (`orchd::protocol`) against real workers, with the test as the parent. The tests
 //! that need `node` or `python3` are skipped (with a note) where it is missing.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use orchd::protocol::node::{self, Channel, ChildFdStep, Incoming};
+use orchd::protocol::node::{self, Incoming};
 use orchd::protocol::tagged::{self, InFlight};
 use orchd::protocol::REPLY_HAS_NEWLINE;
 
@@ -97,8 +97,8 @@ fn node_fork_worker_answers_under_its_own_fork_parent() {
 }
 
 /// A Node worker with the test as its fork() parent, set up as orchd will: one end
-/// of a socket pair on fd 3 ([`Channel::child_fd_step`]), [`node::CHANNEL_ENV`],
-/// stdin `/dev/null`.
+/// of a socket pair on fd 3 (`sys::child_install_fd`), [`node::CHANNEL_ENV`], stdin
+/// `/dev/null`.
 struct NodeWorker {
     child: Child,
     channel: BufReader<UnixStream>,
@@ -108,25 +108,15 @@ impl NodeWorker {
     fn spawn(script: &Path) -> NodeWorker {
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
         let fd = theirs.as_raw_fd();
-        let step = Channel::child_fd_step(fd);
         let mut cmd = Command::new("node");
         cmd.arg(script)
             .envs(node::CHANNEL_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        // SAFETY: dup2 and fcntl are async-signal-safe; the closure allocates nothing.
+        // SAFETY: child_install_fd is async-signal-safe and allocates nothing.
         unsafe {
-            cmd.pre_exec(move || {
-                let r = match step {
-                    ChildFdStep::Dup { from } => libc::dup2(from, node::CHANNEL_FD),
-                    ChildFdStep::ClearCloexec => libc::fcntl(node::CHANNEL_FD, libc::F_SETFD, 0),
-                };
-                if r < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || orchd::sys::child_install_fd(fd, node::CHANNEL_FD));
         }
         let child = cmd.spawn().expect("spawn node");
         // The worker's exit must show as EOF on our end: drop our copy of theirs.
