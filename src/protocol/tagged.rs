@@ -72,7 +72,7 @@ impl fmt::Display for ReplyError {
 }
 
 /// The longest ID text: `u64::MAX` has 20 digits.
-const MAX_ID_DIGITS: usize = 20;
+pub const MAX_ID_DIGITS: usize = 20;
 
 /// Splits a reply line (without its newline) into its tag and reply.
 pub fn parse_reply(line: &[u8]) -> Result<(Tag, &[u8]), ReplyError> {
