@@ -2,8 +2,8 @@
 //! what each instance actually runs.
 //!
 //! What an instance *is* (command, cwd, env, user, group, protocol, whether its stdin
-//! is a route target) decides between "untouched" and "replace one at a time"; `count` adds or
-//! retires the highest indexes; every other pool setting applies in place.
+//! is a route target) decides between "untouched" and "replace one at a time"; `count`
+//! adds or retires the highest indexes; every other pool setting applies in place.
 //!
 //! Replacement is decided per instance, against the spec it was started with, not
 //! against the previous config: after a rolling replacement to a broken command (whose
