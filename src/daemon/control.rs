@@ -694,7 +694,12 @@ impl Daemon {
         let mut pools = Vec::new();
         for (pk, p) in self.pools.iter() {
             let mut instances = Vec::new();
-            let incoming = p.roll.as_ref().and_then(|r| r.incoming).map(|(_, k)| k);
+            let incoming: Vec<usize> = p
+                .roll
+                .iter()
+                .flat_map(|r| r.incoming())
+                .map(|(_, k)| k)
+                .collect();
             for &k in p.slots.iter().chain(&p.retiring).chain(incoming.iter()) {
                 let i = &self.instances[k];
                 let (inflight, answered) = self.instance_counts(k);
@@ -712,7 +717,7 @@ impl Daemon {
                     "state": i.life.state.name(now).as_str(),
                     "reason": i.reason(),
                     "retiring": i.retiring,
-                    "replacement": incoming == Some(k),
+                    "replacement": incoming.contains(&k),
                     "uptime_ms": uptime,
                     "restarts": i.life.restarts,
                     "inflight": inflight,

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::control::Target;
 use super::reload::Roll;
 use super::Daemon;
+use crate::reload::roll::Event as RollEvent;
 use crate::supervisor::lifecycle::State;
 use crate::sys;
 
@@ -194,11 +195,13 @@ impl Daemon {
         let mut pools = Vec::new();
         for r in named.iter().filter(|r| !self.instances[r.key].held) {
             ops.push(self.op_target(r));
-            let roll = self.pools[r.pool].roll.get_or_insert_with(Roll::default);
-            roll.restart.insert(r.index);
             if !pools.contains(&r.pool) {
                 pools.push(r.pool);
             }
+        }
+        for t in &ops {
+            self.pools[t.pool].roll.get_or_insert_with(Roll::default);
+            self.roll_event(t.pool, RollEvent::Restart { index: t.index });
         }
         for &pk in &pools {
             let n = ops.iter().filter(|t| t.pool == pk).count();
@@ -240,18 +243,7 @@ impl Daemon {
     /// Hold one instance: it takes no new messages, finishes what it has, stops.
     fn hold(&mut self, pool: usize, index: u32, k: usize) {
         // A replacement on its way into this slot would take it over unheld.
-        if let Some(roll) = self.pools[pool].roll.as_mut() {
-            roll.restart.remove(&index);
-            if let Some((i, new)) = roll.incoming.filter(|&(i, _)| i == index) {
-                roll.incoming = None;
-                roll.next = roll.next.max(i + 1);
-                log::info!(
-                    "{}: pending replacement cancelled",
-                    self.instances[new].label
-                );
-                self.retire(new);
-            }
-        }
+        self.roll_event(pool, RollEvent::Hold { index });
         let inst = &mut self.instances[k];
         let was_held = std::mem::replace(&mut inst.held, true);
         inst.start_when_stopped = false;
@@ -400,10 +392,8 @@ impl Daemon {
     fn restart_abandon_failed(&mut self, op: &PendingOp) -> Option<String> {
         let mut why = None;
         for t in &op.targets {
-            let Some(roll) = self.pools.get(t.pool).and_then(|p| p.roll.as_ref()) else {
-                continue;
-            };
-            let Some((index, new)) = roll.incoming.filter(|&(i, _)| i == t.index) else {
+            let roll = self.pools.get(t.pool).and_then(|p| p.roll.as_ref());
+            let Some(new) = roll.and_then(|r| r.incoming_at(t.index)) else {
                 continue;
             };
             let Some(n) = self.instances.get(new) else {
@@ -420,14 +410,14 @@ impl Daemon {
                 t.label
             );
             log::error!("restart of {reason}");
-            if let Some(roll) = self.pools[t.pool].roll.as_mut() {
-                for other in op.targets.iter().filter(|o| o.pool == t.pool) {
-                    roll.restart.remove(&other.index);
+            // The op's other targets in this pool are given up too; this one's
+            // replacement retires.
+            for other in op.targets.iter().filter(|o| o.pool == t.pool) {
+                if other.index != t.index {
+                    self.roll_event(t.pool, RollEvent::GiveUp { index: other.index });
                 }
-                roll.incoming = None;
-                roll.next = roll.next.max(index + 1);
             }
-            self.retire(new);
+            self.roll_event(t.pool, RollEvent::GiveUp { index: t.index });
             self.roll_step(t.pool);
             why.get_or_insert(reason);
         }
@@ -437,9 +427,7 @@ impl Daemon {
     /// The roll of `t`'s pool has yet to replace it.
     fn restart_pending(&self, t: &OpTarget) -> bool {
         let roll = self.pools.get(t.pool).and_then(|p| p.roll.as_ref());
-        roll.is_some_and(|r| {
-            r.restart.contains(&t.index) || r.incoming.is_some_and(|(i, _)| i == t.index)
-        })
+        roll.is_some_and(|r| r.pending(t.index))
     }
 
     /// The reply of a finished op; None while it is under way.

@@ -208,7 +208,7 @@ mod tests {
         let mut b = OutBuf::new();
         b.push(&vec![b'x'; COMPACT * 3]);
         let mut first = true;
-        b.flush(|bytes| {
+        b.flush(|_| {
             if first {
                 first = false;
                 Ok(COMPACT * 2)

@@ -15,8 +15,9 @@
 //!
 //! Retiring an instance (scale-down, replacement, pool removal): it takes no new
 //! messages, finishes its in-flight and backlog, then is stopped and forgotten.
-//! Replacement rolls one index at a time: the new instance starts; once it runs it takes
-//! the slot and the old one retires; when the old one is gone the next index follows.
+//! Replacement is decided by the pool's [`Roll`] (pure, `crate::reload::roll`): this
+//! module feeds it what happened to the pool's instances ([`Daemon::roll_event`]) and
+//! performs what it decides (create and start a replacement, hand a slot over, retire).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -26,11 +27,16 @@ use std::time::Duration;
 
 use notify::{EventKind, RecursiveMode, Watcher as _};
 
-use super::{notify_systemd, Daemon, TimerKey};
-use crate::config::{self, Config};
+use slab::Slab;
+
+use super::{notify_systemd, Daemon, Instance, Phase, TimerKey};
+use crate::config::{self, Config, Pool};
+use crate::reload::apply::{self, Step};
 use crate::reload::diff::{diff_running, same_process, RunningPool, RunningSpec};
-use crate::reload::{Plan, PoolChange};
-use crate::supervisor::lifecycle::{State, START_GRACE};
+pub use crate::reload::roll::Roll;
+use crate::reload::roll::{Action as RollAction, Event as RollEvent, Slot, Slots, Why};
+use crate::reload::Plan;
+use crate::supervisor::lifecycle::State;
 
 /// Quiet time after the last file event before the file is read.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -47,20 +53,6 @@ pub struct Watcher {
     debounce_gen: u64,
     /// Hash of the config content last loaded (or tried).
     last_hash: Option<u64>,
-}
-
-/// Roll state of a pool whose instances are being replaced.
-#[derive(Debug, Default)]
-pub struct Roll {
-    /// Next index to replace.
-    pub next: u32,
-    /// A replacement started for `index`, waiting to run: (index, instance key).
-    pub incoming: Option<(u32, usize)>,
-    /// The old instance of the last promoted index, until it is gone.
-    pub outgoing: Option<usize>,
-    /// Indexes `orchd ctl restart` asked for: replaced even when they run the pool's
-    /// spec; each leaves the set once its replacement took the slot.
-    pub restart: std::collections::BTreeSet<u32>,
 }
 
 fn hash_of(bytes: &[u8]) -> u64 {
@@ -351,9 +343,10 @@ impl Daemon {
                 rolling: p.roll.is_some(),
                 incoming: p
                     .roll
-                    .as_ref()
-                    .and_then(|r| r.incoming)
-                    .and_then(|(_, k)| spec_of(k)),
+                    .iter()
+                    .flat_map(|r| r.incoming())
+                    .filter_map(|(_, k)| spec_of(k))
+                    .collect(),
             })
         })
     }
@@ -399,28 +392,12 @@ impl Daemon {
             self.control_discard(control);
             return Err(e.to_string());
         }
-        for change in &plan.pools {
-            match change {
-                PoolChange::Unchanged { .. } => {}
-                PoolChange::Added { name, .. } => {
-                    if let Some(p) = new.pool(name) {
-                        self.pool_add(p.clone(), new.is_routed(name));
-                    }
-                }
-                PoolChange::Removed { name, .. } => self.pool_remove(name),
-                PoolChange::Changed {
-                    name,
-                    resize,
-                    replace,
-                    cancel,
-                    ..
-                } => {
-                    if let Some(p) = new.pool(name) {
-                        let routed = new.is_routed(name);
-                        self.pool_change(p.clone(), routed, *resize, *replace, *cancel);
-                    }
-                }
-            }
+        let slots = |name: &str| {
+            let pool = self.pool_names.get(name).and_then(|&k| self.pools.get(k));
+            pool.map_or(0, |p| p.slots.len() as u32)
+        };
+        for (name, step) in apply::steps(plan, slots) {
+            self.apply_step(name, step, &new);
         }
         self.router_install(&new);
         self.listeners_close_unused(&new);
@@ -482,86 +459,69 @@ impl Daemon {
         };
         let p = &mut self.pools[key];
         p.removed = true;
-        let mut keys: Vec<usize> = std::mem::take(&mut p.slots);
-        if let Some(roll) = p.roll.take() {
-            keys.extend(roll.incoming.map(|(_, k)| k));
-        }
-        for k in keys.into_iter().rev() {
+        let slots: Vec<usize> = std::mem::take(&mut p.slots);
+        // Replacements under way go first, then the slots from the highest index.
+        self.roll_event(key, RollEvent::Remove);
+        for k in slots.into_iter().rev() {
             self.retire(k);
         }
         // Freed once its last instance is gone (at once if it has none).
         self.pool_maybe_done(key);
     }
 
-    fn pool_change(
-        &mut self,
-        cfg: crate::config::Pool,
-        routed: bool,
-        resize: Option<(u32, u32)>,
-        replace: u32,
-        cancel: bool,
-    ) {
-        let Some(&key) = self.pool_names.get(&cfg.name) else {
+    /// Perform one step of applying a plan to pool `name` (see [`apply::steps`]).
+    fn apply_step(&mut self, name: &str, step: Step, new: &Config) {
+        match step {
+            Step::AddPool => {
+                if let Some(p) = new.pool(name) {
+                    self.pool_add(p.clone(), new.is_routed(name));
+                }
+                return;
+            }
+            Step::RemovePool => return self.pool_remove(name),
+            _ => {}
+        }
+        let Some(&key) = self.pool_names.get(name) else {
             return;
         };
-        let new_count = cfg.count;
-        if self.pools[key].cfg.user != cfg.user || self.pools[key].cfg.group != cfg.group {
-            super::supervise::warn_if_ids_ignored(&cfg);
-        }
-        {
-            let p = &mut self.pools[key];
-            p.spec = std::rc::Rc::new(cfg.clone());
-            p.cfg = cfg;
-            p.routed = routed;
-        }
-        // Restarts asked for by `orchd ctl restart` outlive a cancelled roll.
-        let mut restart = Default::default();
-        if cancel || replace > 0 {
-            // A roll in progress started instances of the previous spec: it ends (its
-            // waiting replacement is stopped); a new one starts below if some instance
-            // does not run the new spec.
-            if let Some(roll) = self.pools[key].roll.take() {
-                restart = roll.restart;
-                if let Some((_, k)) = roll.incoming {
-                    log::info!("{}: pending replacement cancelled", self.instances[k].label);
-                    self.retire(k);
+        match step {
+            Step::AddPool | Step::RemovePool => {}
+            Step::Update => {
+                if let Some(cfg) = new.pool(name) {
+                    self.pool_update(key, cfg.clone(), new.is_routed(name));
                 }
             }
-        }
-        if let Some((_, to)) = resize {
-            while self.pools[key].slots.len() as u32 > to {
+            Step::Roll(event) => {
+                if matches!(event, RollEvent::Begin { .. }) {
+                    self.pools[key].roll.get_or_insert_with(Roll::default);
+                }
+                self.roll_event(key, event);
+            }
+            Step::RetireSlot => {
                 if let Some(k) = self.pools[key].slots.pop() {
                     self.retire(k);
                 }
             }
-            // An incoming replacement for an index that no longer exists goes too.
-            if let Some(roll) = self.pools[key].roll.as_mut() {
-                if let Some((i, k)) = roll.incoming {
-                    if i >= to {
-                        roll.incoming = None;
-                        self.retire(k);
-                    }
-                }
-            }
-            while (self.pools[key].slots.len() as u32) < new_count {
+            Step::AddSlot => {
                 self.instance_add(key);
             }
-        }
-        if replace > 0 && !self.pools[key].slots.is_empty() {
-            log::info!(
+            Step::Replacing { replace } => log::info!(
                 "pool {}: replacing {replace} instance(s) one at a time",
                 self.pools[key].cfg.name
-            );
+            ),
+            Step::Refresh => self.pool_refresh(key),
         }
-        if (replace > 0 || !restart.is_empty()) && !self.pools[key].slots.is_empty() {
-            self.pools[key].roll = Some(Roll {
-                restart,
-                ..Roll::default()
-            });
-            self.roll_step(key);
+    }
+
+    /// A changed pool takes its new settings, and the spec its new instances run.
+    fn pool_update(&mut self, key: usize, cfg: Pool, routed: bool) {
+        let p = &mut self.pools[key];
+        if p.cfg.user != cfg.user || p.cfg.group != cfg.group {
+            super::supervise::warn_if_ids_ignored(&cfg);
         }
-        // More room (max_inflight, queue) may let waiting work go.
-        self.pool_refresh(key);
+        p.spec = std::rc::Rc::new(cfg.clone());
+        p.cfg = cfg;
+        p.routed = routed;
     }
 
     /// Stop giving an instance work; stop it once it has finished what it has.
@@ -592,137 +552,152 @@ impl Daemon {
 
     /// Advance a pool's rolling replacement as far as it can go now.
     pub(super) fn roll_step(&mut self, pool: usize) {
-        if self.phase != super::Phase::Running {
-            return;
+        self.roll_event(pool, RollEvent::Proceed);
+    }
+
+    /// An instance started: if it is a pool's incoming replacement, its promote timer
+    /// is armed.
+    pub(super) fn roll_started(&mut self, k: usize) {
+        if let Some(pool) = self.instances.get(k).map(|i| i.pool) {
+            let now = self.now;
+            self.roll_event(pool, RollEvent::Started { key: k, now });
         }
-        loop {
+    }
+
+    /// A promote timer fired: the roll promotes the replacement if it stayed up.
+    pub(super) fn on_promote_timer(&mut self, k: usize, gen: u64) {
+        let Some(inst) = self.instances.get(k) else {
+            return;
+        };
+        let running_since = match inst.life.state {
+            State::Running { since, .. } => Some(since),
+            _ => None,
+        };
+        let event = RollEvent::PromoteDue {
+            key: k,
+            gen,
+            now: self.now,
+            running_since,
+        };
+        self.roll_event(inst.pool, event);
+    }
+
+    /// An instance stopped for good (its restart policy, or shutdown): if it was a
+    /// roll's incoming replacement, the roll is abandoned.
+    pub(super) fn roll_incoming_stopped(&mut self, k: usize) {
+        if let Some(pool) = self.instances.get(k).map(|i| i.pool) {
+            self.roll_event(pool, RollEvent::Stopped { key: k });
+        }
+    }
+
+    /// An instance was forgotten: if it was a roll's outgoing one, the roll goes on.
+    pub(super) fn roll_forgotten(&mut self, pool: usize, k: usize) {
+        self.roll_event(pool, RollEvent::Gone { key: k });
+    }
+
+    /// Feed one event to a pool's roll (if it has one) and perform what it decides.
+    pub(super) fn roll_event(&mut self, pool: usize, event: RollEvent) {
+        let mut actions = Vec::new();
+        {
             let Some(p) = self.pools.get_mut(pool) else {
                 return;
             };
             let Some(roll) = p.roll.as_mut() else {
                 return;
             };
-            if roll.incoming.is_some() || roll.outgoing.is_some() {
-                return;
-            }
-            // Instances that already run the pool's spec stay (SPEC 6: decided per
-            // running instance), unless `orchd ctl restart` asked for them; held
-            // ones stay held.
-            let mut index = roll
-                .next
-                .min(roll.restart.first().copied().unwrap_or(u32::MAX));
-            while let Some(i) = p
-                .slots
-                .get(index as usize)
-                .and_then(|&k| self.instances.get(k))
-            {
-                if i.held {
-                    roll.restart.remove(&index);
-                } else if roll.restart.contains(&index)
-                    || !same_process(&i.spec, i.stdin_pipe, &p.spec, p.routed)
-                {
-                    break;
-                }
-                index += 1;
-            }
-            roll.next = index;
-            if index as usize >= p.slots.len() {
+            let view = PoolSlots {
+                slots: &p.slots,
+                spec: &p.spec,
+                routed: p.routed,
+                instances: &self.instances,
+                shutting_down: self.phase != Phase::Running,
+            };
+            roll.handle(event, &view, &mut actions);
+            if roll.is_over() {
                 p.roll = None;
-                log::info!("pool {}: replacement done", p.cfg.name);
-                return;
-            }
-            let new = self.instance_new(pool, index);
-            if let Some(roll) = self.pools[pool].roll.as_mut() {
-                roll.incoming = Some((index, new));
-            }
-            self.start_instance(new);
-            // start_instance promoted it if it runs; otherwise it waits in backoff and
-            // the old instance keeps serving.
-            let waiting = self.pools[pool]
-                .roll
-                .as_ref()
-                .is_some_and(|r| r.incoming.is_some() || r.outgoing.is_some());
-            if waiting {
-                return;
             }
         }
-    }
-
-    /// An instance started: if it is a pool's incoming replacement, it takes its slot
-    /// once it has stayed up for START_GRACE (a broken new version never replaces a
-    /// working old one).
-    pub(super) fn roll_started(&mut self, k: usize) {
-        let pool = self.instances[k].pool;
-        let incoming = self.pools[pool].roll.as_ref().and_then(|r| r.incoming);
-        if incoming.is_some_and(|(_, new)| new == k) {
-            let gen = self.instances[k].gen;
-            self.timers
-                .arm(self.now + START_GRACE, TimerKey::Promote { key: k, gen });
+        for action in actions {
+            self.roll_action(pool, action);
         }
     }
 
-    /// START_GRACE after a replacement started: if it still runs, promote it.
-    pub(super) fn on_promote_timer(&mut self, k: usize, gen: u64) {
-        let Some(inst) = self.instances.get(k) else {
-            return;
-        };
-        if inst.gen != gen
-            || !matches!(inst.life.state, State::Running { .. })
-            || self.phase != super::Phase::Running
-        {
-            return;
+    fn roll_action(&mut self, pool: usize, action: RollAction) {
+        match action {
+            RollAction::Start { index } => {
+                if self.pools.get(pool).is_none_or(|p| p.roll.is_none()) {
+                    return;
+                }
+                let new = self.instance_new(pool, index);
+                self.roll_event(pool, RollEvent::Created { index, key: new });
+                // Until it is promoted (or waits in backoff), the old instance serves.
+                self.start_instance(new);
+            }
+            RollAction::ArmPromote { key, gen, at } => {
+                self.timers.arm(at, TimerKey::Promote { key, gen });
+            }
+            RollAction::Promote { index, new, old } => {
+                let slot = self
+                    .pools
+                    .get_mut(pool)
+                    .and_then(|p| p.slots.get_mut(index as usize));
+                if let Some(slot) = slot {
+                    debug_assert_eq!(*slot, old, "slot {index} changed hands during its roll");
+                    *slot = new;
+                }
+            }
+            RollAction::Retire { key, why } => {
+                if why == Why::Cancelled {
+                    if let Some(i) = self.instances.get(key) {
+                        log::info!("{}: pending replacement cancelled", i.label);
+                    }
+                }
+                self.retire(key);
+            }
+            RollAction::Done => {
+                if let Some(p) = self.pools.get(pool) {
+                    log::info!("pool {}: replacement done", p.cfg.name);
+                }
+            }
+            RollAction::Abandoned { key, .. } => {
+                let (Some(p), Some(i)) = (self.pools.get(pool), self.instances.get_mut(key)) else {
+                    return;
+                };
+                if self.phase == Phase::Running {
+                    log::error!(
+                        "pool {}: replacement {} stopped; keeping the running instances, replacement abandoned",
+                        p.cfg.name,
+                        i.label
+                    );
+                }
+                // Forgotten once stopped, like any instance leaving.
+                i.retiring = true;
+            }
         }
-        let pool = inst.pool;
-        let Some(roll) = self.pools[pool].roll.as_mut() else {
-            return;
-        };
-        let Some((index, new)) = roll.incoming else {
-            return;
-        };
-        if new != k {
-            return;
-        }
-        roll.incoming = None;
-        roll.next = index + 1;
-        roll.restart.remove(&index);
-        let p = &mut self.pools[pool];
-        let Some(slot) = p.slots.get_mut(index as usize) else {
-            return;
-        };
-        let old = std::mem::replace(slot, new);
-        if let Some(roll) = p.roll.as_mut() {
-            roll.outgoing = Some(old);
-        }
-        self.retire(old);
+    }
+}
+
+/// A pool's slots as its [`Roll`] sees them.
+struct PoolSlots<'a> {
+    slots: &'a [usize],
+    spec: &'a Pool,
+    routed: bool,
+    instances: &'a Slab<Instance>,
+    shutting_down: bool,
+}
+
+impl Slots for PoolSlots<'_> {
+    fn slot(&self, index: u32) -> Option<Slot> {
+        let key = *self.slots.get(index as usize)?;
+        let i = self.instances.get(key)?;
+        Some(Slot {
+            key,
+            held: i.held,
+            current: same_process(&i.spec, i.stdin_pipe, self.spec, self.routed),
+        })
     }
 
-    /// A roll's incoming replacement stopped for good (its restart policy, or
-    /// shutdown): the roll is abandoned and the running instances stay.
-    pub(super) fn roll_incoming_stopped(&mut self, k: usize) {
-        let pool = self.instances[k].pool;
-        let incoming = self.pools[pool].roll.as_ref().and_then(|r| r.incoming);
-        if incoming.is_none_or(|(_, new)| new != k) {
-            return;
-        }
-        if self.phase == super::Phase::Running {
-            log::error!(
-                "pool {}: replacement {} stopped; keeping the running instances, replacement abandoned",
-                self.pools[pool].cfg.name,
-                self.instances[k].label
-            );
-        }
-        self.pools[pool].roll = None;
-        self.instances[k].retiring = true;
-    }
-
-    /// An instance was forgotten: if it was a roll's outgoing one, the roll goes on.
-    pub(super) fn roll_forgotten(&mut self, pool: usize, k: usize) {
-        let Some(roll) = self.pools.get_mut(pool).and_then(|p| p.roll.as_mut()) else {
-            return;
-        };
-        if roll.outgoing == Some(k) {
-            roll.outgoing = None;
-            self.roll_step(pool);
-        }
+    fn shutting_down(&self) -> bool {
+        self.shutting_down
     }
 }

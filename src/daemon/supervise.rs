@@ -789,7 +789,7 @@ impl Daemon {
         let Some(pool) = self.pools.get(pool_key) else {
             return;
         };
-        let incoming = pool.roll.as_ref().is_some_and(|r| r.incoming.is_some());
+        let incoming = pool.roll.as_ref().is_some_and(|r| r.has_incoming());
         if !pool.draining() || !pool.retiring.is_empty() || incoming {
             return;
         }

@@ -86,8 +86,8 @@ pub struct RunningPool<'a> {
     pub slots: Vec<RunningSpec<'a>>,
     /// A rolling replacement toward the pool's current spec is under way.
     pub rolling: bool,
-    /// The replacement instance of that roll waiting to take its slot, if any.
-    pub incoming: Option<RunningSpec<'a>>,
+    /// The replacement instances of that roll waiting to take their slots.
+    pub incoming: Vec<RunningSpec<'a>>,
 }
 
 impl<'a> RunningPool<'a> {
@@ -96,7 +96,7 @@ impl<'a> RunningPool<'a> {
         RunningPool {
             slots: vec![RunningSpec { spec: cfg, routed }; cfg.count as usize],
             rolling: false,
-            incoming: None,
+            incoming: Vec::new(),
         }
     }
 
@@ -171,7 +171,8 @@ pub fn diff_running<'a>(
                 let replace = if same_target && r.rolling { 0 } else { stale };
                 let cancel = r
                     .incoming
-                    .is_some_and(|s| !RunningPool::runs(&s, p, p_routed));
+                    .iter()
+                    .any(|s| !RunningPool::runs(s, p, p_routed));
                 let resize = (o.count != p.count).then_some((o.count, p.count));
                 let settings = settings_changed(o, p);
                 if replace == 0 && !cancel && resize.is_none() && settings.is_empty() {
@@ -556,7 +557,7 @@ to = "a"
         RunningPool {
             slots: slots.iter().map(|c| spec(c)).collect(),
             rolling: rolling || incoming.is_some(),
-            incoming: incoming.map(spec),
+            incoming: incoming.into_iter().map(spec).collect(),
         }
     }
 
