@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod framing;
 pub mod logging;
+pub mod protocol;
 pub mod reload;
 pub mod router;
 pub mod supervisor;

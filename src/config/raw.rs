@@ -54,6 +54,7 @@ pub(crate) struct RawPool {
     pub stop_timeout: Option<Dur>,
     pub max_inflight: Option<UInt>,
     pub queue: Option<UInt>,
+    pub protocol: Option<String>,
 }
 
 /// `backoff = { ... }`
