@@ -201,6 +201,11 @@ impl<V> InFlight<V> {
     pub fn is_empty(&self) -> bool {
         self.sent.is_empty()
     }
+
+    /// The messages in flight, in send order, without taking them.
+    pub fn iter(&self) -> impl Iterator<Item = (Tag, &V)> {
+        self.sent.iter().map(|(t, v)| (*t, v))
+    }
 }
 
 #[cfg(test)]

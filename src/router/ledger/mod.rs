@@ -281,6 +281,8 @@ pub struct Ledger {
     gathers: Slab<Gather>,
     next_client_id: u64,
     next_gen: u64,
+    /// Instances whose workers speak another protocol than `lines` (see `proto`).
+    proto: Keyed<proto::ProtoState>,
     /// Scratch buffers for choosing an instance (see `fill_candidates`).
     cand_keys: Vec<usize>,
     cands: Vec<Candidate>,
@@ -288,6 +290,7 @@ pub struct Ledger {
 
 mod events;
 mod place;
+mod proto;
 
 impl Ledger {
     pub fn new(limits: Limits) -> Ledger {
@@ -463,5 +466,6 @@ impl Ledger {
                 assert_eq!(c.order_bytes, 0, "client {ck}: bytes held without replies");
             }
         }
+        self.check_tags();
     }
 }
