@@ -88,11 +88,6 @@ fn run(args: &cli::Args) -> u8 {
             return 2;
         }
     };
-    if let Some(why) = orchd::protocol::not_wired_yet(&config) {
-        eprintln!("{why}");
-        eprintln!("orchd: invalid config; not starting");
-        return 2;
-    }
     logging::init(
         args.log_level.as_deref(),
         &config.settings.log_level,

@@ -31,6 +31,7 @@ mod exec;
 pub mod logs;
 mod net;
 pub mod outbuf;
+mod protocols;
 mod ready;
 mod reload;
 mod route;
@@ -93,6 +94,8 @@ enum IoTarget {
     Stdout(usize),
     Stderr(usize),
     Stdin(usize),
+    /// A `node` worker's IPC channel (its replies).
+    Channel(usize),
     Listener(usize),
     Client(usize),
     ControlConn(usize),
@@ -260,6 +263,7 @@ impl Daemon {
                     IoTarget::Stdout(k) => self.on_worker_stdout(k),
                     IoTarget::Stderr(k) => self.on_worker_stderr(k),
                     IoTarget::Stdin(k) => self.on_worker_stdin_writable(k),
+                    IoTarget::Channel(k) => self.on_worker_channel(k),
                     IoTarget::Listener(l) => self.on_listener(l),
                     IoTarget::Client(c) => self.on_client(c, event),
                     IoTarget::ControlConn(c) => self.on_control_conn(c, event),

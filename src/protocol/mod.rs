@@ -230,22 +230,6 @@ impl WorkerIo {
     }
 }
 
-/// Until the event loop speaks `tagged` and `node` (issue 11), start-up refuses a
-/// config that uses them rather than running their workers as `lines`; `--check`
-/// accepts them. The reason names the first such pool. Remove with the wiring.
-pub fn not_wired_yet(config: &crate::config::Config) -> Option<String> {
-    let pool = config
-        .pools
-        .iter()
-        .find(|p| p.protocol != Protocol::Lines)?;
-    Some(format!(
-        "{}: pool.{}.protocol: protocol = {:?} is not supported by this build yet (only \"lines\")",
-        config.path.display(),
-        pool.name,
-        pool.protocol.as_str()
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,21 +369,6 @@ mod tests {
         assert_eq!(
             decode_too_long(Protocol::Node),
             WorkerLine::NextFails(REPLY_TOO_LONG)
-        );
-    }
-
-    #[test]
-    fn start_up_refuses_protocols_the_loop_does_not_speak_yet() {
-        let parse = |text: &str| {
-            crate::config::parse_str(std::path::Path::new("/tmp/p.toml"), text).expect("valid")
-        };
-        assert_eq!(not_wired_yet(&parse("[pool.a]\ncommand = \"cat\"\n")), None);
-        let why = not_wired_yet(&parse(
-            "[pool.a]\ncommand = \"cat\"\n[pool.b]\ncommand = \"cat\"\nprotocol = \"node\"\n",
-        ));
-        assert_eq!(
-            why.as_deref(),
-            Some("/tmp/p.toml: pool.b.protocol: protocol = \"node\" is not supported by this build yet (only \"lines\")")
         );
     }
 }
