@@ -460,3 +460,47 @@ fn node_chaos_loses_and_duplicates_nothing() {
 fn lines_chaos_loses_and_duplicates_nothing() {
     chaos("[pool.w]\ncommand = [\"cat\"]", |m| m.to_string());
 }
+
+#[test]
+fn a_node_worker_finishes_its_message_then_sees_disconnect_before_the_stop_signal() {
+    if !have_node() {
+        return;
+    }
+    let dir = TempDir::new("node-stop");
+    let worker = dir.write(
+        "w.js",
+        r#"
+process.on('message', (m) => {
+  console.error('got ' + m);
+  setTimeout(() => process.send(m + ' done'), 300);
+});
+process.on('disconnect', () => console.error('disconnected'));
+process.on('SIGTERM', () => { console.error('got TERM'); process.exit(0); });
+"#,
+    );
+    let port = free_port();
+    let cfg = node_config(&dir, &worker, &format!("tcp://127.0.0.1:{port}"));
+    let mut o = Orchd::start(&cfg);
+    o.wait_ready();
+    let mut cl = TcpClient::connect(port);
+    cl.send("slow");
+    o.wait_log("]: got slow", 1);
+    o.signal(libc::SIGTERM);
+    assert_eq!(cl.recv(), "slow done", "the message in flight finished");
+    assert_eq!(o.wait_exit(DEADLINE), 0);
+    // Both workers: the channel closed first (disconnect), the stop signal after.
+    let log = o.log();
+    for i in 0..2 {
+        let label = format!(" n[{i}]: ");
+        let events: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&label))
+            .filter_map(|l| {
+                ["disconnected", "got TERM"]
+                    .into_iter()
+                    .find(|e| l.ends_with(e))
+            })
+            .collect();
+        assert_eq!(events.first(), Some(&"disconnected"), "n[{i}]:\n{log}");
+    }
+}
