@@ -6,31 +6,13 @@
 
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-
-fn example(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(path)
-}
-
-fn have_node() -> bool {
-    let found = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        eprintln!("skipped: node not found");
-    }
-    found
-}
+use crate::protocols_prep::{example, have};
 
 /// A tagged worker that reads what is there, waits until nothing more comes for
 /// 20 ms, then answers the whole batch in reverse order ("ID MESSAGE" upper-cased).
@@ -224,18 +206,27 @@ to = "n"
     )
 }
 
+/// orchd with pool `n` (2 `node` workers running `worker`) behind a TCP route, ready;
+/// None (the test is skipped) without `node`.
+fn node_over_tcp(dir: &TempDir, worker: &Path) -> Option<(Orchd, u16)> {
+    if !have("node") {
+        return None;
+    }
+    let port = free_port();
+    let cfg = node_config(dir, worker, &format!("tcp://127.0.0.1:{port}"));
+    let o = Orchd::start(&cfg);
+    o.wait_ready();
+    Some((o, port))
+}
+
 #[test]
 fn the_fork_example_worker_runs_unchanged_under_the_node_protocol_over_tcp() {
-    if !have_node() {
-        return;
-    }
     let worker = example("node-fork/worker.js");
     let original = std::fs::read(&worker).unwrap();
     let dir = TempDir::new("node-tcp");
-    let port = free_port();
-    let cfg = node_config(&dir, &worker, &format!("tcp://127.0.0.1:{port}"));
-    let mut o = Orchd::start(&cfg);
-    o.wait_ready();
+    let Some((mut o, port)) = node_over_tcp(&dir, &worker) else {
+        return;
+    };
     let mut cl = TcpClient::connect(port);
     let sent = ["Hello from parent process 1", "say \"hi\" \\ ü", "3"];
     for m in sent {
@@ -260,7 +251,7 @@ fn the_fork_example_worker_runs_unchanged_under_the_node_protocol_over_tcp() {
 
 #[test]
 fn the_fork_example_worker_runs_unchanged_in_batch_mode() {
-    if !have_node() {
+    if !have("node") {
         return;
     }
     let worker = example("node-fork/worker.js");
@@ -279,9 +270,6 @@ fn the_fork_example_worker_runs_unchanged_in_batch_mode() {
 
 #[test]
 fn node_object_replies_are_json_internal_messages_are_not_replies_and_bad_replies_are_errors() {
-    if !have_node() {
-        return;
-    }
     let dir = TempDir::new("node-shapes");
     let worker = dir.write(
         "w.js",
@@ -300,10 +288,9 @@ process.on('message', (m) => {
 });
 "#,
     );
-    let port = free_port();
-    let cfg = node_config(&dir, &worker, &format!("tcp://127.0.0.1:{port}"));
-    let mut o = Orchd::start(&cfg);
-    o.wait_ready();
+    let Some((mut o, port)) = node_over_tcp(&dir, &worker) else {
+        return;
+    };
     let mut cl = TcpClient::connect(port);
     for m in ["object", "internal", "newline", "plain"] {
         cl.send(m);
@@ -439,7 +426,7 @@ fn tagged_chaos_loses_and_duplicates_nothing() {
 
 #[test]
 fn node_chaos_loses_and_duplicates_nothing() {
-    if !have_node() {
+    if !have("node") {
         return;
     }
     let dir = TempDir::new("node-chaos-worker");
@@ -463,9 +450,6 @@ fn lines_chaos_loses_and_duplicates_nothing() {
 
 #[test]
 fn a_node_worker_finishes_its_message_then_sees_disconnect_before_the_stop_signal() {
-    if !have_node() {
-        return;
-    }
     let dir = TempDir::new("node-stop");
     let worker = dir.write(
         "w.js",
@@ -478,10 +462,9 @@ process.on('disconnect', () => console.error('disconnected'));
 process.on('SIGTERM', () => { console.error('got TERM'); process.exit(0); });
 "#,
     );
-    let port = free_port();
-    let cfg = node_config(&dir, &worker, &format!("tcp://127.0.0.1:{port}"));
-    let mut o = Orchd::start(&cfg);
-    o.wait_ready();
+    let Some((mut o, port)) = node_over_tcp(&dir, &worker) else {
+        return;
+    };
     let mut cl = TcpClient::connect(port);
     cl.send("slow");
     o.wait_log("]: got slow", 1);

@@ -17,13 +17,13 @@ use orchd::protocol::REPLY_HAS_NEWLINE;
 
 use crate::common::*;
 
-fn example(path: &str) -> PathBuf {
+pub(crate) fn example(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("examples")
         .join(path)
 }
 
-fn have(program: &str) -> bool {
+pub(crate) fn have(program: &str) -> bool {
     let found = Command::new(program)
         .arg("--version")
         .stdout(Stdio::null())

@@ -288,13 +288,7 @@ impl Ledger {
         if !inst.inflight.is_empty() {
             self.arm_head_deadline(k, out);
         }
-        match reply {
-            Ok(line) => self.answer(m, Reply::Line(line), out),
-            Err(why) => self.answer(m, Reply::Error(why), out),
-        }
-        self.instance_pull(k, now, out);
-        self.maybe_drained(k, out);
-        self.check();
+        self.answered(k, m, reply, now, out);
     }
 
     /// A chunk of complete reply lines (each ending in `\n`) of an instance.

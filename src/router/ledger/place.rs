@@ -581,6 +581,25 @@ impl Ledger {
         }
     }
 
+    /// Instance `k` answered message `m` (with a reply line, or an error in its
+    /// place): the client gets it, the instance more work, or it is drained.
+    pub(super) fn answered(
+        &mut self,
+        k: usize,
+        m: usize,
+        reply: Result<&[u8], &str>,
+        now: Instant,
+        out: &mut Actions,
+    ) {
+        match reply {
+            Ok(line) => self.answer(m, Reply::Line(line), out),
+            Err(why) => self.answer(m, Reply::Error(why), out),
+        }
+        self.instance_pull(k, now, out);
+        self.maybe_drained(k, out);
+        self.check();
+    }
+
     /// After a reply: a leaving instance with nothing left is stopped.
     pub(super) fn maybe_drained(&mut self, k: usize, out: &mut Actions) {
         let Some(i) = self.instances.get(k) else {

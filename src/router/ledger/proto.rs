@@ -146,13 +146,7 @@ impl Ledger {
             inst.inflight.remove(pos);
         }
         inst.answered += 1;
-        match reply {
-            Ok(line) => self.answer(m, Reply::Line(line), out),
-            Err(why) => self.answer(m, Reply::Error(why), out),
-        }
-        self.instance_pull(k, now, out);
-        self.maybe_drained(k, out);
-        self.check();
+        self.answered(k, m, reply, now, out);
     }
 
     /// When instance `k` (tagged) must be looked at next: the first message deadline,
