@@ -22,6 +22,9 @@ workers.forEach((w, i) => {
     console.log(`Received response from child process ${i + 1}: ${response}`);
     pending -= 1;
     if (pending === 0) {
+      // Counted here: the workers' console.log shares this stdout, so lines there
+      // may interleave.
+      console.error(`responses: ${n}`);
       for (const w of workers) w.disconnect();
     }
   });

@@ -6,9 +6,11 @@
 #
 # orchd runs in batch mode (from = "stdin"): N lines in, N replies out, then it
 # exits; the seed's parent forks the workers, send()s N messages and exits once each
-# has its response. Both times include starting and stopping the workers. Worker
-# console.log output goes to /dev/null in both (orchd logs it at info level: RUST_LOG
-# is set to warn). Prints the wall time of each and the ratio.
+# has its response. Both times include starting and stopping the workers. The
+# replies are counted (orchd's on its stdout; the seed's parent counts its own, as
+# the workers' console.log shares its stdout); the workers' console.log output is
+# discarded in both (orchd's log is at RUST_LOG=warn). Prints the wall time of each
+# and the ratio.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -33,7 +35,7 @@ awk -v n="$n" 'BEGIN { for (i = 0; i < n; i++) print "message " i }' > "$tmp/in"
 now() { date +%s.%N; }
 
 t0=$(now)
-WORKERS=$workers node "$here/parent.js" "$n" | grep -c '^Received response' > "$tmp/seed.count"
+WORKERS=$workers node "$here/parent.js" "$n" 2>&1 >/dev/null | sed -n 's/^responses: //p' > "$tmp/seed.count"
 t1=$(now)
 RUST_LOG=warn "$orchd" --no-watch "$tmp/pool.toml" < "$tmp/in" 2>/dev/null | grep -c '^Processed message' > "$tmp/orchd.count"
 t2=$(now)
