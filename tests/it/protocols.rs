@@ -501,3 +501,68 @@ process.on('SIGTERM', () => { console.error('got TERM'); process.exit(0); });
         assert_eq!(events.first(), Some(&"disconnected"), "n[{i}]:\n{log}");
     }
 }
+
+/// Answers every message at once, except `hang`, never.
+const ALL_BUT_HANG: &str = r#"#!/usr/bin/env python3
+import sys
+for line in sys.stdin.buffer:
+    tag, _, msg = line.rstrip(b"\n").partition(b" ")
+    if msg != b"hang":
+        sys.stdout.buffer.write(tag + b" " + msg + b"!\n")
+        sys.stdout.buffer.flush()
+"#;
+
+#[test]
+fn an_overdue_tagged_message_is_retried_without_restarting_a_worker_that_answers_others() {
+    let dir = TempDir::new("tagged-timeout");
+    dir.write("w.py", ALL_BUT_HANG);
+    let port = free_port();
+    let cfg = dir.write(
+        "c.toml",
+        &format!(
+            r#"
+[pool.t]
+command = ["python3", "w.py"]
+count = 2
+protocol = "tagged"
+
+[[route]]
+from = "tcp://127.0.0.1:{port}"
+to = "t"
+timeout = "2s"
+retries = 1
+"#
+        ),
+    );
+    let mut o = Orchd::start(&cfg);
+    o.wait_ready();
+    let mut hung = TcpClient::connect(port);
+    hung.send("hang");
+    // Both workers keep answering others meanwhile: neither is ever quiet for 2 s.
+    let done = Arc::new(AtomicBool::new(false));
+    let pinger = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut cl = TcpClient::connect(port);
+            let mut i = 0;
+            while !done.load(Ordering::SeqCst) {
+                assert_eq!(cl.request(&format!("p{i}")), format!("p{i}!"));
+                i += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let t = Instant::now();
+    assert_eq!(hung.recv(), "ERR retries exhausted (timed out)");
+    let waited = t.elapsed();
+    done.store(true, Ordering::SeqCst);
+    pinger.join().unwrap();
+    assert!(
+        waited >= Duration::from_secs(4),
+        "two timeouts of 2 s: {waited:?}"
+    );
+    assert_eq!(o.stop(), 0);
+    assert_eq!(o.log_count("1 message(s) not answered in time"), 2);
+    assert_eq!(o.log_count("answered nothing within"), 0, "{}", o.log());
+    assert_eq!(started(&o, "t[0]").len() + started(&o, "t[1]").len(), 2);
+}

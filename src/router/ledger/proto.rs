@@ -203,7 +203,7 @@ impl Ledger {
             .collect();
         if !overdue.is_empty() {
             log::warn!(
-                "{}: {} message(s) not answered in time; sending them again",
+                "{}: {} message(s) not answered in time (each charged an attempt)",
                 inst.label,
                 overdue.len()
             );
