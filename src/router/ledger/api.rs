@@ -99,7 +99,8 @@ pub enum Timer {
 /// What the shell must do. Byte ranges index [`Actions::bytes`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Append these bytes (whole messages, each ending in `\n`) to the instance's stdin.
+    /// Append these bytes (whole messages, each ending in `\n`, already in the
+    /// worker's protocol) to the instance's stdin (or its `node` channel).
     ToWorker {
         instance: usize,
         bytes: Range<usize>,

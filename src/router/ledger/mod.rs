@@ -12,9 +12,11 @@
 //! Life of a message: a client line is matched against its listener's rules; the
 //! chosen pool either writes it to an instance at once (`in flight`), parks it in an
 //! instance's backlog (hash and broadcast pin a message to one instance), or queues
-//! it. Each reply line of an instance answers its oldest in-flight message. When an
-//! instance dies or times out, its unanswered messages are delivered again (front of
-//! the queue) until `retries` is used up.
+//! it. Each reply line of an instance answers its oldest in-flight message (a
+//! `tagged` instance's replies name their message by ID instead, and each message
+//! has its own deadline: see `proto`). When an instance dies or times out, its
+//! unanswered messages are delivered again (front of the queue) until `retries` is
+//! used up.
 //!
 //! Invariants (checked after every event in debug builds, [`Ledger::check`]):
 //! - every message is in exactly one place: a pool queue, an instance backlog, or an
