@@ -16,11 +16,14 @@
 //!   (one instance's life), [`crate::reload::roll`] (rolling replacement) and
 //!   [`crate::reload::apply`] (a reload plan as steps).
 //! - I/O components: `net` (listeners, client connections, batch stdin/stdout),
-//!   `workers` (processes, reaping, process groups, worker pipes), `control` (the
+//!   `workers` (processes, reaping, process groups, worker pipes and channels),
+//!   `control` (the
 //!   control socket), `outbuf` (the one write buffer all of them use), `tokens`.
 //! - Executors and wiring: `route` (connections to and from the ledger), `exec` (the
 //!   ledger's actions; instance events for it), `supervise` (instances: feeds their
-//!   lifecycle, performs its actions), `reload` (watcher, plans, rolls), `ctl`
+//!   lifecycle, performs its actions), `protocols` (worker reply lines decoded by the
+//!   pool's protocol, [`crate::protocol`], for the ledger; a `node` worker's IPC
+//!   channel), `reload` (watcher, plans, rolls), `ctl`
 //!   (operations), `start`, `shutdown`, `ready`; `logs` keeps recent output per pool
 //!   for `orchd ctl CONFIG logs`.
 
