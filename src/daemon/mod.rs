@@ -17,8 +17,8 @@
 //!   [`crate::reload::apply`] (a reload plan as steps).
 //! - I/O components: `net` (listeners, client connections, batch stdin/stdout),
 //!   `workers` (processes, reaping, process groups, worker pipes and channels),
-//!   `control` (the
-//!   control socket), `outbuf` (the one write buffer all of them use), `tokens`.
+//!   `control` (the control socket), `outbuf` (the one write buffer all of them
+//!   use), `tokens`.
 //! - Executors and wiring: `route` (connections to and from the ledger), `exec` (the
 //!   ledger's actions; instance events for it), `supervise` (instances: feeds their
 //!   lifecycle, performs its actions), `protocols` (worker reply lines decoded by the
