@@ -13,6 +13,7 @@ pub mod framing;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod protocol;
 pub mod reload;
 pub mod router;
 pub mod supervisor;

@@ -355,6 +355,26 @@ pub fn child_set_parent_death_signal(parent: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// In the child between fork and exec: make `fd` survive exec as fd `target` (a
+/// `node` worker's IPC channel goes to fd 3, [`crate::protocol::node::CHANNEL_FD`]).
+/// `fd` is close-on-exec like every fd orchd opens; `dup2` makes a copy without that
+/// flag, and the original goes away at exec. When `fd` already is `target`, `dup2`
+/// would change nothing, so the flag is cleared instead. Async-signal-safe.
+pub fn child_install_fd(fd: std::os::fd::RawFd, target: std::os::fd::RawFd) -> io::Result<()> {
+    // SAFETY: dup2 and fcntl(F_SETFD) only change the fd table; a bad fd is EBADF.
+    let r = unsafe {
+        if fd == target {
+            libc::fcntl(target, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(fd, target)
+        }
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// In the child between fork and exec: drop to `uid`/`gid` (supplementary groups
 /// reset to `gid` only). Async-signal-safe. Clears the parent-death signal: call
 /// [`child_set_parent_death_signal`] afterwards.
@@ -762,5 +782,35 @@ mod tests {
             io::ErrorKind::InvalidInput
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn child_install_fd_leaves_the_target_open_across_exec() {
+        use std::os::fd::AsRawFd;
+        let cloexec = |fd: i32| {
+            // SAFETY: F_GETFD only reads the fd's flags.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            assert!(flags >= 0, "fd {fd} not open");
+            flags & libc::FD_CLOEXEC != 0
+        };
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        assert!(cloexec(fd));
+        // A high fd number no other test uses.
+        let target = 900;
+        child_install_fd(fd, target).unwrap();
+        assert!(!cloexec(target));
+        assert!(cloexec(fd));
+        // Already in place: only the flag changes.
+        // SAFETY: F_SETFD only changes the flags of an fd this test owns.
+        unsafe { libc::fcntl(target, libc::F_SETFD, libc::FD_CLOEXEC) };
+        child_install_fd(target, target).unwrap();
+        assert!(!cloexec(target));
+        // SAFETY: closing the copy this test made.
+        unsafe { libc::close(target) };
+        assert_eq!(
+            child_install_fd(target, target).unwrap_err().raw_os_error(),
+            Some(libc::EBADF)
+        );
     }
 }

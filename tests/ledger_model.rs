@@ -1,7 +1,8 @@
 //! Model-based property test of the message ledger (`router::Ledger`, SPEC section 5).
 //!
-//! A small simulated world — clients on three listeners, two pools of simulated
-//! workers that echo what they read, a clock and a timer list — is driven by random
+//! A small simulated world — clients on three listeners, three pools of simulated
+//! workers that echo what they read (the third speaks `tagged` and answers out of
+//! order, sometimes twice), a clock and a timer list — is driven by random
 //! interleavings of: client messages on several routes and strategies, worker reads and
 //! replies, deaths (with unread input), hangs followed by timeouts, instances replaced
 //! (retiring and drained), clients that stop reading their replies and clients that
@@ -23,7 +24,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use orchd::config::{Pattern, Strategy as Route};
+use orchd::config::{Pattern, Protocol, Strategy as Route};
+use orchd::protocol::tagged;
 use orchd::router::ledger::{
     Action, Actions, InstanceView, Ledger, Limits, PoolSettings, Rule, Timer,
 };
@@ -39,7 +41,10 @@ const LINES_PER_READ: usize = 3;
 const MAX_MSG: usize = 16;
 
 /// Pools: (name, slots, max_inflight, queue).
-const POOLS: [(&str, usize, u32, u32); 2] = [("p0", 3, 2, 4), ("p1", 2, 1, 3)];
+const POOLS: [(&str, usize, u32, u32); 3] = [("p0", 3, 2, 4), ("p1", 2, 1, 3), ("p2", 2, 3, 4)];
+/// The pool whose workers speak `tagged`: they answer newest first, and repeat an
+/// answer now and then (the repeat must be dropped).
+const TAGGED_POOL: usize = 2;
 /// Client keys and their listeners: 0 and 1 ordered routes, 2 unordered, 3 broadcast,
 /// 4 a listener without rules.
 const CLIENT_LISTENER: [usize; 5] = [0, 0, 1, 3, 2];
@@ -71,9 +76,11 @@ fn rules() -> Vec<Rule> {
         // Listener 0: hash by key, round-robin for the rest; ordered.
         rule(0, 0, "^h", Route::Hash, 3000, 1, true),
         rule(0, 1, "^l", Route::LeastBusy, 0, 2, true),
+        rule(0, 2, "^t", Route::RoundRobin, 2000, 2, true),
         rule(0, 0, "", Route::RoundRobin, 3000, 2, true),
         // Listener 1: unordered.
         rule(1, 1, "^l", Route::LeastBusy, 2000, 0, false),
+        rule(1, 2, "^t", Route::LeastBusy, 1500, 1, false),
         rule(1, 0, "", Route::LeastBusy, 0, 1, false),
         // Listener 3: broadcast, ordered.
         rule(3, 1, "", Route::Broadcast, 2500, 1, true),
@@ -107,13 +114,13 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0..CLIENT_LISTENER.len(), prop::sample::select(b"hxlb".to_vec()), 1..5usize)
+        6 => (0..CLIENT_LISTENER.len(), prop::sample::select(b"hxlbt".to_vec()), 1..5usize)
             .prop_map(|(client, kind, n)| Op::Send { client, kind, n }),
-        6 => (0..2usize, 0..3usize, 0..4usize, 0..4usize)
+        6 => (0..POOLS.len(), 0..3usize, 0..4usize, 0..4usize)
             .prop_map(|(pool, slot, read, answer)| Op::Work { pool, slot, read, answer }),
-        1 => (0..2usize, 0..3usize).prop_map(|(pool, slot)| Op::Die { pool, slot }),
-        2 => (0..2usize).prop_map(|pool| Op::Up { pool }),
-        1 => (0..2usize, 0..3usize).prop_map(|(pool, slot)| Op::Replace { pool, slot }),
+        1 => (0..POOLS.len(), 0..3usize).prop_map(|(pool, slot)| Op::Die { pool, slot }),
+        2 => (0..POOLS.len()).prop_map(|pool| Op::Up { pool }),
+        1 => (0..POOLS.len(), 0..3usize).prop_map(|(pool, slot)| Op::Replace { pool, slot }),
         2 => (0..4000u64).prop_map(|ms| Op::Advance { ms }),
         3 => (0..CLIENT_LISTENER.len()).prop_map(|client| Op::Drain { client }),
         1 => (0..CLIENT_LISTENER.len()).prop_map(|client| Op::Reconnect { client }),
@@ -249,6 +256,9 @@ impl World {
         });
         let k = self.workers.len() - 1;
         self.view(k);
+        if pool == TAGGED_POOL {
+            self.ledger.instance_protocol(k, Protocol::Tagged);
+        }
         k
     }
 
@@ -363,6 +373,9 @@ impl World {
             let line: Vec<u8> = w.pipe.drain(..=nl).collect();
             w.read.push_back(line[..line.len() - 1].to_vec());
         }
+        if w.pool == TAGGED_POOL {
+            return self.work_tagged(k, answer);
+        }
         let mut chunk = Vec::new();
         for _ in 0..answer {
             let Some(line) = w.read.pop_front() else {
@@ -375,6 +388,24 @@ impl World {
             self.ledger
                 .worker_output(k, &chunk, self.now, &mut self.out);
             self.exec();
+        }
+    }
+
+    /// A tagged worker answers up to `answer` of what it read, newest first; with
+    /// `answer` 3 it repeats its last answer (a duplicate ID, dropped by the ledger).
+    fn work_tagged(&mut self, k: usize, answer: usize) {
+        for i in 0..answer {
+            let Some(line) = self.workers[k].read.pop_back() else {
+                break;
+            };
+            let (tag, msg) = tagged::parse_reply(&line).expect("ID SP message from orchd");
+            let mut reply = msg.to_vec();
+            reply.extend_from_slice(format!("@{k}").as_bytes());
+            for _ in 0..if answer == 3 && i == 0 { 2 } else { 1 } {
+                self.ledger
+                    .worker_reply_tagged(k, tag, Ok(&reply), self.now, &mut self.out);
+                self.exec();
+            }
         }
     }
 
@@ -498,9 +529,14 @@ impl World {
                             Life::Retiring,
                             "drained instance {instance} is not retiring"
                         );
-                        let unread = self.workers[instance].pipe.len();
-                        assert_eq!(unread, 0, "drained instance {instance} has input");
-                        assert!(self.workers[instance].read.is_empty());
+                        // A tagged worker may still hold messages the ledger took
+                        // back (overdue, sent elsewhere), read or not: their replies
+                        // would be dropped.
+                        let w = &self.workers[instance];
+                        if w.pool != TAGGED_POOL {
+                            assert_eq!(w.pipe.len(), 0, "drained instance {instance} has input");
+                            assert!(w.read.is_empty());
+                        }
                         self.forget(instance, 0, false);
                     }
                     Action::Resume { client } => {

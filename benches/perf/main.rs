@@ -145,6 +145,13 @@ fn throughput_rows(bench: &Bench, o: &Options, t: &mut Table) {
     let batch = median(o.runs, || throughput::batch(bench, &input, o.lines, &cats)).map(rate);
     t.compare("batch, 4 `cat`", &batch, &cat, Better::Higher, Some(0.40));
     t.compare("batch, 4 `cat`", &batch, &node, Better::Higher, Some(50.0));
+    if node.is_some() {
+        // Issue 11: the same worker file as the Node parent's, orchd as its parent.
+        let nodes = throughput::node_pool(bench, "stdin", window);
+        let batch = median(o.runs, || throughput::batch(bench, &input, o.lines, &nodes));
+        let name = "batch, 4 Node workers (`protocol = \"node\"`)";
+        t.compare(name, &batch.map(rate), &node, Better::Higher, Some(1.0));
+    }
     for clients in [1, 8] {
         let name = format!(
             "TCP, {clients} client{}",

@@ -1,5 +1,6 @@
 //! Throughput: the same lines through `cat | cat` (the reference), the Node.js
-//! `fork()`/`send()` parent, orchd in batch mode and orchd over TCP, plus the ceiling
+//! `fork()`/`send()` parent, orchd in batch mode (with `cat`s, and with the Node
+//! parent's worker file under `protocol = "node"`) and orchd over TCP, plus the ceiling
 //! of the TCP load generator against a plain echo server.
 //!
 //! The load generator is one thread and one `mio::Poll` driving every connection:
@@ -91,6 +92,18 @@ rl.on('line', (line) => workers[i++ % 4].send(line));
         return Err(format!("node parent failed: {st}"));
     }
     Ok(elapsed)
+}
+
+/// The Node reference's worker file (written by [`node`]) under orchd with
+/// `protocol = "node"`: 4 instances, the same code as the seeds' `fork()` workers.
+pub fn node_pool(bench: &Bench, from: &str, max_inflight: Option<&str>) -> String {
+    let worker = bench.dir.join("worker.js");
+    let command = format!("[\"node\", {:?}]", worker.display().to_string());
+    pool(&command, 4, from, max_inflight).replacen(
+        "[[route]]",
+        "protocol = \"node\"\n\n[[route]]",
+        1,
+    )
 }
 
 /// A config routing `from` to `[pool.work]`: `command` (a TOML value) run `count`

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::model::{Config, Source, Strategy};
+use super::model::{Config, Protocol, Source, Strategy};
 use super::supervision::{Probe, ReadyWhen, Supervision};
 
 fn dur(d: Duration) -> String {
@@ -103,12 +103,12 @@ pub fn describe(config: &Config) -> String {
             }
             None => out.push_str("  give_up: never\n"),
         }
-        let stdin = if config.is_routed(&p.name) {
-            "route"
-        } else {
-            "/dev/null"
+        let stdin = match (config.is_routed(&p.name), p.protocol) {
+            (true, Protocol::Node) => "/dev/null channel=NODE_CHANNEL_FD",
+            (true, _) => "route",
+            (false, _) => "/dev/null",
         };
-        let _ = writeln!(
+        let _ = write!(
             out,
             "  stop: signal={} timeout={}  max_inflight={} queue={} stdin={}",
             p.stop_signal.name,
@@ -117,6 +117,11 @@ pub fn describe(config: &Config) -> String {
             p.queue,
             stdin
         );
+        // The default is left out: the line stays as it was for `lines` pools.
+        if p.protocol != Protocol::Lines {
+            let _ = write!(out, " protocol={}", p.protocol.as_str());
+        }
+        out.push('\n');
         if !p.env.is_empty() {
             let env: Vec<String> = p
                 .env

@@ -208,6 +208,42 @@ pub struct Pool {
     pub max_inflight: u32,
     /// default 10000; validated >= 1
     pub queue: u32,
+    /// `protocol`, default [`Protocol::Lines`] (SPEC 12).
+    pub protocol: Protocol,
+}
+
+/// `protocol`: how a pool's workers take messages and give replies (SPEC 12). It
+/// decides the worker's message input (a stdin pipe, or Node's IPC channel) and how
+/// replies are matched to messages; the codecs live in [`crate::protocol`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// `ID`-less lines on stdin/stdout, answered in order (SPEC 5).
+    #[default]
+    Lines,
+    /// `ID SP message` lines, answered `ID SP reply` in any order.
+    Tagged,
+    /// Node.js `child_process.fork()` IPC: JSON lines on the socket named by
+    /// `NODE_CHANNEL_FD`, answered in order; stdin is `/dev/null`.
+    Node,
+}
+
+impl Protocol {
+    /// Every value, in the order the docs list them.
+    pub const ALL: [Protocol; 3] = [Protocol::Lines, Protocol::Tagged, Protocol::Node];
+
+    /// The value as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Lines => "lines",
+            Protocol::Tagged => "tagged",
+            Protocol::Node => "node",
+        }
+    }
+
+    /// The protocol a config value names.
+    pub fn from_name(name: &str) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.as_str() == name)
+    }
 }
 
 /// Where messages come from.

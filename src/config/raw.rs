@@ -60,6 +60,7 @@ pub(crate) struct RawPool {
     pub depends_on: Option<Vec<String>>,
     pub rolling: Option<RawRolling>,
     pub max_rss: Option<Bytes>,
+    pub protocol: Option<String>,
 }
 
 /// `ready = { ... }`

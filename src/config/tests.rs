@@ -1665,3 +1665,6 @@ fn no_panic_on_mangled_input() {
         }
     }
 }
+
+#[path = "tests_protocol.rs"]
+mod protocol;

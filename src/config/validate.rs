@@ -16,8 +16,8 @@ use super::listen::{parse_mode, parse_source, socket_identity, tcp_overlap};
 mod health;
 
 use super::model::{
-    Backoff, Command, Config, GiveUp, Pattern, Pool, RestartPolicy, Route, Settings, Source,
-    Strategy, MAX_LOG_BUFFER,
+    Backoff, Command, Config, GiveUp, Pattern, Pool, Protocol, RestartPolicy, Route, Settings,
+    Source, Strategy, MAX_LOG_BUFFER,
 };
 use super::raw::{
     Bytes, Dur, Num, RawCommand, RawPool, RawRoute, RawSettings, UInt, COMMAND_EXPECTED,
@@ -634,6 +634,7 @@ impl<'a, 'i> Checker<'a, 'i> {
         };
         let max_inflight = at_least_one("max_inflight", raw.max_inflight, 32);
         let queue = at_least_one("queue", raw.queue, 10000);
+        let protocol = self.protocol(&base, raw.protocol.as_deref(), &env);
 
         let supervision = supervision?;
         if supervision != Supervision::default() {
@@ -654,7 +655,45 @@ impl<'a, 'i> Checker<'a, 'i> {
             stop_timeout,
             max_inflight,
             queue,
+            protocol: protocol?,
         })
+    }
+
+    /// `protocol`: one of [`Protocol::ALL`] by name; absent = `lines`. A `node` pool's
+    /// `env` must leave the channel variables to orchd.
+    fn protocol(
+        &mut self,
+        base: &KeyPath,
+        raw: Option<&str>,
+        env: &BTreeMap<String, String>,
+    ) -> Option<Protocol> {
+        let Some(name) = raw else {
+            return Some(Protocol::Lines);
+        };
+        let found = Protocol::from_name(name);
+        match found {
+            None => {
+                let names: Vec<&str> = Protocol::ALL.iter().map(|p| p.as_str()).collect();
+                self.at_value(
+                    &base.key("protocol"),
+                    format!("expected one of {}, found {}", one_of(&names), quote(name)),
+                );
+            }
+            Some(Protocol::Node) => {
+                for var in crate::protocol::node::CHANNEL_VARS {
+                    if env.contains_key(var) {
+                        self.at_key(
+                            &base.key("env").key(var),
+                            format!(
+                                "{var} is set by orchd for protocol = \"node\" (it names the worker's IPC channel); remove it from env"
+                            ),
+                        );
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+        found
     }
 
     fn regex(&mut self, path: &KeyPath, s: &str) -> Option<Pattern> {

@@ -85,6 +85,7 @@ impl Daemon {
         self.ledger_sync_pool(pool);
         let i = &self.instances[k];
         self.ledger.instance_view(k, pool, i.index, &i.label, view);
+        self.ledger.instance_protocol(k, i.protocol());
     }
 
     /// Bring the ledger's picture of a pool (settings, members) up to date.
@@ -192,6 +193,9 @@ impl Daemon {
             return;
         };
         let unread = match inst.stdin.as_ref() {
+            // What the peer of a socket has not read is not known here: then every
+            // message in flight is taken as read (the oldest is charged).
+            Some(_) if inst.protocol() == crate::config::Protocol::Node => 0,
             Some(p) => {
                 let in_pipe =
                     crate::sys::readable_bytes(std::os::fd::AsRawFd::as_raw_fd(&p.tx)).unwrap_or(0);

@@ -16,13 +16,16 @@
 //!   (one instance's life), [`crate::reload::roll`] (rolling replacement) and
 //!   [`crate::reload::apply`] (a reload plan as steps).
 //! - I/O components: `net` (listeners, client connections, batch stdin/stdout),
-//!   `workers` (processes, reaping, process groups, worker pipes), `control` (the
-//!   control socket), `outbuf` (the one write buffer all of them use), `tokens`.
+//!   `workers` (processes, reaping, process groups, worker pipes and channels),
+//!   `control` (the control socket), `outbuf` (the one write buffer all of them
+//!   use), `tokens`.
 //! - Executors and wiring: `route` (connections to and from the ledger), `exec` (the
 //!   ledger's actions; instance events for it), `supervise` (instances: feeds their
-//!   lifecycle, performs its actions), `reload` (watcher, plans, rolls), `ctl`
-//!   (operations), `start`, `shutdown`, `ready`, `readiness` (readiness, `depends_on`,
-//!   `max_rss`: SPEC 10); `logs` keeps recent output per pool
+//!   lifecycle, performs its actions), `protocols` (worker reply lines decoded by the
+//!   pool's protocol, [`crate::protocol`], for the ledger; a `node` worker's IPC
+//!   channel), `reload` (watcher, plans, rolls), `ctl` (operations), `start`,
+//!   `shutdown`, `ready`, `readiness` (readiness, `depends_on`, `max_rss`: SPEC 10);
+//!   `logs` keeps recent output per pool
 //!   for `orchd ctl CONFIG logs`.
 
 pub mod client;
@@ -32,6 +35,7 @@ mod exec;
 pub mod logs;
 mod net;
 pub mod outbuf;
+mod protocols;
 mod readiness;
 mod ready;
 mod reload;
@@ -95,6 +99,8 @@ enum IoTarget {
     Stdout(usize),
     Stderr(usize),
     Stdin(usize),
+    /// A `node` worker's IPC channel (its replies).
+    Channel(usize),
     Listener(usize),
     Client(usize),
     ControlConn(usize),
@@ -266,6 +272,7 @@ impl Daemon {
                     IoTarget::Stdout(k) => self.on_worker_stdout(k),
                     IoTarget::Stderr(k) => self.on_worker_stderr(k),
                     IoTarget::Stdin(k) => self.on_worker_stdin_writable(k),
+                    IoTarget::Channel(k) => self.on_worker_channel(k),
                     IoTarget::Listener(l) => self.on_listener(l),
                     IoTarget::Client(c) => self.on_client(c, event),
                     IoTarget::ControlConn(c) => self.on_control_conn(c, event),

@@ -19,8 +19,9 @@ use super::logs::Stream;
 use super::outbuf::OutBuf;
 use super::workers::{self, PipeIn, PipeOut, LOG_LINE_MAX};
 use super::{Daemon, IoTarget, Phase, TimerKey};
-use crate::config::{Pool, Supervision};
+use crate::config::{Pool, Protocol, Supervision};
 use crate::framing::{log_pieces, LineBuf};
+use crate::protocol::{self, Stdout, WorkerIo};
 use crate::supervisor::lifecycle::{Action, Context, Event, FirstStart, Lifecycle, State, Then};
 use crate::supervisor::spawn::{self, Credentials};
 use crate::sys::{self, Exit};
@@ -90,6 +91,8 @@ pub struct Instance {
     pub(super) stdin: Option<PipeOut>,
     /// `max_rss`: its run of checks over the limit.
     pub rss: crate::health::rss::RssWatch,
+    /// A `node` worker's IPC channel, read for replies (`stdin` writes to it).
+    pub(super) channel: Option<PipeIn>,
 }
 
 impl Instance {
@@ -153,6 +156,15 @@ impl Instance {
     /// its backlog).
     pub fn can_work(&self) -> bool {
         matches!(self.life.state, State::Running { .. }) && self.stdin.is_some()
+    }
+
+    /// Its fds, by its protocol and whether a route targets its pool (SPEC 4, 12).
+    pub fn io(&self) -> WorkerIo {
+        WorkerIo::of(self.spec.protocol, self.stdin_pipe)
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.spec.protocol
     }
 
     /// Running with a stdin and, when its pool sets `ready`, ready (SPEC 10).
@@ -230,6 +242,7 @@ impl Daemon {
             stderr: None,
             stdin: None,
             rss: Default::default(),
+            channel: None,
         })
     }
 
@@ -329,6 +342,8 @@ impl Daemon {
                 self.start_instance(key);
             }
             Action::SignalGroup { pgid, signal } => {
+                // A `node` worker is told first by closing its channel (SPEC 12).
+                self.close_channel_before_signal(key);
                 if let Err(e) = workers::signal_group_to_stop(pgid, signal.number) {
                     if e.raw_os_error() != Some(libc::ESRCH) {
                         log::warn!(
@@ -474,8 +489,9 @@ impl Daemon {
             return;
         };
         let spec = inst.spec.clone();
+        let io = inst.io();
         let result = Credentials::resolve(&spec)
-            .and_then(|creds| spawn::spawn(&spec, inst.index, inst.stdin_pipe, creds));
+            .and_then(|creds| spawn::spawn(&spec, inst.index, io, creds));
         match result {
             Ok(sp) => {
                 let pid = sp.pid;
@@ -508,10 +524,9 @@ impl Daemon {
         let mut stdout = sp.stdout;
         let token = self.register_io(&mut stdout, IoTarget::Stdout(key), Interest::READABLE)?;
         let inst = &mut self.instances[key];
-        let max = if inst.stdin_pipe {
-            MAX_LINE
-        } else {
-            usize::MAX
+        let max = match inst.io().stdout {
+            Stdout::Replies => protocol::max_line(inst.protocol()),
+            Stdout::Logged => usize::MAX,
         };
         inst.stdout = Some(PipeIn {
             rx: stdout,
@@ -532,6 +547,14 @@ impl Daemon {
                 tx,
                 token,
                 out: OutBuf::new(),
+            });
+        }
+        if let Some(mut rx) = sp.channel {
+            let token = self.register_io(&mut rx, IoTarget::Channel(key), Interest::READABLE)?;
+            self.instances[key].channel = Some(PipeIn {
+                rx,
+                token,
+                buf: LineBuf::new(protocol::max_line(Protocol::Node)),
             });
         }
         Ok(())
@@ -581,10 +604,16 @@ impl Daemon {
         if let Some(mut p) = inst.stdin.take() {
             self.deregister_io(&mut p.tx, p.token);
         }
+        if let Some(mut p) = inst.channel.take() {
+            self.deregister_io(&mut p.rx, p.token);
+        }
     }
 
     pub(super) fn close_worker_stdin(&mut self, key: usize) {
         if let Some(mut p) = self.instances.get_mut(key).and_then(|i| i.stdin.take()) {
+            // A socket (a `node` channel) has a second fd, for replies: the worker
+            // sees `disconnect` only once this direction is shut down.
+            workers::shutdown_write(&p.tx);
             self.deregister_io(&mut p.tx, p.token);
             self.route_instance_changed(key);
         }
@@ -594,6 +623,8 @@ impl Daemon {
     /// grandchild may hold a pipe open; what it writes later is not waited for.
     fn drain_worker_output(&mut self, key: usize) {
         self.on_worker_stdout(key);
+        self.on_worker_channel(key);
+        self.close_worker_channel(key);
         self.on_worker_stderr(key);
         let Some(inst) = self.instances.get_mut(key) else {
             return;
@@ -611,7 +642,7 @@ impl Daemon {
     /// routed stdout where it is a half-written reply and is discarded.
     fn close_output_pipe(&mut self, key: usize, mut pipe: PipeIn, stdout: bool) {
         if let (Some(rest), Some(inst)) = (pipe.buf.take_partial(), self.instances.get(key)) {
-            if stdout && inst.stdin_pipe {
+            if stdout && inst.io().stdout == Stdout::Replies {
                 log::warn!(
                     "{}: discarding a half-written reply of {} bytes",
                     inst.label,
@@ -667,8 +698,9 @@ impl Daemon {
         let inst = &mut self.instances[key];
         let label = inst.label.clone();
         let mut ready = None;
-        let open = if inst.stdin_pipe {
-            pipe.read_replies(&label, |reply| self.on_worker_reply(key, reply))
+        let open = if inst.io().stdout == Stdout::Replies {
+            let p = inst.protocol();
+            pipe.read_replies(&label, |reply| self.on_worker_line(key, p, reply))
         } else {
             let (index, pool) = (inst.index, &self.pools[inst.pool].cfg.name);
             let control = &mut self.control;
@@ -773,6 +805,7 @@ mod tests {
             stderr: None,
             stdin: None,
             rss: Default::default(),
+            channel: None,
         }
     }
 

@@ -211,6 +211,15 @@ impl PipeOut {
     }
 }
 
+/// Shut down the writing direction of `tx` when it is a socket (a `node` worker's
+/// channel, whose reader holds a second fd): the worker reads EOF. A pipe is
+/// closed by dropping it; shutdown(2) on it fails with ENOTSOCK, which is ignored.
+pub(super) fn shutdown_write(tx: &Sender) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: shutdown(2) on an fd we own changes no memory.
+    let _ = unsafe { libc::shutdown(tx.as_raw_fd(), libc::SHUT_WR) };
+}
+
 /// Send `stop_signal` to a group, then SIGCONT: a stopped (SIGSTOP, ^Z) process
 /// only acts on the stop signal once continued, and would otherwise sit out
 /// `stop_timeout` until SIGKILL. A `stop_signal` of STOP itself is left alone.

@@ -1,9 +1,9 @@
 //! `diff(old, new) -> Plan`: what a reload changes, decided from the two configs and
 //! what each instance actually runs.
 //!
-//! What an instance *is* (command, cwd, env, user, group, whether its stdin is a route
-//! target) decides between "untouched" and "replace one at a time"; `count` adds or
-//! retires the highest indexes; every other pool setting applies in place.
+//! What an instance *is* (command, cwd, env, user, group, protocol, whether its stdin
+//! is a route target) decides between "untouched" and "replace one at a time"; `count`
+//! adds or retires the highest indexes; every other pool setting applies in place.
 //!
 //! Replacement is decided per instance, against the spec it was started with, not
 //! against the previous config: after a rolling replacement to a broken command (whose
@@ -105,14 +105,16 @@ impl<'a> RunningPool<'a> {
     }
 }
 
-/// Whether two pools run the same process (same command, cwd, env, user, group, and
-/// stdin wiring). If not, instances must be replaced.
+/// Whether two pools run the same process (same command, cwd, env, user, group,
+/// protocol, and stdin wiring). If not, instances must be replaced: the protocol
+/// decides the worker's fds (stdin pipe or Node IPC channel) and what it writes.
 pub fn same_process(a: &Pool, a_routed: bool, b: &Pool, b_routed: bool) -> bool {
     a.command == b.command
         && a.cwd == b.cwd
         && a.env == b.env
         && a.user == b.user
         && a.group == b.group
+        && a.protocol == b.protocol
         && a_routed == b_routed
 }
 
@@ -426,6 +428,8 @@ to = "a"
             BASE.replace("command = \"cat\"", "command = \"cat -u\""),
             BASE.replace("count = 2", "count = 2\ncwd = \"/\""),
             BASE.replace("count = 2", "count = 2\nenv = { X = \"1\" }"),
+            BASE.replace("count = 2", "count = 2\nprotocol = \"tagged\""),
+            BASE.replace("count = 2", "count = 2\nprotocol = \"node\""),
         ] {
             let p = diff(&cfg(BASE), &cfg(&new));
             assert!(

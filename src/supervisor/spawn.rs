@@ -4,6 +4,8 @@
 //! soft open-file limit orchd was started with (orchd raises its own).
 
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -11,6 +13,7 @@ use std::process::{Command, Stdio};
 use mio::unix::pipe::{Receiver, Sender};
 
 use crate::config::Pool;
+use crate::protocol::{node, Stdin, WorkerIo};
 use crate::sys;
 
 /// A freshly spawned instance: its pid (= its process group id) and its pipes, all
@@ -18,9 +21,14 @@ use crate::sys;
 /// `waitpid(-1)`, after which `Child` could only fail with ECHILD.
 pub struct Spawned {
     pub pid: u32,
+    /// Where messages are written: the stdin pipe, or orchd's end of a `node`
+    /// worker's IPC channel.
     pub stdin: Option<Sender>,
     pub stdout: Receiver,
     pub stderr: Receiver,
+    /// A `node` worker's IPC channel, read for replies: the same socket as `stdin`
+    /// (a second fd for it, so that each direction is watched on its own).
+    pub channel: Option<Receiver>,
 }
 
 /// Resolved credentials for a pool with `user`/`group` (only honoured as root).
@@ -48,7 +56,8 @@ impl Credentials {
     }
 }
 
-pub fn spawn(pool: &Pool, index: u32, with_stdin: bool, creds: Credentials) -> io::Result<Spawned> {
+/// Start instance `index` of `pool` with the fds `io` says (SPEC 4, 12).
+pub fn spawn(pool: &Pool, index: u32, io: WorkerIo, creds: Credentials) -> io::Result<Spawned> {
     let argv = pool.command.argv();
     let (program, args) = argv
         .split_first()
@@ -66,7 +75,7 @@ pub fn spawn(pool: &Pool, index: u32, with_stdin: bool, creds: Credentials) -> i
         .envs(&pool.env)
         .env("ORCHD_POOL", &pool.name)
         .env("ORCHD_INSTANCE", index.to_string())
-        .stdin(if with_stdin {
+        .stdin(if io.stdin == Stdin::Pipe {
             Stdio::piped()
         } else {
             Stdio::null()
@@ -74,28 +83,49 @@ pub fn spawn(pool: &Pool, index: u32, with_stdin: bool, creds: Credentials) -> i
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    for var in io.env_removed() {
+        cmd.env_remove(var);
+    }
+    // A `node` worker's IPC channel: a socket pair (both ends close-on-exec); the
+    // child's end is installed on NODE_CHANNEL_FD just before exec.
+    let channel = match io.channel {
+        Some(_) => {
+            cmd.envs(node::CHANNEL_ENV);
+            Some(UnixStream::pair()?)
+        }
+        None => None,
+    };
+    let child_fd = channel.as_ref().map(|(_, child)| child.as_raw_fd());
     let parent = std::process::id();
     // orchd raised its own open-file limit; the worker gets the one orchd was given.
     let nofile = sys::original_nofile_soft_limit();
     // SAFETY: the closure only makes async-signal-safe syscalls (getrlimit,
-    // setrlimit, prctl, getppid, setgroups, setgid, setuid) and allocates nothing.
+    // setrlimit, prctl, getppid, setgroups, setgid, setuid, dup2, fcntl) and
+    // allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             sys::child_restore_nofile_limit(nofile)?;
             // Credentials first: the kernel clears the parent-death signal when the
             // uid or gid changes, so setting it before would leave it unset.
             sys::child_set_ids(creds.uid, creds.gid)?;
-            sys::child_set_parent_death_signal(parent)
+            sys::child_set_parent_death_signal(parent)?;
+            match child_fd {
+                Some(fd) => sys::child_install_fd(fd, node::CHANNEL_FD),
+                None => Ok(()),
+            }
         });
     }
     let mut child = cmd.spawn()?;
+    // orchd's copy of the child's end goes now: the worker's exit is then EOF.
+    let ours = channel.map(|(ours, _child_end)| ours);
     let pid = child.id();
-    match take_pipes(&mut child) {
-        Ok((stdin, stdout, stderr)) => Ok(Spawned {
+    match take_pipes(&mut child).and_then(|p| with_channel(p, ours)) {
+        Ok((stdin, stdout, stderr, channel)) => Ok(Spawned {
             pid,
             stdin,
             stdout,
             stderr,
+            channel,
         }),
         Err(e) => {
             // Never leave a running process we cannot talk to.
@@ -106,6 +136,22 @@ pub fn spawn(pool: &Pool, index: u32, with_stdin: bool, creds: Credentials) -> i
 }
 
 type Pipes = (Option<Sender>, Receiver, Receiver);
+
+/// orchd's end of the channel, non-blocking, as the writer (in place of a stdin
+/// pipe) and, through a second fd, the reader of replies.
+fn with_channel(
+    (stdin, stdout, stderr): Pipes,
+    ours: Option<UnixStream>,
+) -> io::Result<(Option<Sender>, Receiver, Receiver, Option<Receiver>)> {
+    let Some(ours) = ours else {
+        return Ok((stdin, stdout, stderr, None));
+    };
+    ours.set_nonblocking(true)?;
+    let reader = ours.try_clone()?;
+    let tx = Sender::from(OwnedFd::from(ours));
+    let rx = Receiver::from(OwnedFd::from(reader));
+    Ok((Some(tx), stdout, stderr, Some(rx)))
+}
 
 fn take_pipes(child: &mut std::process::Child) -> io::Result<Pipes> {
     let (stdout, stderr) = match (child.stdout.take(), child.stderr.take()) {

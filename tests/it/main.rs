@@ -11,6 +11,8 @@ mod harden_loop;
 mod misc;
 mod packaging;
 mod preflight;
+mod protocols;
+mod protocols_prep;
 
 mod check;
 mod ctl_logs;

@@ -99,7 +99,8 @@ pub enum Timer {
 /// What the shell must do. Byte ranges index [`Actions::bytes`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Append these bytes (whole messages, each ending in `\n`) to the instance's stdin.
+    /// Append these bytes (whole messages, each ending in `\n`, already in the
+    /// worker's protocol) to the instance's stdin (or its `node` channel).
     ToWorker {
         instance: usize,
         bytes: Range<usize>,
@@ -162,10 +163,15 @@ impl Actions {
 
     /// Bytes for an instance; appended to the previous action when that one is for
     /// the same instance (a run of messages becomes one write).
-    pub(super) fn worker_bytes(&mut self, instance: usize, data: &[u8]) {
+    /// `f` writes them (a message in its worker's protocol); nothing written: no
+    /// action.
+    pub(super) fn worker_bytes_with(&mut self, instance: usize, f: impl FnOnce(&mut Vec<u8>)) {
         let start = self.bytes.len();
-        self.bytes.extend_from_slice(data);
+        f(&mut self.bytes);
         let end = self.bytes.len();
+        if end == start {
+            return;
+        }
         if let Some(Action::ToWorker { instance: i, bytes }) = self.last_bytes() {
             if *i == instance && bytes.end == start {
                 bytes.end = end;
@@ -178,7 +184,7 @@ impl Actions {
         });
     }
 
-    /// Bytes for a client, written by `f`; merged like [`Actions::worker_bytes`].
+    /// Bytes for a client, written by `f`; merged like [`Actions::worker_bytes_with`].
     pub(super) fn client_bytes(&mut self, client: usize, f: impl FnOnce(&mut Vec<u8>)) -> usize {
         let start = self.bytes.len();
         f(&mut self.bytes);

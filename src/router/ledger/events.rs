@@ -241,6 +241,7 @@ impl Ledger {
 
     /// The instance is forgotten by the shell.
     pub fn instance_forget(&mut self, k: usize) {
+        self.proto.remove(k);
         if let Some(i) = self.instances.remove(k) {
             debug_assert!(
                 i.inflight.is_empty() && i.backlog.is_empty(),
@@ -287,13 +288,7 @@ impl Ledger {
         if !inst.inflight.is_empty() {
             self.arm_head_deadline(k, out);
         }
-        match reply {
-            Ok(line) => self.answer(m, Reply::Line(line), out),
-            Err(why) => self.answer(m, Reply::Error(why), out),
-        }
-        self.instance_pull(k, now, out);
-        self.maybe_drained(k, out);
-        self.check();
+        self.answered(k, m, reply, now, out);
     }
 
     /// A chunk of complete reply lines (each ending in `\n`) of an instance.
@@ -323,6 +318,9 @@ impl Ledger {
             return;
         }
         inst.deadline_at = None;
+        if self.is_tagged(k) {
+            return self.tagged_timer(k, now, out);
+        }
         match self.head_deadline(k) {
             Some(at) if at <= now => {
                 let inst = &self.instances[k];
@@ -638,6 +636,7 @@ impl Ledger {
                 i.backlog.clear();
                 i.deadline_at = None;
             }
+            self.tags_forget(k);
         }
         if !all.is_empty() {
             log::warn!(

@@ -12,9 +12,11 @@
 //! Life of a message: a client line is matched against its listener's rules; the
 //! chosen pool either writes it to an instance at once (`in flight`), parks it in an
 //! instance's backlog (hash and broadcast pin a message to one instance), or queues
-//! it. Each reply line of an instance answers its oldest in-flight message. When an
-//! instance dies or times out, its unanswered messages are delivered again (front of
-//! the queue) until `retries` is used up.
+//! it. Each reply line of an instance answers its oldest in-flight message (a
+//! `tagged` instance's replies name their message by ID instead, and each message
+//! has its own deadline: see `proto`). When an instance dies or times out, its
+//! unanswered messages are delivered again (front of the queue) until `retries` is
+//! used up.
 //!
 //! Invariants (checked after every event in debug builds, [`Ledger::check`]):
 //! - every message is in exactly one place: a pool queue, an instance backlog, or an
@@ -281,6 +283,8 @@ pub struct Ledger {
     gathers: Slab<Gather>,
     next_client_id: u64,
     next_gen: u64,
+    /// Instances whose workers speak another protocol than `lines` (see `proto`).
+    proto: Keyed<proto::ProtoState>,
     /// Scratch buffers for choosing an instance (see `fill_candidates`).
     cand_keys: Vec<usize>,
     cands: Vec<Candidate>,
@@ -288,6 +292,7 @@ pub struct Ledger {
 
 mod events;
 mod place;
+mod proto;
 
 impl Ledger {
     pub fn new(limits: Limits) -> Ledger {
@@ -463,5 +468,6 @@ impl Ledger {
                 assert_eq!(c.order_bytes, 0, "client {ck}: bytes held without replies");
             }
         }
+        self.check_tags();
     }
 }

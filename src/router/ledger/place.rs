@@ -141,9 +141,13 @@ impl Ledger {
             self.pools[inst.pool].waiting += 1;
             return;
         }
-        out.worker_bytes(k, &self.msgs[m].payload);
+        if !self.write_for(m, k, now, out) {
+            return;
+        }
+        let tagged = self.is_tagged(k);
+        let inst = &mut self.instances[k];
         inst.inflight.push_back(m);
-        if inst.inflight.len() == 1 {
+        if inst.inflight.len() == 1 && !tagged {
             inst.head_since = Some(now);
             self.arm_head_deadline(k, out);
         }
@@ -154,6 +158,9 @@ impl Ledger {
     /// whichever is later), so a healthy worker with messages queued up is never cut
     /// short.
     pub(super) fn head_deadline(&self, k: usize) -> Option<Instant> {
+        if self.is_tagged(k) {
+            return self.tagged_deadline(k);
+        }
         let i = &self.instances[k];
         let m = *i.inflight.front()?;
         let since = i.head_since?;
@@ -161,9 +168,13 @@ impl Ledger {
     }
 
     pub(super) fn arm_head_deadline(&mut self, k: usize, out: &mut Actions) {
-        let Some(at) = self.head_deadline(k) else {
-            return;
-        };
+        if let Some(at) = self.head_deadline(k) {
+            self.arm_deadline_at(k, at, out);
+        }
+    }
+
+    /// Arm the instance's deadline timer for `at`, unless it fires earlier already.
+    pub(super) fn arm_deadline_at(&mut self, k: usize, at: Instant, out: &mut Actions) {
         if self.instances[k].deadline_at.is_none_or(|cur| at < cur) {
             let gen = self.gen();
             let i = &mut self.instances[k];
@@ -286,13 +297,16 @@ impl Ledger {
         let charged = inflight.len() > untouched;
         inst.deadline_at = None;
         let pool = inst.pool;
+        // A tagged worker works on all of its messages at once: each is charged.
+        let charge_all = self.is_tagged(k);
+        self.tags_forget(k);
         // Redelivered in their original order, ahead of everything waiting. Only the
         // oldest is charged an attempt: it is the one the worker was working on
         // (answers come in order); the others were merely queued in its pipe.
         let mut again = Vec::new();
         for (i, m) in inflight.into_iter().enumerate() {
             let msg = &mut self.msgs[m];
-            if i == 0 && charged {
+            if (i == 0 && charged) || charge_all {
                 msg.failures += 1;
             }
             if msg.failures > msg.retries {
@@ -565,6 +579,25 @@ impl Ledger {
         if client.stalled.is_none() {
             self.resume(c, out);
         }
+    }
+
+    /// Instance `k` answered message `m` (with a reply line, or an error in its
+    /// place): the client gets it, the instance more work, or it is drained.
+    pub(super) fn answered(
+        &mut self,
+        k: usize,
+        m: usize,
+        reply: Result<&[u8], &str>,
+        now: Instant,
+        out: &mut Actions,
+    ) {
+        match reply {
+            Ok(line) => self.answer(m, Reply::Line(line), out),
+            Err(why) => self.answer(m, Reply::Error(why), out),
+        }
+        self.instance_pull(k, now, out);
+        self.maybe_drained(k, out);
+        self.check();
     }
 
     /// After a reply: a leaving instance with nothing left is stopped.

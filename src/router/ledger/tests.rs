@@ -847,3 +847,6 @@ fn random_walk(seed: u64, steps: usize) {
         }
     }
 }
+
+#[path = "tests_proto.rs"]
+mod proto;

@@ -31,6 +31,7 @@ fn pool(restart: RestartPolicy, give_up: Option<GiveUp>) -> Pool {
         stop_timeout: Duration::from_secs(10),
         max_inflight: 32,
         queue: 10000,
+        protocol: Default::default(),
     }
 }
 
