@@ -103,6 +103,8 @@ enum Op {
     Drain { client: usize },
     /// The client disconnects and a new one connects in its place.
     Reconnect { client: usize },
+    /// orchd sends a health probe to the instance of (pool, slot).
+    Probe { pool: usize, slot: usize },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -117,6 +119,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..4000u64).prop_map(|ms| Op::Advance { ms }),
         3 => (0..CLIENT_LISTENER.len()).prop_map(|client| Op::Drain { client }),
         1 => (0..CLIENT_LISTENER.len()).prop_map(|client| Op::Reconnect { client }),
+        2 => (0..2usize, 0..3usize).prop_map(|(pool, slot)| Op::Probe { pool, slot }),
     ]
 }
 
@@ -140,6 +143,10 @@ struct Worker {
     pipe: Vec<u8>,
     /// Lines read and not answered yet.
     read: VecDeque<Vec<u8>>,
+    /// The health probe in flight: the reply line it must get (the worker's echo).
+    probe: Option<Vec<u8>>,
+    /// The ledger said the worker can reach the probe.
+    probe_reached: bool,
 }
 
 impl Worker {
@@ -246,6 +253,8 @@ impl World {
             life: Life::Down,
             pipe: Vec::new(),
             read: VecDeque::new(),
+            probe: None,
+            probe_reached: false,
         });
         let k = self.workers.len() - 1;
         self.view(k);
@@ -288,6 +297,8 @@ impl World {
         let unread = w.pipe.len();
         w.pipe.clear();
         w.read.clear();
+        w.probe = None;
+        w.probe_reached = false;
         let pool = w.pool;
         if retiring {
             self.forget(k, unread, timed_out);
@@ -376,6 +387,22 @@ impl World {
                 .worker_output(k, &chunk, self.now, &mut self.out);
             self.exec();
         }
+    }
+
+    /// A health probe, if the instance can take one (the ledger refuses a second).
+    fn probe(&mut self, k: usize) {
+        let line = format!("PING{}\n", self.next_msg).into_bytes();
+        let had = self.workers[k].probe.is_some();
+        let running = matches!(self.workers[k].life, Life::Running | Life::Retiring);
+        let sent = self.ledger.probe_send(k, &line, self.now, &mut self.out);
+        assert_eq!(sent, running && !had, "probe_send to {k}");
+        if sent {
+            // The simulated worker echoes it with its tag, like any line.
+            let mut want = line[..line.len() - 1].to_vec();
+            want.extend_from_slice(format!("@{k}").as_bytes());
+            self.workers[k].probe = Some(want);
+        }
+        self.exec();
     }
 
     fn send(&mut self, c: usize, kind: u8, n: usize) {
@@ -498,10 +525,34 @@ impl World {
                             Life::Retiring,
                             "drained instance {instance} is not retiring"
                         );
-                        let unread = self.workers[instance].pipe.len();
-                        assert_eq!(unread, 0, "drained instance {instance} has input");
-                        assert!(self.workers[instance].read.is_empty());
-                        self.forget(instance, 0, false);
+                        // A probe does not hold up draining: it may be all that is
+                        // left, and is dropped with the instance.
+                        let w = &self.workers[instance];
+                        let is_probe = |l: &[u8]| l.starts_with(b"PING");
+                        let unread: Vec<&[u8]> = w
+                            .pipe
+                            .split_inclusive(|&b| b == b'\n')
+                            .filter(|l| !is_probe(l))
+                            .collect();
+                        assert!(unread.is_empty(), "drained instance {instance} has input");
+                        assert!(w.read.iter().all(|l| is_probe(l)));
+                        let probe = w.pipe.len();
+                        self.forget(instance, probe, false);
+                    }
+                    Action::ProbeReached { instance } => {
+                        let w = &mut self.workers[instance];
+                        assert!(w.probe.is_some(), "probe reached without one sent");
+                        assert!(!w.probe_reached, "probe reached twice");
+                        w.probe_reached = true;
+                    }
+                    Action::ProbeReply { instance, line } => {
+                        // The probe's own reply, never a client's; reached first.
+                        let w = &mut self.workers[instance];
+                        let want = w.probe.take().expect("probe reply without a probe");
+                        assert!(w.probe_reached, "probe answered before it was reached");
+                        w.probe_reached = false;
+                        let got = line.map(|r| bytes[r].to_vec());
+                        assert_eq!(got.as_deref(), Some(&want[..]), "probe reply");
                     }
                     Action::Resume { client } => {
                         if self.ledger.client_resume(client, self.now, &mut self.out) {
@@ -550,6 +601,11 @@ impl World {
             Op::Advance { ms } => self.advance(ms),
             Op::Drain { client } => self.drain(client),
             Op::Reconnect { client } => self.reconnect(client),
+            Op::Probe { pool, slot } => {
+                if let Some(&k) = self.slots[pool].get(slot) {
+                    self.probe(k);
+                }
+            }
         }
         self.ledger.check_all();
         self.check_budgets();

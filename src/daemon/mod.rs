@@ -28,7 +28,10 @@ pub mod client;
 mod control;
 mod ctl;
 mod exec;
+mod health;
 pub mod logs;
+mod metrics;
+mod metrics_http;
 mod net;
 pub mod outbuf;
 mod ready;
@@ -96,6 +99,8 @@ enum IoTarget {
     Listener(usize),
     Client(usize),
     ControlConn(usize),
+    MetricsListener,
+    MetricsConn(usize),
 }
 
 /// What a timer is for. Owners carry a generation number; a timer whose generation is
@@ -122,6 +127,10 @@ enum TimerKey {
     Linger { client: usize, id: u64 },
     /// A rolling replacement has stayed up long enough to take its slot.
     Promote { key: usize, gen: u64 },
+    /// An instance's health probe is due or past its timeout (`id`: the instance's).
+    Health { key: usize, id: u64 },
+    /// A metrics connection's time is up.
+    MetricsConn { conn: usize, id: u64 },
 }
 
 /// Where shutdown stands.
@@ -162,6 +171,10 @@ pub struct Daemon {
     ledger: Ledger,
     /// The ledger's pending actions (reused between events).
     ledger_out: Actions,
+    /// Health probes of running instances.
+    health: health::HealthRt,
+    /// The metrics listener and what only metrics count.
+    metrics: metrics::MetricsRt,
     watcher: reload::Watcher,
     control: control::Control,
     /// `orchd ctl restart` and `stop` commands waiting to be answered.
@@ -263,6 +276,8 @@ impl Daemon {
                     IoTarget::Listener(l) => self.on_listener(l),
                     IoTarget::Client(c) => self.on_client(c, event),
                     IoTarget::ControlConn(c) => self.on_control_conn(c, event),
+                    IoTarget::MetricsListener => self.on_metrics_listener(),
+                    IoTarget::MetricsConn(c) => self.on_metrics_conn(c),
                 }
             }
             Token(_) => {}
@@ -312,6 +327,8 @@ impl Daemon {
                 TimerKey::Accept { listener, gen } => self.on_accept_timer(listener, gen),
                 TimerKey::Linger { client, id } => self.on_linger_timer(client, id),
                 TimerKey::Promote { key, gen } => self.on_promote_timer(key, gen),
+                TimerKey::Health { key, id } => self.on_health_timer(key, id),
+                TimerKey::MetricsConn { conn, id } => self.on_metrics_timer(conn, id),
             }
         }
     }

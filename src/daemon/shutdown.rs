@@ -106,6 +106,7 @@ impl Daemon {
     /// us (descendants that escaped their group with setsid), restore stdin.
     pub(super) fn finish(&mut self) {
         self.control_close();
+        self.metrics_shutdown();
         self.router_close();
         let stray = crate::sys::children_of_self();
         for pid in &stray {

@@ -331,8 +331,12 @@ impl Daemon {
             Action::Up => {
                 self.roll_started(key);
                 self.route_instance_up(key);
+                self.health_start(key, false);
             }
-            Action::Down => self.route_instance_down(key),
+            Action::Down => {
+                self.health_stop(key);
+                self.route_instance_down(key);
+            }
             Action::Gone => {
                 self.roll_incoming_stopped(key);
                 self.route_instance_gone(key);
@@ -400,6 +404,7 @@ impl Daemon {
     }
 
     fn instance_forget(&mut self, key: usize) {
+        self.health_stop(key);
         let inst = self.instances.remove(key);
         self.route_instance_forget(key);
         let pool_key = inst.pool;
@@ -520,6 +525,7 @@ impl Daemon {
         for (key, exit) in self.workers.reap() {
             self.on_reaped(key, exit);
         }
+        self.health_reaped();
         for (key, id, pgid) in self.workers.emptied_groups() {
             if self.instances.get(key).is_some_and(|i| i.id == id) {
                 // Ignored unless it still waits for that group.
@@ -530,6 +536,7 @@ impl Daemon {
 
     fn on_reaped(&mut self, key: usize, exit: Exit) {
         self.now = Instant::now();
+        self.metrics_exit(key, exit);
         // Replies written before death are delivered before anything is redelivered.
         self.drain_worker_output(key);
         self.note_unread_input(key);

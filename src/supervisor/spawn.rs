@@ -48,8 +48,28 @@ impl Credentials {
     }
 }
 
-pub fn spawn(pool: &Pool, index: u32, with_stdin: bool, creds: Credentials) -> io::Result<Spawned> {
-    let argv = pool.command.argv();
+/// An `exec` health probe of instance `index` (its worker's pid `worker`, in
+/// `ORCHD_PID`): `argv` run like a worker (the pool's cwd, env, user and group, its
+/// own process group) with no input or output. Returns its pid (= its group id).
+pub fn spawn_probe(
+    pool: &Pool,
+    argv: &[String],
+    index: u32,
+    worker: u32,
+    creds: Credentials,
+) -> io::Result<u32> {
+    let mut cmd = command(pool, argv, index, creds)?;
+    cmd.env("ORCHD_PID", worker.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // Dropped without waiting: the loop reaps it with waitpid(-1).
+    Ok(cmd.spawn()?.id())
+}
+
+/// `argv` as a process of instance `index` of `pool`: its cwd, env and credentials,
+/// its own process group, the parent-death signal, orchd's original open-file limit.
+fn command(pool: &Pool, argv: &[String], index: u32, creds: Credentials) -> io::Result<Command> {
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
@@ -66,13 +86,6 @@ pub fn spawn(pool: &Pool, index: u32, with_stdin: bool, creds: Credentials) -> i
         .envs(&pool.env)
         .env("ORCHD_POOL", &pool.name)
         .env("ORCHD_INSTANCE", index.to_string())
-        .stdin(if with_stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .process_group(0);
     let parent = std::process::id();
     // orchd raised its own open-file limit; the worker gets the one orchd was given.
@@ -88,6 +101,19 @@ pub fn spawn(pool: &Pool, index: u32, with_stdin: bool, creds: Credentials) -> i
             sys::child_set_parent_death_signal(parent)
         });
     }
+    Ok(cmd)
+}
+
+/// Spawn instance `index` of `pool` with its pipes.
+pub fn spawn(pool: &Pool, index: u32, with_stdin: bool, creds: Credentials) -> io::Result<Spawned> {
+    let mut cmd = command(pool, &pool.command.argv(), index, creds)?;
+    cmd.stdin(if with_stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
     let pid = child.id();
     match take_pipes(&mut child) {
