@@ -43,8 +43,12 @@ struct Entry {
     tracker: HealthTracker,
     /// The deadline a timer is armed for (not armed again for the same one).
     armed: Option<Instant>,
-    /// The running `exec` probe: pid (= its group).
+    /// The running `exec` probe: pid (= its group). Set until it is reaped, also
+    /// after it was killed.
     exec_pid: Option<u32>,
+    /// The next `exec` probe, started while the killed one was not reaped yet: it
+    /// joins the queue once that one is (one probe process per instance at a time).
+    exec_next: Option<ProbeId>,
 }
 
 impl Daemon {
@@ -70,6 +74,7 @@ impl Daemon {
                 tracker,
                 armed: None,
                 exec_pid: None,
+                exec_next: None,
             },
         );
         self.health_arm(key);
@@ -191,6 +196,16 @@ impl Daemon {
                 Exit::Signal { signal, .. } => ExecOutcome::Signaled(signal),
             };
             self.health_exec_ended(key, id, probe, &outcome);
+            // A probe that waited for this one to be reaped.
+            let waiting = self
+                .health
+                .entries
+                .get_mut(&key)
+                .filter(|e| e.id == id)
+                .and_then(|e| e.exec_next.take());
+            if let Some(next) = waiting.and_then(|p| self.health.exec.push((key, id), p)) {
+                self.health_spawn_exec(next);
+            }
         }
     }
 
@@ -313,7 +328,14 @@ impl Daemon {
                 self.ledger_exec();
             }
             None => {
-                if let Some(next) = self.health.exec.push((key, id), probe) {
+                if let Some(e) = self
+                    .health
+                    .entries
+                    .get_mut(&key)
+                    .filter(|e| e.exec_pid.is_some())
+                {
+                    e.exec_next = Some(probe);
+                } else if let Some(next) = self.health.exec.push((key, id), probe) {
                     self.health_spawn_exec(next);
                 }
             }

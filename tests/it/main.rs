@@ -18,6 +18,7 @@ mod harden_config;
 mod harden_logproc;
 mod harden_reload;
 mod health_config;
+mod health_metrics;
 mod reload;
 mod routing;
 mod smoke;
