@@ -438,6 +438,8 @@ impl Daemon {
         if pool.removed {
             let name = pool.cfg.name.clone();
             self.pools.remove(pool_key);
+            // A pool that reuses the key starts its counts from zero.
+            self.metrics.counters.remove(pool_key);
             if self.pool_names.get(&name) == Some(&pool_key) {
                 self.pool_names.remove(&name);
                 self.control.logs.forget(&name);

@@ -213,6 +213,46 @@ health = { exec = ["sh", "probe.sh"], every = "100ms", timeout = "300ms", failur
 }
 
 #[test]
+fn at_most_eight_exec_probes_run_at_once_and_the_others_get_their_turn() {
+    let dir = TempDir::new("hm-exec-bound");
+    // Each probe notes its instance, then hangs until killed at its timeout.
+    dir.write("probe.sh", "echo $ORCHD_INSTANCE >> ran\nexec sleep 1017\n");
+    let cfg = dir.write(
+        "orchd.toml",
+        r#"
+[pool.x]
+command = "sleep 1000"
+count = 10
+health = { exec = ["sh", "probe.sh"], every = "100ms", timeout = "2s", failures = 1000 }
+"#,
+    );
+    let mut o = Orchd::start(&cfg);
+    let probes = |o: &Orchd| -> usize {
+        children_of(o.pid())
+            .into_iter()
+            .filter(|&p| cmdline(p) == "sleep 1017")
+            .count()
+    };
+    let ran = || -> std::collections::BTreeSet<String> {
+        std::fs::read_to_string(dir.join("ran"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    // Until every instance's probe has run: never more than 8 at once, and 8 are.
+    let mut most = 0;
+    wait_for("every instance's probe to run", DEADLINE, || {
+        let n = probes(&o);
+        assert!(n <= 8, "{n} exec probes at once");
+        most = most.max(n);
+        (ran().len() == 10).then_some(())
+    });
+    assert_eq!(most, 8);
+    assert_eq!(o.stop(), 0);
+}
+
+#[test]
 fn failing_exec_probes_restart_the_instance() {
     let dir = TempDir::new("hm-exec-fail");
     let cfg = dir.write(
