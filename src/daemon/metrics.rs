@@ -145,7 +145,7 @@ impl Daemon {
             let Some(l) = self.metrics.http.listener.as_ref() else {
                 return;
             };
-            let (mut stream, _) = match l.sock.accept() {
+            let (mut stream, peer) = match l.sock.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
@@ -173,6 +173,7 @@ impl Daemon {
                     }
                 };
             let id = self.gen();
+            log::debug!("metrics: connection from {peer}");
             self.metrics.http.conns.insert(HttpConn {
                 id,
                 stream,

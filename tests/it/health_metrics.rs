@@ -555,7 +555,13 @@ fn reload_opens_moves_and_keeps_the_metrics_listener() {
         Some(1.0),
         "{body}"
     );
-    // Moved.
+    // Moved; a scrape under way on the old address finishes.
+    let mut during = TcpStream::connect(("127.0.0.1", a)).unwrap();
+    during.set_read_timeout(Some(DEADLINE)).unwrap();
+    during.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+    // Taken by orchd before the listener moves (else it would die in the backlog).
+    let local = during.local_addr().unwrap();
+    o.wait_log(&format!("metrics: connection from {local}"), 1);
     dir.write("orchd.toml", &with(b));
     o.signal(libc::SIGHUP);
     o.wait_log(
@@ -564,6 +570,10 @@ fn reload_opens_moves_and_keeps_the_metrics_listener() {
     );
     assert_eq!(scrape(b).0, "HTTP/1.1 200 OK");
     assert!(TcpStream::connect(("127.0.0.1", a)).is_err());
+    during.write_all(b"\r\n").unwrap();
+    let mut text = String::new();
+    during.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     // The same pool is untouched throughout.
     assert_eq!(started(&o, "x[0]").len(), 1);
     assert_eq!(o.stop(), 0);
