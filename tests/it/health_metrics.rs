@@ -136,7 +136,7 @@ fn a_busy_worker_is_not_failed_while_its_probe_waits_behind_messages() {
     // clock starts only when the worker turns to it.
     let cfg = probe_config(
         &dir,
-        r#"{ send = "PING", expect = "^PONG$", every = "100ms", timeout = "400ms", failures = 1 }"#,
+        r#"{ send = "PING", expect = "^PONG$", every = "100ms", timeout = "800ms", failures = 1 }"#,
         "",
     );
     let mut o = Orchd::start(&cfg);
