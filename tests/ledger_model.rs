@@ -5,12 +5,14 @@
 //! interleavings of: client messages on several routes and strategies, worker reads and
 //! replies, deaths (with unread input), hangs followed by timeouts, instances replaced
 //! (retiring and drained), clients that stop reading their replies and clients that
-//! disconnect. The ledger decides; the simulation executes its actions like the daemon
+//! disconnect, and orchd's own health probes written in among the messages. The ledger decides; the simulation executes its actions like the daemon
 //! does, and checks them against a reference model of what every client is owed:
 //!
 //! - every message gets exactly one reply line (a broadcast: one line per target), the
 //!   worker's or an error, never two, never one meant for someone else;
 //! - in sending order on `ordered` routes;
+//! - a health probe's reply goes to orchd ([`Action::ProbeReply`]), is the echo of that
+//!   very probe, and comes only after the probe was reached; no client sees one;
 //! - nothing is lost: once the world settles, the ledger is idle and every client that
 //!   stayed connected has all its replies;
 //! - memory stays within the budgets: pool queue and bytes, client outstanding and
