@@ -578,3 +578,44 @@ fn reload_opens_moves_and_keeps_the_metrics_listener() {
     assert_eq!(started(&o, "x[0]").len(), 1);
     assert_eq!(o.stop(), 0);
 }
+
+#[test]
+fn reload_applies_health_in_place_without_restarting_the_worker() {
+    let dir = TempDir::new("hm-reload-health");
+    dir.write("worker.sh", WORKER);
+    let with = |health: &str| {
+        format!(
+            "[pool.w]\ncommand = [\"sh\", \"worker.sh\"]\n{health}\n\n[[route]]\nfrom = \"unix:w.sock\"\nto = \"w\"\n"
+        )
+    };
+    let cfg = dir.write("orchd.toml", &with(""));
+    let mut o = Orchd::start(&cfg);
+    let pid = wait_started(&o, "w[0]", 1)[0];
+    let mut c = Client::connect(&dir.join("w.sock"));
+    assert_eq!(c.request("bad"), "echo:bad");
+    // Probing starts with the reload; the worker's replies fail it and it restarts.
+    dir.write(
+        "orchd.toml",
+        &with(r#"health = { send = "PING", expect = "^PONG$", every = "100ms", failures = 2 }"#),
+    );
+    o.signal(libc::SIGHUP);
+    o.wait_log("reload: ", 1);
+    assert_eq!(started(&o, "w[0]"), [pid], "the reload itself restarted it");
+    let pids = wait_started(&o, "w[0]", 2);
+    assert!(
+        o.log().contains("health probe failed (2 of 2)"),
+        "{}",
+        o.log()
+    );
+    // Removed again: no more probes. The worker's probe replies would fail again,
+    // so five probe intervals without a failure show that none is sent.
+    dir.write("orchd.toml", &with(""));
+    o.signal(libc::SIGHUP);
+    o.wait_log("reload: ", 2);
+    let failed = o.log_count("health probe failed");
+    assert_eq!(c.request("bad"), "echo:bad");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(o.log_count("health probe failed"), failed, "{}", o.log());
+    assert_eq!(started(&o, "w[0]"), pids);
+    assert_eq!(o.stop(), 0);
+}
