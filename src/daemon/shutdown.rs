@@ -62,6 +62,8 @@ impl Daemon {
             .iter()
             .filter_map(|(_, i)| i.group())
             .chain(self.workers.lingering.keys().copied())
+            // Running `exec` health probes, each in a group of its own.
+            .chain(self.workers.probes.keys().copied())
             .collect();
         for pgid in groups {
             let _ = crate::sys::kill_group(pgid, libc::SIGKILL);
