@@ -6,12 +6,14 @@
 //! interleavings of: client messages on several routes and strategies, worker reads and
 //! replies, deaths (with unread input), hangs followed by timeouts, instances replaced
 //! (retiring and drained), clients that stop reading their replies and clients that
-//! disconnect. The ledger decides; the simulation executes its actions like the daemon
+//! disconnect, and orchd's own health probes written in among the messages. The ledger decides; the simulation executes its actions like the daemon
 //! does, and checks them against a reference model of what every client is owed:
 //!
 //! - every message gets exactly one reply line (a broadcast: one line per target), the
 //!   worker's or an error, never two, never one meant for someone else;
 //! - in sending order on `ordered` routes;
+//! - a health probe's reply goes to orchd ([`Action::ProbeReply`]), is the echo of that
+//!   very probe, and comes only after the probe was reached; no client sees one;
 //! - nothing is lost: once the world settles, the ledger is idle and every client that
 //!   stayed connected has all its replies;
 //! - memory stays within the budgets: pool queue and bytes, client outstanding and
@@ -110,6 +112,8 @@ enum Op {
     Drain { client: usize },
     /// The client disconnects and a new one connects in its place.
     Reconnect { client: usize },
+    /// orchd sends a health probe to the instance of (pool, slot).
+    Probe { pool: usize, slot: usize },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -124,6 +128,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..4000u64).prop_map(|ms| Op::Advance { ms }),
         3 => (0..CLIENT_LISTENER.len()).prop_map(|client| Op::Drain { client }),
         1 => (0..CLIENT_LISTENER.len()).prop_map(|client| Op::Reconnect { client }),
+        2 => (0..2usize, 0..3usize).prop_map(|(pool, slot)| Op::Probe { pool, slot }),
     ]
 }
 
@@ -147,6 +152,10 @@ struct Worker {
     pipe: Vec<u8>,
     /// Lines read and not answered yet.
     read: VecDeque<Vec<u8>>,
+    /// The health probe in flight: the reply line it must get (the worker's echo).
+    probe: Option<Vec<u8>>,
+    /// The ledger said the worker can reach the probe.
+    probe_reached: bool,
 }
 
 impl Worker {
@@ -253,6 +262,8 @@ impl World {
             life: Life::Down,
             pipe: Vec::new(),
             read: VecDeque::new(),
+            probe: None,
+            probe_reached: false,
         });
         let k = self.workers.len() - 1;
         self.view(k);
@@ -298,6 +309,8 @@ impl World {
         let unread = w.pipe.len();
         w.pipe.clear();
         w.read.clear();
+        w.probe = None;
+        w.probe_reached = false;
         let pool = w.pool;
         if retiring {
             self.forget(k, unread, timed_out);
@@ -407,6 +420,22 @@ impl World {
                 self.exec();
             }
         }
+    }
+
+    /// A health probe, if the instance can take one (the ledger refuses a second).
+    fn probe(&mut self, k: usize) {
+        let line = format!("PING{}\n", self.next_msg).into_bytes();
+        let had = self.workers[k].probe.is_some();
+        let running = matches!(self.workers[k].life, Life::Running | Life::Retiring);
+        let sent = self.ledger.probe_send(k, &line, self.now, &mut self.out);
+        assert_eq!(sent, running && !had, "probe_send to {k}");
+        if sent {
+            // The simulated worker echoes it with its tag, like any line.
+            let mut want = line[..line.len() - 1].to_vec();
+            want.extend_from_slice(format!("@{k}").as_bytes());
+            self.workers[k].probe = Some(want);
+        }
+        self.exec();
     }
 
     fn send(&mut self, c: usize, kind: u8, n: usize) {
@@ -529,15 +558,40 @@ impl World {
                             Life::Retiring,
                             "drained instance {instance} is not retiring"
                         );
-                        // A tagged worker may still hold messages the ledger took
-                        // back (overdue, sent elsewhere), read or not: their replies
-                        // would be dropped.
+                        // A probe does not hold up draining: it may be all that is
+                        // left, and is dropped with the instance. A tagged worker may
+                        // still hold messages the ledger took back (overdue, sent
+                        // elsewhere), read or not: their replies would be dropped.
                         let w = &self.workers[instance];
-                        if w.pool != TAGGED_POOL {
-                            assert_eq!(w.pipe.len(), 0, "drained instance {instance} has input");
-                            assert!(w.read.is_empty());
-                        }
-                        self.forget(instance, 0, false);
+                        let is_probe = |l: &[u8]| l.starts_with(b"PING");
+                        let unread = if w.pool == TAGGED_POOL {
+                            0
+                        } else {
+                            let left: Vec<&[u8]> = w
+                                .pipe
+                                .split_inclusive(|&b| b == b'\n')
+                                .filter(|l| !is_probe(l))
+                                .collect();
+                            assert!(left.is_empty(), "drained instance {instance} has input");
+                            assert!(w.read.iter().all(|l| is_probe(l)));
+                            w.pipe.len()
+                        };
+                        self.forget(instance, unread, false);
+                    }
+                    Action::ProbeReached { instance } => {
+                        let w = &mut self.workers[instance];
+                        assert!(w.probe.is_some(), "probe reached without one sent");
+                        assert!(!w.probe_reached, "probe reached twice");
+                        w.probe_reached = true;
+                    }
+                    Action::ProbeReply { instance, line } => {
+                        // The probe's own reply, never a client's; reached first.
+                        let w = &mut self.workers[instance];
+                        let want = w.probe.take().expect("probe reply without a probe");
+                        assert!(w.probe_reached, "probe answered before it was reached");
+                        w.probe_reached = false;
+                        let got = line.map(|r| bytes[r].to_vec());
+                        assert_eq!(got.as_deref(), Some(&want[..]), "probe reply");
                     }
                     Action::Resume { client } => {
                         if self.ledger.client_resume(client, self.now, &mut self.out) {
@@ -586,6 +640,11 @@ impl World {
             Op::Advance { ms } => self.advance(ms),
             Op::Drain { client } => self.drain(client),
             Op::Reconnect { client } => self.reconnect(client),
+            Op::Probe { pool, slot } => {
+                if let Some(&k) = self.slots[pool].get(slot) {
+                    self.probe(k);
+                }
+            }
         }
         self.ledger.check_all();
         self.check_budgets();

@@ -275,6 +275,24 @@ fn send_needs_a_pool_that_a_route_feeds() {
 }
 
 #[test]
+fn send_probes_need_the_lines_protocol() {
+    for protocol in ["tagged", "node"] {
+        one(
+            &with_web(&format!(
+                "protocol = \"{protocol}\"\nhealth = {{ send = \"PING\", expect = \"^PONG\" }}\n{ROUTE_WEB}"
+            )),
+            4,
+            12,
+            "pool.web.health.send",
+            &format!("a protocol = \"{protocol}\" worker does not read; use health.exec"),
+        );
+        ok(&with_web(&format!(
+            "protocol = \"{protocol}\"\nhealth = {{ exec = [\"true\"] }}\n{ROUTE_WEB}"
+        )));
+    }
+}
+
+#[test]
 fn depends_on_must_name_pools() {
     one(
         &with_web("depends_on = [\"db\", \"cache\"]\n[pool.db]\ncommand = \"db\"\n"),

@@ -349,7 +349,11 @@ impl<'a, 'i> Checker<'a, 'i> {
             .collect();
         self.cross_route_checks(&routes, settings.as_ref());
         let metrics = settings.as_ref().and_then(|s| s.metrics);
-        self.supervision_cross_checks(&pool_names, &routes, metrics);
+        let protocols: Vec<Option<Protocol>> = pools
+            .iter()
+            .map(|p| p.as_ref().map(|p| p.protocol))
+            .collect();
+        self.supervision_cross_checks(&pool_names, &protocols, &routes, metrics);
 
         let settings = settings?;
         let pools: Option<Vec<Pool>> = pools.into_iter().collect();

@@ -19,6 +19,7 @@ impl Daemon {
         }
         let mut out = std::mem::take(&mut self.ledger_out);
         let mut later = Vec::new();
+        let mut probe_replies = Vec::new();
         for a in out.list.drain(..) {
             match a {
                 Action::ToWorker { instance, bytes } => {
@@ -27,6 +28,12 @@ impl Daemon {
                 Action::ToClient { client, bytes } => self.client_send(client, &out.bytes[bytes]),
                 Action::Arm { at, timer } => self.timers.arm(at, TimerKey::Ledger(timer)),
                 Action::Resume { client } => self.schedule_pump(client),
+                Action::ProbeReached { instance } => self.on_probe_reached(instance),
+                Action::ProbeReply { instance, line } => {
+                    // Kept past the buffer's clearing: a failed probe may restart.
+                    let line = line.map(|r| out.bytes[r].to_vec());
+                    probe_replies.push((instance, line));
+                }
                 Action::Restart { .. } | Action::Drained { .. } => later.push(a),
             }
         }
@@ -35,11 +42,15 @@ impl Daemon {
             // Keep the buffers for the next event.
             self.ledger_out = out;
         }
+        for (instance, line) in probe_replies {
+            self.on_probe_reply(instance, line.as_deref());
+        }
         for a in later {
             match a {
                 Action::Restart { instance } => {
                     // Stopped, then started again at once; what it had in flight
                     // failed by timeout.
+                    self.metrics_cause(instance, "timeout");
                     self.restart_instance(instance);
                 }
                 Action::Drained { instance } => self.stop_instance(instance),
@@ -224,6 +235,9 @@ impl Daemon {
 
     /// One stdout line of a routed instance: the reply to its oldest message.
     pub(super) fn on_worker_reply(&mut self, k: usize, reply: Result<&[u8], &str>) {
+        if let (Some(since), Ok(_)) = (self.ledger.reply_clock(k), &reply) {
+            self.metrics_answered(k, self.now.saturating_duration_since(since));
+        }
         self.ledger
             .worker_reply(k, reply, self.now, &mut self.ledger_out);
         self.ledger_exec();

@@ -32,7 +32,10 @@ pub mod client;
 mod control;
 mod ctl;
 mod exec;
+mod health;
 pub mod logs;
+mod metrics;
+mod metrics_http;
 mod net;
 pub mod outbuf;
 mod protocols;
@@ -104,6 +107,8 @@ enum IoTarget {
     Listener(usize),
     Client(usize),
     ControlConn(usize),
+    MetricsListener,
+    MetricsConn(usize),
 }
 
 /// What a timer is for. Owners carry a generation number; a timer whose generation is
@@ -132,6 +137,10 @@ enum TimerKey {
     Promote { key: usize, gen: u64 },
     /// Time to check RSS against `max_rss` (only while some pool sets it).
     Rss { gen: u64 },
+    /// An instance's health probe is due or past its timeout (`id`: the instance's).
+    Health { key: usize, id: u64 },
+    /// A metrics connection's time is up.
+    MetricsConn { conn: usize, id: u64 },
 }
 
 /// Where shutdown stands.
@@ -172,6 +181,10 @@ pub struct Daemon {
     ledger: Ledger,
     /// The ledger's pending actions (reused between events).
     ledger_out: Actions,
+    /// Health probes of running instances.
+    health: health::HealthRt,
+    /// The metrics listener and what only metrics count.
+    metrics: metrics::MetricsRt,
     watcher: reload::Watcher,
     control: control::Control,
     /// `orchd ctl restart` and `stop` commands waiting to be answered.
@@ -276,6 +289,8 @@ impl Daemon {
                     IoTarget::Listener(l) => self.on_listener(l),
                     IoTarget::Client(c) => self.on_client(c, event),
                     IoTarget::ControlConn(c) => self.on_control_conn(c, event),
+                    IoTarget::MetricsListener => self.on_metrics_listener(),
+                    IoTarget::MetricsConn(c) => self.on_metrics_conn(c),
                 }
             }
             Token(_) => {}
@@ -326,6 +341,8 @@ impl Daemon {
                 TimerKey::Linger { client, id } => self.on_linger_timer(client, id),
                 TimerKey::Promote { key, gen } => self.on_promote_timer(key, gen),
                 TimerKey::Rss { gen } => self.on_rss_timer(gen),
+                TimerKey::Health { key, id } => self.on_health_timer(key, id),
+                TimerKey::MetricsConn { conn, id } => self.on_metrics_timer(conn, id),
             }
         }
     }

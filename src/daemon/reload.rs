@@ -276,10 +276,13 @@ impl Daemon {
                     log::error!("reload failed: {e}; keeping the running config");
                 }
             }
-            Err(errors) => log::error!(
-                "reload: {} is invalid; keeping the running config:\n{errors}",
-                self.config.path.display()
-            ),
+            Err(errors) => {
+                self.metrics.counters.reload(false);
+                log::error!(
+                    "reload: {} is invalid; keeping the running config:\n{errors}",
+                    self.config.path.display()
+                )
+            }
         }
     }
 
@@ -294,6 +297,7 @@ impl Daemon {
             .inspect_err(|e| log::error!("reload ({why}): {e}; keeping the running config"))?;
         self.watcher.last_hash = Some(hash_of(&text));
         let new = config::parse_bytes(&path, &text).map_err(|errors| {
+            self.metrics.counters.reload(false);
             log::error!(
                 "reload ({why}): {} is invalid; keeping the running config:\n{errors}",
                 path.display()
@@ -367,6 +371,7 @@ impl Daemon {
             notify_systemd("RELOADING=1");
         }
         let result = self.apply_plan(&plan, new);
+        self.metrics.counters.reload(result.is_ok());
         if notify {
             notify_systemd("READY=1");
         }
@@ -386,10 +391,19 @@ impl Daemon {
         let control = self
             .control_prepare(new.settings.control.as_deref())
             .map_err(|e| e.to_string())?;
+        let metrics = match self.metrics_prepare(new.settings.metrics, false) {
+            Ok(m) => m,
+            Err(e) => {
+                self.control_discard(control);
+                return Err(e.to_string());
+            }
+        };
         if let Err(e) = self.listeners_open(&new) {
-            // Undo: close what this attempt opened.
+            // Undo: close what this attempt opened (a bound metrics socket closes
+            // when dropped).
             self.listeners_close_unused(&self.config.clone());
             self.control_discard(control);
+            drop(metrics);
             return Err(e.to_string());
         }
         let slots = |name: &str| {
@@ -402,8 +416,10 @@ impl Daemon {
         self.router_install(&new);
         self.listeners_close_unused(&new);
         self.control_commit(control);
-        let old_settings = std::mem::replace(&mut self.config, new).settings;
-        self.settings_changed(&old_settings);
+        self.metrics_commit(metrics);
+        let old = std::mem::replace(&mut self.config, new);
+        self.settings_changed(&old.settings);
+        self.health_changed(&old);
         self.deps_check();
         self.rss_arm();
         Ok(self.restart_failed())

@@ -60,6 +60,8 @@ impl Daemon {
             .iter()
             .filter_map(|(_, i)| i.group())
             .chain(self.workers.lingering.keys().copied())
+            // Running `exec` health probes, each in a group of its own.
+            .chain(self.workers.probes.keys().copied())
             .collect();
         for pgid in groups {
             let _ = crate::sys::kill_group(pgid, libc::SIGKILL);
@@ -104,6 +106,7 @@ impl Daemon {
     /// us (descendants that escaped their group with setsid), restore stdin.
     pub(super) fn finish(&mut self) {
         self.control_close();
+        self.metrics_shutdown();
         self.router_close();
         let stray = crate::sys::children_of_self();
         for pid in &stray {

@@ -64,6 +64,8 @@ impl Daemon {
                 ..Limits::default()
             }),
             ledger_out: Actions::new(),
+            health: Default::default(),
+            metrics: Default::default(),
             watcher: reload::Watcher::default(),
             control: control::Control::new(config.settings.log_buffer),
             ops: Vec::new(),
@@ -79,7 +81,7 @@ impl Daemon {
             exit_code: 0,
         };
         d.control_open()?;
-        if let Err(e) = d.listeners_open(&config) {
+        if let Err(e) = d.listeners_open(&config).and_then(|()| d.metrics_open()) {
             // Leave no socket file behind.
             d.router_close();
             d.control_close();

@@ -367,9 +367,13 @@ impl Daemon {
             Action::Up => {
                 self.roll_started(key);
                 self.route_instance_up(key);
+                self.health_start(key, false);
+            }
+            Action::Down => {
+                self.health_stop(key);
+                self.route_instance_down(key);
             }
             Action::Ready => self.instance_ready(key),
-            Action::Down => self.route_instance_down(key),
             Action::Gone => {
                 self.roll_incoming_stopped(key);
                 self.route_instance_gone(key);
@@ -438,6 +442,7 @@ impl Daemon {
     }
 
     fn instance_forget(&mut self, key: usize) {
+        self.health_stop(key);
         let inst = self.instances.remove(key);
         self.route_instance_forget(key);
         let pool_key = inst.pool;
@@ -471,6 +476,8 @@ impl Daemon {
         if pool.removed {
             let name = pool.cfg.name.clone();
             self.pools.remove(pool_key);
+            // A pool that reuses the key starts its counts from zero.
+            self.metrics.counters.remove(pool_key);
             if self.pool_names.get(&name) == Some(&pool_key) {
                 self.pool_names.remove(&name);
                 self.control.logs.forget(&name);
@@ -566,6 +573,7 @@ impl Daemon {
         for (key, exit) in self.workers.reap() {
             self.on_reaped(key, exit);
         }
+        self.health_reaped();
         for (key, id, pgid) in self.workers.emptied_groups() {
             if self.instances.get(key).is_some_and(|i| i.id == id) {
                 // Ignored unless it still waits for that group.
@@ -576,6 +584,7 @@ impl Daemon {
 
     fn on_reaped(&mut self, key: usize, exit: Exit) {
         self.now = Instant::now();
+        self.metrics_exit(key, exit);
         // Replies written before death are delivered before anything is redelivered.
         self.drain_worker_output(key);
         self.note_unread_input(key);

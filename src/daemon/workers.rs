@@ -38,7 +38,14 @@ pub struct Workers {
     /// Instances stopping whose leader is gone but whose group may not be: key, id
     /// (the key may be reused), pgid.
     awaiting_group: Vec<(usize, u64, u32)>,
+    /// Running `exec` health probes: pid (= pgid) → its owner (the shell's tag).
+    pub probes: HashMap<u32, ProbeOwner>,
+    /// Probes reaped by [`Workers::reap`] and not yet taken by the shell.
+    probe_exits: Vec<(ProbeOwner, Exit)>,
 }
+
+/// Whose `exec` probe a process is: instance key, instance id, probe id.
+pub type ProbeOwner = (usize, u64, crate::health::probe::ProbeId);
 
 impl Workers {
     /// Reap every exited child (SIGCHLDs merge: until nothing is left); returns the
@@ -49,7 +56,10 @@ impl Workers {
             match sys::reap_one() {
                 Ok(Some((pid, exit))) => match self.pids.remove(&pid) {
                     Some(key) => exited.push((key, exit)),
-                    None => log::debug!("reaped orphaned process {pid} ({exit})"),
+                    None => match self.probes.remove(&pid) {
+                        Some(owner) => self.probe_exits.push((owner, exit)),
+                        None => log::debug!("reaped orphaned process {pid} ({exit})"),
+                    },
                 },
                 Ok(None) => break,
                 Err(e) => {
@@ -59,6 +69,23 @@ impl Workers {
             }
         }
         exited
+    }
+
+    /// The `exec` probes reaped since the last call, with how they exited.
+    pub fn take_probe_exits(&mut self) -> Vec<(ProbeOwner, Exit)> {
+        std::mem::take(&mut self.probe_exits)
+    }
+
+    /// SIGKILL to the group of the running probe `pid` (it outlived its timeout, or
+    /// its instance is gone); it is reaped like any child.
+    pub fn kill_probe(&self, pid: u32) {
+        if self.probes.contains_key(&pid) {
+            if let Err(e) = sys::kill_group(pid, libc::SIGKILL) {
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    log::warn!("cannot kill health probe group {pid}: {e}");
+                }
+            }
+        }
     }
 
     /// Group `pgid` outlives its leader; its SIGKILL timer has generation `gen`.

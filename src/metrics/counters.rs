@@ -38,7 +38,8 @@ fn bump(list: &mut Vec<(&'static str, u64)>, key: &'static str) {
 }
 
 impl PoolCounters {
-    /// A worker's reply was delivered, `latency` after the message was written to it.
+    /// A worker's reply was delivered, `latency` after the worker could start on the
+    /// message (see [`ReplyHistogram`]).
     pub fn answered(&mut self, latency: Duration) {
         self.answered += 1;
         self.replies.observe(latency);

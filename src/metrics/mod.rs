@@ -39,8 +39,9 @@ pub const REPLY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Reply latencies of one pool: the time from a message's write to the worker to its
-/// reply. Fixed buckets, no allocation per observation.
+/// Reply latencies of one pool: the time from when the worker could start on a
+/// message (written to it, and the one before answered) to its reply. Fixed buckets,
+/// no allocation per observation.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReplyHistogram {
     /// Per bucket (not cumulative); the last one is `+Inf`.
@@ -255,7 +256,7 @@ impl Collector for SnapshotCollector {
         {
             let mut metric = e.encode_descriptor(
                 "orchd_reply_seconds",
-                "Time from writing a message to a worker to its reply.",
+                "Time from when a worker could start on a message to its reply.",
                 None,
                 MetricType::Histogram,
             )?;

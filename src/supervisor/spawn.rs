@@ -4,7 +4,7 @@
 //! soft open-file limit orchd was started with (orchd raises its own).
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -56,9 +56,35 @@ impl Credentials {
     }
 }
 
-/// Start instance `index` of `pool` with the fds `io` says (SPEC 4, 12).
-pub fn spawn(pool: &Pool, index: u32, io: WorkerIo, creds: Credentials) -> io::Result<Spawned> {
-    let argv = pool.command.argv();
+/// An `exec` health probe of instance `index` (its worker's pid `worker`, in
+/// `ORCHD_PID`): `argv` run like a worker (the pool's cwd, env, user and group, its
+/// own process group) with no input or output. Returns its pid (= its group id).
+pub fn spawn_probe(
+    pool: &Pool,
+    argv: &[String],
+    index: u32,
+    worker: u32,
+    creds: Credentials,
+) -> io::Result<u32> {
+    let mut cmd = command(pool, argv, index, creds, None)?;
+    cmd.env("ORCHD_PID", worker.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // Dropped without waiting: the loop reaps it with waitpid(-1).
+    Ok(cmd.spawn()?.id())
+}
+
+/// `argv` as a process of instance `index` of `pool`: its cwd, env and credentials,
+/// its own process group, the parent-death signal, orchd's original open-file limit,
+/// and `channel_fd` (a `node` worker's end of its IPC channel) on NODE_CHANNEL_FD.
+fn command(
+    pool: &Pool,
+    argv: &[String],
+    index: u32,
+    creds: Credentials,
+    channel_fd: Option<RawFd>,
+) -> io::Result<Command> {
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
@@ -75,27 +101,7 @@ pub fn spawn(pool: &Pool, index: u32, io: WorkerIo, creds: Credentials) -> io::R
         .envs(&pool.env)
         .env("ORCHD_POOL", &pool.name)
         .env("ORCHD_INSTANCE", index.to_string())
-        .stdin(if io.stdin == Stdin::Pipe {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .process_group(0);
-    for var in io.env_removed() {
-        cmd.env_remove(var);
-    }
-    // A `node` worker's IPC channel: a socket pair (both ends close-on-exec); the
-    // child's end is installed on NODE_CHANNEL_FD just before exec.
-    let channel = match io.channel {
-        Some(_) => {
-            cmd.envs(node::CHANNEL_ENV);
-            Some(UnixStream::pair()?)
-        }
-        None => None,
-    };
-    let child_fd = channel.as_ref().map(|(_, child)| child.as_raw_fd());
     let parent = std::process::id();
     // orchd raised its own open-file limit; the worker gets the one orchd was given.
     let nofile = sys::original_nofile_soft_limit();
@@ -109,11 +115,37 @@ pub fn spawn(pool: &Pool, index: u32, io: WorkerIo, creds: Credentials) -> io::R
             // uid or gid changes, so setting it before would leave it unset.
             sys::child_set_ids(creds.uid, creds.gid)?;
             sys::child_set_parent_death_signal(parent)?;
-            match child_fd {
+            match channel_fd {
                 Some(fd) => sys::child_install_fd(fd, node::CHANNEL_FD),
                 None => Ok(()),
             }
         });
+    }
+    Ok(cmd)
+}
+
+/// Start instance `index` of `pool` with the fds `io` says (SPEC 4, 12).
+pub fn spawn(pool: &Pool, index: u32, io: WorkerIo, creds: Credentials) -> io::Result<Spawned> {
+    // A `node` worker's IPC channel: a socket pair (both ends close-on-exec); the
+    // child's end is installed on NODE_CHANNEL_FD just before exec.
+    let channel = match io.channel {
+        Some(_) => Some(UnixStream::pair()?),
+        None => None,
+    };
+    let child_fd = channel.as_ref().map(|(_, child)| child.as_raw_fd());
+    let mut cmd = command(pool, &pool.command.argv(), index, creds, child_fd)?;
+    cmd.stdin(if io.stdin == Stdin::Pipe {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    if channel.is_some() {
+        cmd.envs(node::CHANNEL_ENV);
+    }
+    for var in io.env_removed() {
+        cmd.env_remove(var);
     }
     let mut child = cmd.spawn()?;
     // orchd's copy of the child's end goes now: the worker's exit is then EOF.

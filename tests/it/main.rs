@@ -20,6 +20,7 @@ mod harden_config;
 mod harden_logproc;
 mod harden_reload;
 mod health_config;
+mod health_metrics;
 mod readiness;
 mod reload;
 mod routing;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::super::listen::{parse_source, tcp_overlap};
-use super::super::model::{Command, Route, Source};
+use super::super::model::{Command, Protocol, Route, Source};
 use super::super::raw::{Bytes, Dur, RawCommand, RawHealth, RawPool, RawReady, RawRolling, UInt};
 use super::super::source::{quote, KeyPath};
 use super::super::supervision::{
@@ -381,11 +381,13 @@ impl Checker<'_, '_> {
     }
 
     /// Checks across pools and routes: every `depends_on` names a pool and no cycle
-    /// forms; `send` only on pools a route feeds; the metrics listener clashes with
-    /// no route listener.
+    /// forms; `send` only on `lines` pools a route feeds; the metrics listener
+    /// clashes with no route listener. `protocols` goes with `pool_names` (None: the
+    /// pool failed its own checks).
     pub(super) fn supervision_cross_checks(
         &mut self,
         pool_names: &[String],
+        protocols: &[Option<Protocol>],
         routes: &[BuiltRoute],
         metrics: Option<SocketAddr>,
     ) {
@@ -428,6 +430,28 @@ impl Checker<'_, '_> {
                 format!("depends_on forms a cycle: {}", names.join(" → "))
             };
             self.at_value(&pool_key(name).key("depends_on").index(at), message);
+        }
+
+        // A `send` probe is a line: a `tagged` or `node` worker would take it for a
+        // malformed message (a Node worker dies of a line that is not JSON).
+        for (name, protocol) in pool_names.iter().zip(protocols) {
+            let sends = self.supervision.get(name).is_some_and(|s| {
+                matches!(
+                    s.health.as_ref().map(|h| &h.probe),
+                    Some(Probe::Send { .. })
+                )
+            });
+            if let Some(p @ (Protocol::Tagged | Protocol::Node)) = protocol {
+                if sends {
+                    self.at_key(
+                        &pool_key(name).key("health").key("send"),
+                        format!(
+                            "health.send probes are lines, which a protocol = {} worker does not read; use health.exec for this pool",
+                            quote(p.as_str())
+                        ),
+                    );
+                }
+            }
         }
 
         // `send` needs message input: only pools a route feeds have one. With a route

@@ -117,6 +117,15 @@ pub enum Action {
     /// The client may read again (room appeared, its stalled message went through, or
     /// the pool it waited for drained): call [`super::Ledger::client_resume`] first.
     Resume { client: usize },
+    /// The health probe sent by [`super::Ledger::probe_send`] is next in line: the
+    /// worker can reach it now (its timeout clock starts).
+    ProbeReached { instance: usize },
+    /// The reply line to the instance's health probe (without `\n`; None: a reply too
+    /// long to read). It is orchd's: no client sees it.
+    ProbeReply {
+        instance: usize,
+        line: Option<Range<usize>>,
+    },
 }
 
 /// The output of ledger events: actions in order, and the bytes they refer to. The

@@ -49,6 +49,7 @@ impl Ledger {
                 empty_since: None,
                 expire_at: None,
                 expire_gen: 0,
+                errors: Vec::new(),
             },
         );
     }
@@ -167,6 +168,7 @@ impl Ledger {
                     unread: 0,
                     deadline_at: None,
                     deadline_gen: 0,
+                    probe: None,
                 },
             ),
         }
@@ -230,6 +232,7 @@ impl Ledger {
             };
             self.redeliver(k, failure, now, out);
         }
+        self.probe_drop(k);
         self.rehome_backlog(k, now, out);
         if !self.pool_none_live(pool) {
             self.pool_changed(pool, now, out);
@@ -265,6 +268,10 @@ impl Ledger {
         now: Instant,
         out: &mut Actions,
     ) {
+        if self.probe_reply(k, reply, now, out) {
+            self.check();
+            return;
+        }
         let Some(inst) = self.instances.get_mut(k) else {
             return;
         };
@@ -283,8 +290,10 @@ impl Ledger {
             return;
         };
         inst.answered += 1;
-        // The next message's clock starts now (the worker turns to it).
+        // The next message's clock starts now (the worker turns to it), unless the
+        // next in line is a probe (its reply is waited for first).
         inst.head_since = Some(now);
+        Self::probe_advance(inst, k, out);
         if !inst.inflight.is_empty() {
             self.arm_head_deadline(k, out);
         }
@@ -635,6 +644,7 @@ impl Ledger {
                 i.inflight.clear();
                 i.backlog.clear();
                 i.deadline_at = None;
+                i.probe = None;
             }
             self.tags_forget(k);
         }

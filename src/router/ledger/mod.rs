@@ -170,6 +170,8 @@ struct Pool {
     empty_since: Option<Instant>,
     expire_at: Option<Instant>,
     expire_gen: u64,
+    /// Error replies to its messages by reason (metrics), in first-seen order.
+    errors: Vec<(Box<str>, u64)>,
 }
 
 impl Pool {
@@ -195,6 +197,8 @@ struct Inst {
     unread: usize,
     deadline_at: Option<Instant>,
     deadline_gen: u64,
+    /// orchd's own health probe in this instance's in-flight order (see `probe.rs`).
+    probe: Option<probe::InFlightProbe>,
 }
 
 #[derive(Debug)]
@@ -292,6 +296,7 @@ pub struct Ledger {
 
 mod events;
 mod place;
+mod probe;
 mod proto;
 
 impl Ledger {
@@ -416,6 +421,13 @@ impl Ledger {
             waiting[pk] += p.queue.len();
         }
         for (_, i) in self.instances.iter() {
+            if let Some(p) = &i.probe {
+                assert!(
+                    p.ahead <= i.inflight.len(),
+                    "{}: probe behind nothing",
+                    i.label
+                );
+            }
             for &m in i.inflight.iter().chain(&i.backlog) {
                 assert!(self.msgs.contains(m), "stale message {m} at {}", i.label);
                 assert_eq!(self.msgs[m].pool, i.pool, "message {m} at {}", i.label);

@@ -162,6 +162,10 @@ impl Ledger {
             return self.tagged_deadline(k);
         }
         let i = &self.instances[k];
+        if i.probe.as_ref().is_some_and(|p| p.ahead == 0) {
+            // The worker answers the probe first; the message's clock starts after.
+            return None;
+        }
         let m = *i.inflight.front()?;
         let since = i.head_since?;
         self.msgs[m].timeout.map(|t| deadline(since, t))
@@ -285,8 +289,17 @@ impl Ledger {
         // Messages the worker never read (the tail of the FIFO, wholly unread) were
         // not worked on: they cost no attempt, even at the head.
         let mut unread = std::mem::take(&mut inst.unread);
+        // A probe in the pipe: its bytes are among the unread ones, between the
+        // messages ahead of it and those behind it. It is dropped (not redelivered).
+        let probe = inst.probe.take();
         let mut untouched = 0;
-        for &m in inflight.iter().rev() {
+        for (i, &m) in inflight.iter().enumerate().rev() {
+            if let Some(p) = probe.as_ref().filter(|p| p.ahead == i + 1) {
+                if failure != Failure::Died || p.len > unread {
+                    break;
+                }
+                unread -= p.len;
+            }
             let len = self.msgs[m].payload.len();
             if failure != Failure::Died || len > unread {
                 break;
@@ -506,6 +519,9 @@ impl Ledger {
         let msg = self.msgs.remove(m);
         if let Some(p) = self.pools.get_mut(msg.pool) {
             p.bytes -= msg.payload.len();
+            if let Reply::Error(why) = &reply {
+                count_error(&mut p.errors, why);
+            }
         }
         let Some((g, pos)) = msg.gather else {
             return self.emit(msg.client, msg.client_id, msg.seq, reply, out);
@@ -617,5 +633,13 @@ impl Ledger {
         {
             out.push(Action::Drained { instance: k });
         }
+    }
+}
+
+/// One more error reply for `why` (a handful of distinct reasons per pool).
+fn count_error(errors: &mut Vec<(Box<str>, u64)>, why: &str) {
+    match errors.iter_mut().find(|(r, _)| &**r == why) {
+        Some((_, n)) => *n += 1,
+        None => errors.push((why.into(), 1)),
     }
 }
