@@ -6,12 +6,16 @@
 //! interleavings of: client messages on several routes and strategies, worker reads and
 //! replies, deaths (with unread input), hangs followed by timeouts, instances replaced
 //! (retiring and drained), clients that stop reading their replies and clients that
-//! disconnect, and orchd's own health probes written in among the messages. The ledger decides; the simulation executes its actions like the daemon
-//! does, and checks them against a reference model of what every client is owed:
+//! disconnect, and orchd's own health probes written in among the messages. The
+//! second pool's instances come up not ready (its `ready = { probe = true }`): they
+//! take health probes but no message until they get ready. The ledger decides; the
+//! simulation executes its actions like the daemon does, and checks them against a
+//! reference model of what every client is owed:
 //!
 //! - every message gets exactly one reply line (a broadcast: one line per target), the
 //!   worker's or an error, never two, never one meant for someone else;
 //! - in sending order on `ordered` routes;
+//! - messages go only to ready instances (probes also to instances not ready yet);
 //! - a health probe's reply goes to orchd ([`Action::ProbeReply`]), is the echo of that
 //!   very probe, and comes only after the probe was reached; no client sees one;
 //! - nothing is lost: once the world settles, the ledger is idle and every client that
@@ -47,6 +51,9 @@ const POOLS: [(&str, usize, u32, u32); 3] = [("p0", 3, 2, 4), ("p1", 2, 1, 3), (
 /// The pool whose workers speak `tagged`: they answer newest first, and repeat an
 /// answer now and then (the repeat must be dropped).
 const TAGGED_POOL: usize = 2;
+/// The pool with `ready = { probe = true }`: its instances come up not ready and get
+/// ready later (an `Op::Ready`); until then they take probes, not messages.
+const GATED_POOL: usize = 1;
 /// Client keys and their listeners: 0 and 1 ordered routes, 2 unordered, 3 broadcast,
 /// 4 a listener without rules.
 const CLIENT_LISTENER: [usize; 5] = [0, 0, 1, 3, 2];
@@ -114,6 +121,8 @@ enum Op {
     Reconnect { client: usize },
     /// orchd sends a health probe to the instance of (pool, slot).
     Probe { pool: usize, slot: usize },
+    /// The instance of (pool, slot) gets ready (its first probe passed).
+    Ready { pool: usize, slot: usize },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -129,6 +138,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..CLIENT_LISTENER.len()).prop_map(|client| Op::Drain { client }),
         1 => (0..CLIENT_LISTENER.len()).prop_map(|client| Op::Reconnect { client }),
         2 => (0..2usize, 0..3usize).prop_map(|(pool, slot)| Op::Probe { pool, slot }),
+        2 => (0..POOLS.len(), 0..3usize).prop_map(|(pool, slot)| Op::Ready { pool, slot }),
     ]
 }
 
@@ -156,6 +166,8 @@ struct Worker {
     probe: Option<Vec<u8>>,
     /// The ledger said the worker can reach the probe.
     probe_reached: bool,
+    /// Its process is ready (always, outside the gated pool): it takes messages.
+    ready: bool,
 }
 
 impl Worker {
@@ -163,7 +175,8 @@ impl Worker {
         let running = matches!(self.life, Life::Running | Life::Retiring);
         InstanceView {
             running,
-            writable: running,
+            writable: running && self.ready,
+            has_input: running,
             leaving: self.life == Life::Retiring,
             coming_back: matches!(self.life, Life::Running | Life::Down),
         }
@@ -264,6 +277,7 @@ impl World {
             read: VecDeque::new(),
             probe: None,
             probe_reached: false,
+            ready: false,
         });
         let k = self.workers.len() - 1;
         self.view(k);
@@ -292,6 +306,22 @@ impl World {
             return;
         }
         self.workers[k].life = Life::Running;
+        // Like the daemon: reported up at spawn; with `ready`, it takes messages only
+        // once it is ready as well.
+        self.workers[k].ready = self.workers[k].pool != GATED_POOL;
+        self.view(k);
+        self.ledger.instance_up(k, self.now, &mut self.out);
+        self.exec();
+    }
+
+    /// A running instance of the gated pool gets ready: up again, now taking work (a
+    /// retiring one too: then it works off what waits for it).
+    fn ready(&mut self, k: usize) {
+        let w = &mut self.workers[k];
+        if w.ready || !matches!(w.life, Life::Running | Life::Retiring) {
+            return;
+        }
+        w.ready = true;
         self.view(k);
         self.ledger.instance_up(k, self.now, &mut self.out);
         self.exec();
@@ -535,6 +565,14 @@ impl World {
                         );
                         let data = &bytes[r];
                         assert!(data.ends_with(b"\n"), "partial message for a worker");
+                        assert!(
+                            w.ready
+                                || data
+                                    .split_inclusive(|&b| b == b'\n')
+                                    .all(|l| l.starts_with(b"PING")),
+                            "a message for instance {instance}, not ready yet: {:?}",
+                            text(data)
+                        );
                         w.pipe.extend_from_slice(data);
                     }
                     Action::ToClient { client, bytes: r } => {
@@ -645,6 +683,14 @@ impl World {
                     self.probe(k);
                 }
             }
+            Op::Ready { pool, slot } => {
+                if let Some(&k) = self.slots[pool].get(slot) {
+                    self.ready(k);
+                }
+                if let Some(&k) = self.retiring[pool].get(slot) {
+                    self.ready(k);
+                }
+            }
         }
         self.ledger.check_all();
         self.check_budgets();
@@ -693,6 +739,14 @@ impl World {
             for p in 0..POOLS.len() {
                 for k in self.slots[p].clone() {
                     self.up(k);
+                    self.ready(k);
+                }
+            }
+            // Retiring instances not ready yet get ready (or, in the daemon, reach
+            // `ready.timeout` and stop): what waits for them is not stuck.
+            for p in 0..POOLS.len() {
+                for k in self.retiring[p].clone() {
+                    self.ready(k);
                 }
             }
             for k in 0..self.workers.len() {

@@ -4,7 +4,7 @@
 //! done comes through here.
 
 use crate::router::ledger::{Action, InstanceView, PoolSettings, Timer};
-use crate::supervisor::lifecycle::State;
+use crate::supervisor::lifecycle::{Cause, State};
 
 use super::{Daemon, Instance, TimerKey};
 
@@ -51,7 +51,7 @@ impl Daemon {
                     // Stopped, then started again at once; what it had in flight
                     // failed by timeout.
                     self.metrics_cause(instance, "timeout");
-                    self.restart_instance(instance);
+                    self.restart_instance(instance, Cause::Timeout);
                 }
                 Action::Drained { instance } => self.stop_instance(instance),
                 _ => {}
@@ -80,6 +80,7 @@ impl Daemon {
         Some(InstanceView {
             running: matches!(i.life.state, State::Running { .. }),
             writable: i.takes_messages(),
+            has_input: i.can_work(),
             leaving,
             coming_back: !leaving
                 && matches!(i.life.state, State::Backoff { .. } | State::Running { .. }),

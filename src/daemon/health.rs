@@ -15,10 +15,10 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::config::Probe;
+use crate::config::{Probe, ReadyWhen};
 use crate::health::exec::ExecQueue;
 use crate::health::probe::{ExecOutcome, HealthAction, HealthTracker, ProbeId};
-use crate::supervisor::lifecycle::State;
+use crate::supervisor::lifecycle::{Cause, Event, State};
 use crate::supervisor::spawn::{self, Credentials};
 use crate::sys::Exit;
 
@@ -53,8 +53,9 @@ struct Entry {
 
 impl Daemon {
     /// Instance `key` is up: with `health` in its pool, its probes begin (the first
-    /// `every` from now; at once with `at_spawn`, for `ready.probe`).
-    pub(super) fn health_start(&mut self, key: usize, at_spawn: bool) {
+    /// `every` from now; at once while it waits to get ready by `ready.probe`, whose
+    /// first pass makes it ready).
+    pub(super) fn health_start(&mut self, key: usize) {
         self.health_stop(key);
         let Some(inst) = self.instances.get(key) else {
             return;
@@ -62,9 +63,15 @@ impl Daemon {
         let Some(pool) = self.pools.get(inst.pool) else {
             return;
         };
-        let Some(health) = &self.config.supervision(&pool.cfg.name).health else {
+        let sup = self.config.supervision(&pool.cfg.name);
+        let Some(health) = &sup.health else {
             return;
         };
+        let at_spawn = sup
+            .ready
+            .as_ref()
+            .is_some_and(|r| r.when == ReadyWhen::Probe)
+            && inst.life.awaits_ready();
         let tracker = HealthTracker::new(health, self.now, at_spawn);
         let id = inst.id;
         self.health.entries.insert(
@@ -119,7 +126,7 @@ impl Daemon {
             .collect();
         for key in keys {
             if matches!(self.instances[key].life.state, State::Running { .. }) {
-                self.health_start(key, false);
+                self.health_start(key);
             } else {
                 self.health_stop(key);
             }
@@ -239,6 +246,8 @@ impl Daemon {
                 HealthAction::Passed { first } => {
                     if first {
                         log::debug!("{}: first health probe passed", self.instances[key].label);
+                        // With `ready.probe`, it is ready now (the lifecycle decides).
+                        self.feed(key, Event::ProbePassed);
                     }
                 }
                 HealthAction::Failed {
@@ -249,7 +258,7 @@ impl Daemon {
                     let text = format!("{}: {reason}; restarting it", self.instances[key].label);
                     self.health_record(key, log::Level::Warn, text);
                     self.metrics_cause(key, "health");
-                    self.restart_instance(key);
+                    self.restart_instance(key, Cause::Health);
                 }
             }
         }

@@ -14,7 +14,7 @@
 use crate::config::{RestartPolicy, RSS_CHECK_EVERY};
 use crate::health::order::{gate, stop_waves, DepState};
 use crate::health::rss::{checks_needed, restart_reason, RssVerdict};
-use crate::supervisor::lifecycle::State;
+use crate::supervisor::lifecycle::{Cause, State};
 use crate::timers::deadline;
 
 use super::{Daemon, Phase, TimerKey};
@@ -240,7 +240,8 @@ impl Daemon {
                     );
                 }
             }
-            self.restart_instance(k);
+            self.metrics_cause(k, "rss");
+            self.restart_instance(k, Cause::Rss);
         }
         if self.phase == Phase::Running {
             self.rss_arm();

@@ -22,7 +22,9 @@ use super::{Daemon, IoTarget, Phase, TimerKey};
 use crate::config::{Pool, Protocol, Supervision};
 use crate::framing::{log_pieces, LineBuf};
 use crate::protocol::{self, Stdout, WorkerIo};
-use crate::supervisor::lifecycle::{Action, Context, Event, FirstStart, Lifecycle, State, Then};
+use crate::supervisor::lifecycle::{
+    Action, Cause, Context, Event, FirstStart, Lifecycle, State, Then,
+};
 use crate::supervisor::spawn::{self, Credentials};
 use crate::sys::{self, Exit};
 
@@ -290,7 +292,13 @@ impl Daemon {
     pub(super) fn feed(&mut self, key: usize, event: Event) {
         let gen = self.gen();
         let rand01 = match event {
-            Event::Exited { .. } | Event::SpawnFailed { .. } => self.rand01(),
+            // What may end in a restart's backoff delay (a stop for a restart
+            // ends at the exit, a group gone or the kill timer).
+            Event::Exited { .. }
+            | Event::SpawnFailed { .. }
+            | Event::GroupGone { .. }
+            | Event::Timer { .. }
+            | Event::Killed => self.rand01(),
             _ => 0.5,
         };
         let (now, running, await_ready) =
@@ -367,7 +375,7 @@ impl Daemon {
             Action::Up => {
                 self.roll_started(key);
                 self.route_instance_up(key);
-                self.health_start(key, false);
+                self.health_start(key);
             }
             Action::Down => {
                 self.health_stop(key);
@@ -421,12 +429,13 @@ impl Daemon {
         self.feed(key, Event::Stop { then: Then::Stay });
     }
 
-    /// Stop an instance and start it again once it has stopped (a hung worker).
-    pub(super) fn restart_instance(&mut self, key: usize) {
+    /// Stop an instance and start it again once it has stopped, after the backoff
+    /// delay (a hung, unhealthy or oversized worker: counted like a crash).
+    pub(super) fn restart_instance(&mut self, key: usize, cause: Cause) {
         self.feed(
             key,
             Event::Stop {
-                then: Then::Restart,
+                then: Then::Restart(cause),
             },
         );
     }

@@ -73,13 +73,36 @@ pub enum State {
 pub enum Then {
     /// Stay stopped (held, retiring, shutting down, scaled away).
     Stay,
-    /// A hung worker was stopped: start it again at once (counts as a restart).
-    Restart,
+    /// orchd stopped it for `Cause` (hung, health, memory): start it again like a
+    /// crashed process (counted for backoff and give_up, whatever `restart` says).
+    Restart(Cause),
     /// `orchd ctl start` came while its hold was stopping it: start it again, with
     /// what its pool runs now.
     Release,
     /// It did not get ready within `ready.timeout`: a failed start (backoff, give_up).
     FailedStart,
+}
+
+/// Why orchd restarts a running instance (SPEC 10: "like a hung one").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Its oldest in-flight message timed out.
+    Timeout,
+    /// `health.failures` consecutive health probes failed.
+    Health,
+    /// Its RSS stayed above `max_rss`.
+    Rss,
+}
+
+impl Cause {
+    /// Why it stopped, for the lifecycle's log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Timeout => "a message timed out",
+            Cause::Health => "its health checks failed",
+            Cause::Rss => "its memory stayed above max_rss",
+        }
+    }
 }
 
 /// The names SPEC fixes for states.
@@ -170,6 +193,17 @@ impl State {
             _ => None,
         }
     }
+}
+
+/// How a process ended, for what follows ([`Lifecycle::after_exit`]).
+#[derive(Debug, Clone)]
+enum Ending {
+    /// It exited by itself.
+    Exited(Exit),
+    /// The spawn failed, or it did not get ready in time (why, for the log).
+    Failed(String),
+    /// orchd stopped it to restart it.
+    Restart(Cause),
 }
 
 /// What to do after an instance exited (or failed to spawn).
@@ -396,6 +430,19 @@ impl Lifecycle {
             self.state = State::Stopped;
             return AfterExit::Stay;
         }
+        self.restart_after(ran_for, exit.is_none(), now, pool, rand01)
+    }
+
+    /// A process that ran for `ran_for` is to be restarted (`spawn_failed`: none ran):
+    /// counted for give_up and backoff; records Backoff or Failed in `state`.
+    fn restart_after(
+        &mut self,
+        ran_for: Duration,
+        spawn_failed: bool,
+        now: Instant,
+        pool: &Pool,
+        rand01: f64,
+    ) -> AfterExit {
         if ran_for >= pool.backoff.reset_after {
             self.consecutive = 0;
         }
@@ -412,7 +459,7 @@ impl Lifecycle {
         self.consecutive = self.consecutive.saturating_add(1);
         self.restarts += 1;
         let mut backoff = pool.backoff;
-        if exit.is_none() {
+        if spawn_failed {
             backoff.initial = backoff.initial.max(FAILED_SPAWN_MIN_INITIAL);
             backoff.max = backoff.max.max(backoff.initial);
         }
@@ -469,7 +516,7 @@ impl Lifecycle {
         matches!(
             self.state,
             State::Stopping {
-                then: Then::Restart,
+                then: Then::Restart(_),
                 ..
             }
         )
@@ -491,7 +538,7 @@ impl Lifecycle {
             Event::Spawned { pid } => self.on_spawned(pid, now, cx, out),
             Event::SpawnFailed { why } => {
                 self.gen = cx.gen;
-                self.after_exit(Err(why), Duration::ZERO, now, cx, out);
+                self.after_exit(Ending::Failed(why), Duration::ZERO, now, cx, out);
             }
             Event::Exited { exit, group_alive } => self.on_exited(exit, group_alive, now, cx, out),
             Event::GroupGone { pgid } => {
@@ -651,7 +698,7 @@ impl Lifecycle {
                     });
                 }
                 out.push(Action::Down);
-                self.after_exit(Ok(exit), ran_for, now, cx, out);
+                self.after_exit(Ending::Exited(exit), ran_for, now, cx, out);
             }
             State::Stopping {
                 pid,
@@ -720,11 +767,13 @@ impl Lifecycle {
             // Already stopping: a hung worker is restarted once stopped, unless it
             // was to stay stopped or to be released.
             State::Stopping { then: t, .. } => {
-                if then == Then::Restart && *t == Then::Stay {
+                if matches!(then, Then::Restart(_)) && *t == Then::Stay {
                     *t = then;
                 }
             }
             State::Stopped => {}
+            // Already waiting to come back, or given up: nothing to restart.
+            State::Backoff { .. } | State::Failed { .. } if matches!(then, Then::Restart(_)) => {}
             State::Backoff { .. } | State::Failed { .. } => {
                 self.gen = cx.gen;
                 self.stopped(then, now, cx, out);
@@ -812,30 +861,42 @@ impl Lifecycle {
         }
     }
 
-    /// Decide and announce what follows an exit (`Err`: the spawn failed, and why).
-    /// One log line per exit or failed spawn, saying what happened and what comes
+    /// Decide and announce what follows an exit, a failed spawn or start, or a stop
+    /// for a restart. One log line for each, saying what happened and what comes
     /// next.
     fn after_exit(
         &mut self,
-        exit: Result<Exit, String>,
+        exit: Ending,
         ran_for: Duration,
         now: Instant,
         cx: &Context,
         out: &mut Vec<Action>,
     ) {
-        let status = exit.as_ref().ok().copied();
-        let restarting = wants_restart(cx.pool.restart, status);
+        let status = match exit {
+            Ending::Exited(e) => Some(e),
+            Ending::Failed(_) | Ending::Restart(_) => None,
+        };
+        let forced = matches!(exit, Ending::Restart(_));
+        let restarting = forced || wants_restart(cx.pool.restart, status);
         let gated = self.ready.is_some() || cx.ready.is_some();
         self.ready = None;
         self.first_start = self
             .first_start
             .exited_gated(status, ran_for, restarting, gated);
         let (what, level) = match exit {
-            Ok(e) => (
+            Ending::Exited(e) => (
                 format!("exited with {e} after {}", fmt_duration(ran_for)),
                 log::Level::Warn,
             ),
-            Err(why) => (why, log::Level::Error),
+            Ending::Failed(why) => (why, log::Level::Error),
+            Ending::Restart(cause) => (
+                format!(
+                    "stopped after {} because {}",
+                    fmt_duration(ran_for),
+                    cause.as_str()
+                ),
+                log::Level::Warn,
+            ),
         };
         let label = cx.label;
         if !cx.running || self.leaving || cx.held {
@@ -844,7 +905,14 @@ impl Lifecycle {
             self.stopped(Then::Stay, now, cx, out);
             return;
         }
-        match self.exited(status, ran_for, now, cx.pool, cx.rand01) {
+        let after = if forced {
+            // orchd stopped it: restarted whatever `restart` says, and its exit
+            // (the stop signal) stays what status shows.
+            self.restart_after(ran_for, false, now, cx.pool, cx.rand01)
+        } else {
+            self.exited(status, ran_for, now, cx.pool, cx.rand01)
+        };
+        match after {
             AfterExit::Restart { delay, attempt } => {
                 log(
                     out,
@@ -916,36 +984,33 @@ impl Lifecycle {
         self.gen = cx.gen;
         self.state = State::Stopped;
         self.ready = None;
-        if then == Then::FailedStart && !self.leaving && !cx.held && cx.running {
+        if self.leaving || cx.held || !cx.running {
+            out.push(Action::Gone);
+            return;
+        }
+        let ran_for = now.saturating_duration_since(self.started_at);
+        // Status shows how it ended (the stop signal, most likely).
+        let last_exit = self.last_exit;
+        match then {
+            Then::Stay => out.push(Action::Gone),
             // Not ready in time: like a spawn that failed (backoff, give_up).
-            let why = format!("{} stopped: a failed start", cx.label);
-            let ran_for = now.saturating_duration_since(self.started_at);
-            // Status shows how it ended (the stop signal, most likely).
-            let last_exit = self.last_exit;
-            self.after_exit(Err(why), ran_for, now, cx, out);
-            self.last_exit = last_exit;
-            return;
-        }
-        if then != Then::Stay
-            && then != Then::FailedStart
-            && !self.leaving
-            && !cx.held
-            && cx.running
-        {
-            let fresh_spec = then == Then::Release;
-            let text = if fresh_spec {
+            Then::FailedStart => {
+                let why = format!("{} stopped: a failed start", cx.label);
+                self.after_exit(Ending::Failed(why), ran_for, now, cx, out);
+                self.last_exit = last_exit;
+            }
+            // Hung, unhealthy or too big: like a crash (backoff, give_up).
+            Then::Restart(cause) => {
+                self.after_exit(Ending::Restart(cause), ran_for, now, cx, out);
+                self.last_exit = last_exit;
+            }
+            Then::Release => {
                 // `orchd ctl start` came while its hold was still stopping it.
-                format!("{} stopped; starting it again (released)", cx.label)
-            } else {
-                // A hung worker was stopped: it comes back at once.
-                self.restarts += 1;
-                format!("{} restarting after its timeout", cx.label)
-            };
-            log(out, log::Level::Info, text);
-            out.push(Action::Start { fresh_spec });
-            return;
+                let text = format!("{} stopped; starting it again (released)", cx.label);
+                log(out, log::Level::Info, text);
+                out.push(Action::Start { fresh_spec: true });
+            }
         }
-        out.push(Action::Gone);
     }
 
     /// Its process became ready (the tracker, or whoever raised [`Event::Ready`],

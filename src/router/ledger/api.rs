@@ -69,8 +69,13 @@ pub struct PoolSettings {
 pub struct InstanceView {
     /// Its process runs (lifecycle state `running`).
     pub running: bool,
-    /// Running with a stdin pipe: messages can be written to it.
+    /// Running with a stdin pipe and taking messages (with `ready`: once ready):
+    /// messages can be written to it.
     pub writable: bool,
+    /// Running with a stdin pipe, ready or not: orchd's health probes can be written
+    /// to it (with `ready.probe`, the probe that makes it ready). Implied by
+    /// `writable`.
+    pub has_input: bool,
     /// Retiring or held: it takes no new messages and works off what it has.
     pub leaving: bool,
     /// Not leaving, and in backoff or running: it will take work again, so messages

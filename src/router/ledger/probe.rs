@@ -25,8 +25,9 @@ pub(super) struct InFlightProbe {
 
 impl Ledger {
     /// Write the health probe `line` (ending in `\n`) to instance `k` behind what it
-    /// has in flight. False (nothing written) when the instance cannot be written
-    /// to or already has a probe in flight. [`Action::ProbeReached`] follows at once
+    /// has in flight. False (nothing written) when the instance has no input (a
+    /// running instance that is not ready yet has one: `ready.probe` probes it) or
+    /// already has a probe in flight. [`Action::ProbeReached`] follows at once
     /// when nothing is ahead of it, else once the messages ahead are answered; then
     /// the next reply line is [`Action::ProbeReply`].
     pub fn probe_send(&mut self, k: usize, line: &[u8], now: Instant, out: &mut Actions) -> bool {
@@ -39,7 +40,7 @@ impl Ledger {
         let Some(inst) = self.instances.get_mut(k) else {
             return false;
         };
-        if !inst.view.writable || inst.probe.is_some() {
+        if !(inst.view.has_input || inst.view.writable) || inst.probe.is_some() {
             return false;
         }
         let ahead = inst.inflight.len();
@@ -154,8 +155,17 @@ mod tests {
         InstanceView {
             running: true,
             writable,
+            has_input: writable,
             leaving: false,
             coming_back: true,
+        }
+    }
+
+    /// Running with a stdin, not ready yet (`ready.probe`): no messages, probes.
+    fn not_ready() -> InstanceView {
+        InstanceView {
+            has_input: true,
+            ..live(false)
         }
     }
 
@@ -333,6 +343,29 @@ mod tests {
         assert!(!t.probe());
         assert!(t.worker.is_empty());
         assert!(!t.probe(), "unknown instance");
+    }
+
+    #[test]
+    fn an_instance_not_ready_yet_takes_the_probe_but_no_message() {
+        let mut t = T::new(2);
+        t.l.instance_view(W, POOL, 0, "p[0]", not_ready());
+        t.l.pool_liveness(POOL, false, t.now, &mut t.out);
+        t.collect();
+        t.send(b"a");
+        assert!(t.worker.is_empty(), "a message waits for a ready instance");
+        assert!(t.probe());
+        assert_eq!(t.worker, b"PING\n");
+        assert_eq!(t.reached, 1, "nothing ahead of it: reached at once");
+        t.reply(b"PONG");
+        assert_eq!(t.probe_replies, vec![Some(b"PONG".to_vec())]);
+        assert!(t.client.is_empty());
+        // Ready: the waiting message goes to it and is answered as usual.
+        t.l.instance_view(W, POOL, 0, "p[0]", live(true));
+        t.l.instance_up(W, t.now, &mut t.out);
+        t.collect();
+        assert_eq!(t.worker, b"PING\na\n");
+        t.reply(b"A");
+        assert_eq!(t.client, b"A\n");
     }
 
     #[test]

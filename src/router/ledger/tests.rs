@@ -40,6 +40,7 @@ fn live() -> InstanceView {
     InstanceView {
         running: true,
         writable: true,
+        has_input: true,
         leaving: false,
         coming_back: true,
     }

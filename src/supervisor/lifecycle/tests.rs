@@ -596,23 +596,136 @@ fn a_group_outliving_its_exited_leader_is_left_to_linger_and_the_slot_restarts()
     assert!(matches!(r.life.state, State::Backoff { .. }));
 }
 
+/// SPEC 10: health and `max_rss` restarts are "like a hung one", "counted for
+/// backoff, give_up, status and metrics": a hung instance, too, comes back after the
+/// backoff delay, not at once.
 #[test]
-fn a_hung_instance_is_stopped_and_started_again_at_once() {
+fn a_hung_instance_is_stopped_and_started_again_after_the_backoff_delay() {
     let mut r = Rig::new(pool(RestartPolicy::Always, None));
     r.spawned(7);
     r.quiet(Event::Stop {
-        then: Then::Restart,
+        then: Then::Restart(Cause::Timeout),
     });
     assert!(r.life.timed_out());
-    let a = r.exited(143, false);
+    let a = r.at(300).exited(143, false);
     assert!(
-        matches!(&a[2], Action::Log { text, .. } if text == "w[0] restarting after its timeout"),
+        matches!(&a[2], Action::Log { level: log::Level::Warn, text, .. }
+            if text == "w[0] stopped after 300ms because a message timed out; restarting in 100ms (attempt 1)"),
         "{a:?}"
     );
-    assert_eq!(a[3], Action::Start { fresh_spec: false });
-    assert_eq!(a.len(), 4);
+    let (at, timer) = armed(&a);
+    assert_eq!(at, r.now + MS(100));
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::Start { .. })),
+        "{a:?}"
+    );
+    assert!(matches!(r.life.state, State::Backoff { .. }));
     assert_eq!(r.life.restarts, 1);
     assert!(!r.life.timed_out());
+    // Status shows how it ended (the stop signal).
+    assert_eq!(r.life.last_exit, Some(Exit::Code(143)));
+    assert_eq!(
+        r.at(400).fire(timer, false),
+        [Action::Start { fresh_spec: false }]
+    );
+}
+
+#[test]
+fn health_and_rss_restarts_back_off_more_each_time_and_say_why() {
+    for (cause, why) in [
+        (Cause::Health, "because its health checks failed"),
+        (Cause::Rss, "because its memory stayed above max_rss"),
+    ] {
+        let mut r = Rig::new(pool(RestartPolicy::Always, None));
+        let mut t = 0;
+        for (attempt, delay) in [(1, 100), (2, 200), (3, 400)] {
+            r.at(t).spawned(7);
+            r.at(t + 50).quiet(Event::Stop {
+                then: Then::Restart(cause),
+            });
+            let a = r.at(t + 60).exited(143, false);
+            let text = format!("restarting in {delay}ms (attempt {attempt})");
+            assert!(
+                a.iter().any(|a| matches!(a, Action::Log { text: l, .. }
+                    if l.contains(why) && l.ends_with(&text))),
+                "{a:?}"
+            );
+            let (at, timer) = armed(&a);
+            assert_eq!(at, r.now + MS(delay));
+            t += 60 + delay;
+            assert_eq!(
+                r.at(t).fire(timer, false),
+                [Action::Start { fresh_spec: false }]
+            );
+        }
+        assert_eq!(r.life.restarts, 3);
+    }
+}
+
+#[test]
+fn health_restarts_count_for_give_up_whatever_the_restart_policy() {
+    let give_up = GiveUp {
+        restarts: 1,
+        within: Duration::from_secs(60),
+        cooldown: None,
+    };
+    // `restart = "never"` does not keep orchd from restarting an unhealthy worker
+    // (it did not exit by itself), and give_up still counts it.
+    let mut r = Rig::new(pool(RestartPolicy::Never, Some(give_up)));
+    r.spawned(7);
+    r.quiet(Event::Stop {
+        then: Then::Restart(Cause::Health),
+    });
+    let timer = armed(&r.at(10).exit(143, false)).1;
+    assert_eq!(
+        r.at(200).fire(timer, false),
+        [Action::Start { fresh_spec: false }]
+    );
+    r.spawned(8);
+    r.quiet(Event::Stop {
+        then: Then::Restart(Cause::Health),
+    });
+    let a = r.at(300).exited(143, false);
+    assert!(
+        a.iter().any(|a| matches!(a, Action::Log { level: log::Level::Error, text, .. }
+            if text.contains("because its health checks failed; giving up: more than 1 restarts within 1m"))),
+        "{a:?}"
+    );
+    assert!(a.contains(&Action::Gone));
+    assert_eq!(r.life.state, State::Failed { until: None });
+    assert_eq!(r.life.state_name(r.now), StateName::Failed);
+}
+
+#[test]
+fn a_restart_stop_of_an_instance_already_waiting_to_restart_does_nothing() {
+    let mut r = Rig::new(pool(RestartPolicy::Always, None));
+    r.spawned(7);
+    let timer = armed(&r.exit(1, false)).1;
+    assert!(r
+        .quiet(Event::Stop {
+            then: Then::Restart(Cause::Health),
+        })
+        .is_empty());
+    assert_eq!(r.life.restarts, 1);
+    assert_eq!(r.fire(timer, false), [Action::Start { fresh_spec: false }]);
+}
+
+#[test]
+fn a_restart_stop_that_ends_at_the_kill_timer_backs_off_too() {
+    let mut r = Rig::new(pool(RestartPolicy::Always, None));
+    r.spawned(7);
+    let stop = r.quiet(Event::Stop {
+        then: Then::Restart(Cause::Rss),
+    });
+    let kill = armed(&stop).1;
+    // The leader exits, its group lingers; the kill timer ends the stop.
+    let a = r.exit(143, true);
+    assert!(a.contains(&Action::WatchGroup { pgid: 7 }), "{a:?}");
+    let a = r.at(10_000).fire(kill, true);
+    assert!(a.contains(&Action::Kill { pgid: 7 }), "{a:?}");
+    let (at, _) = armed(&a);
+    assert_eq!(at, r.now + MS(100));
+    assert!(matches!(r.life.state, State::Backoff { .. }));
 }
 
 #[test]
@@ -621,7 +734,7 @@ fn a_timeout_does_not_restart_what_was_being_stopped_for_good() {
     r.spawned(7);
     r.quiet(Event::Stop { then: Then::Stay });
     r.quiet(Event::Stop {
-        then: Then::Restart,
+        then: Then::Restart(Cause::Timeout),
     });
     // Stopping to stay stopped: a later timeout restart is taken over...
     assert!(r.life.timed_out());
@@ -673,7 +786,7 @@ fn a_retiring_instance_is_not_restarted_and_is_gone_once_stopped() {
     r.spawned(7);
     r.life.retire();
     r.quiet(Event::Stop {
-        then: Then::Restart,
+        then: Then::Restart(Cause::Timeout),
     });
     assert_eq!(r.exit(0, false), [Action::Down, Action::Gone]);
 }
@@ -759,7 +872,7 @@ fn retiring_stops_at_once_what_does_not_run() {
     let mut r = Rig::new(pool(RestartPolicy::Always, None));
     r.spawned(7);
     r.quiet(Event::Stop {
-        then: Then::Restart,
+        then: Then::Restart(Cause::Timeout),
     });
     assert!(r.quiet(Event::Retire).is_empty());
     assert_eq!(r.exit(0, false), [Action::Down, Action::Gone]);
@@ -917,7 +1030,8 @@ fn random_walks_keep_the_invariants() {
                     group_alive: rand(3) == 0,
                 },
                 5 => Event::Stop {
-                    then: [Then::Stay, Then::Restart, Then::Release][rand(3) as usize],
+                    then: [Then::Stay, Then::Restart(Cause::Timeout), Then::Release]
+                        [rand(3) as usize],
                 },
                 6 if matches!(r.life.state, State::Stopping { pid: None, .. }) => {
                     Event::GroupGone {
