@@ -22,6 +22,7 @@ mod harden_reload;
 mod health_config;
 mod health_metrics;
 mod readiness;
+mod ready_probe;
 mod reload;
 mod routing;
 mod smoke;
