@@ -52,9 +52,11 @@ struct Entry {
 }
 
 impl Daemon {
-    /// Instance `key` is up: with `health` in its pool, its probes begin (the first
-    /// `every` from now; at once while it waits to get ready by `ready.probe`, whose
-    /// first pass makes it ready).
+    /// Instance `key` is up (or ready): with `health` in its pool, its probes begin,
+    /// the first `every` from now. While it waits to get ready: by `ready.probe`, the
+    /// first is due at once (its first pass makes it ready); by `ready.log` or
+    /// `ready.after`, none until it is ready ([`Self::health_ready`]): getting ready
+    /// is `ready.timeout`'s to judge.
     pub(super) fn health_start(&mut self, key: usize) {
         self.health_stop(key);
         let Some(inst) = self.instances.get(key) else {
@@ -67,11 +69,15 @@ impl Daemon {
         let Some(health) = &sup.health else {
             return;
         };
-        let at_spawn = sup
-            .ready
-            .as_ref()
-            .is_some_and(|r| r.when == ReadyWhen::Probe)
-            && inst.life.awaits_ready();
+        let at_spawn = match &sup.ready {
+            Some(r) if inst.life.awaits_ready() => {
+                if r.when != ReadyWhen::Probe {
+                    return;
+                }
+                true
+            }
+            _ => false,
+        };
         let tracker = HealthTracker::new(health, self.now, at_spawn);
         let id = inst.id;
         self.health.entries.insert(
@@ -85,6 +91,14 @@ impl Daemon {
             },
         );
         self.health_arm(key);
+    }
+
+    /// Instance `key` became ready: its probes begin unless they already run
+    /// (`ready.probe`).
+    pub(super) fn health_ready(&mut self, key: usize) {
+        if !self.health.entries.contains_key(&key) {
+            self.health_start(key);
+        }
     }
 
     /// Instance `key` went down (exited, or is being stopped): its probes end; an

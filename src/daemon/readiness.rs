@@ -4,7 +4,8 @@
 //! Nothing here decides: the machines do.
 //!
 //! - An instance became ready ([`Daemon::instance_ready`]): the ledger may send it
-//!   messages, its pool's roll may go on, pools waiting on its pool look again.
+//!   messages, its health probes begin, its pool's roll may go on, pools waiting on
+//!   its pool look again.
 //! - `depends_on`: a pool that names others is created with its instances not started
 //!   (`PoolRt::waiting`); [`Daemon::deps_check`] opens its gate once every pool it
 //!   names is ready or completed, and records why it waits (status). At shutdown,
@@ -27,6 +28,7 @@ impl Daemon {
         };
         // It takes messages now: the ledger pulls work for it.
         self.route_instance_up(k);
+        self.health_ready(k);
         self.roll_ready(pool, k);
         self.deps_changed();
     }

@@ -1,8 +1,9 @@
 //! `ready = { probe = true }` and health restarts through the real binary (SPEC 10):
 //! the first health probe, sent at spawn, makes an instance ready (a `send` probe
 //! reaches it while messages still wait; an `exec` probe likewise); a probe that never
-//! passes is a failed start at `ready.timeout`; health restarts back off like crashes
-//! and count for `give_up`.
+//! passes is a failed start at `ready.timeout`; with `ready.log`, probes begin once
+//! the instance is ready; health restarts back off like crashes and count for
+//! `give_up`.
 
 use crate::common::*;
 
@@ -166,5 +167,33 @@ give_up = { restarts = 2, within = "1m" }
         o.log_count("x[0]: 1 consecutive health probe failure(s)"),
         3
     );
+    assert_eq!(o.stop(), 0);
+}
+
+#[test]
+fn health_probes_of_a_ready_log_pool_begin_once_it_is_ready() {
+    let dir = TempDir::new("rp-log");
+    // It reads nothing for its first second: a probe sent before it is ready would
+    // time out and restart it (failures = 1).
+    let cfg = dir.write(
+        "orchd.toml",
+        r#"
+[pool.w]
+command = 'sleep 1; echo listening >&2; while IFS= read -r l; do case $l in PING) echo PONG ;; *) echo "echo:$l" ;; esac; done'
+ready = { log = "^listening", timeout = "30s" }
+health = { send = "PING", expect = "^PONG$", every = "100ms", timeout = "200ms", failures = 1 }
+
+[[route]]
+from = "unix:w.sock"
+to = "w"
+"#,
+    );
+    let mut o = Orchd::start(&cfg);
+    o.wait_log("w[0] ready after", 1);
+    o.wait_log("w[0]: first health probe passed", 1);
+    let mut c = Client::connect(&dir.join("w.sock"));
+    assert_eq!(c.request("hello"), "echo:hello");
+    assert_eq!(o.log_count("health probe failed"), 0, "{}", o.log());
+    assert_eq!(started(&o, "w[0]").len(), 1, "{}", o.log());
     assert_eq!(o.stop(), 0);
 }
