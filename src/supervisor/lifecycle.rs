@@ -511,12 +511,13 @@ impl Lifecycle {
     }
 
     /// Stopping because it hung (a message timed out): what it had in flight failed
-    /// by timeout.
+    /// by timeout. (Stopped for failed health probes or `max_rss`, its messages
+    /// failed because it died, as the ledger counts it.)
     pub fn timed_out(&self) -> bool {
         matches!(
             self.state,
             State::Stopping {
-                then: Then::Restart(_),
+                then: Then::Restart(Cause::Timeout),
                 ..
             }
         )

@@ -157,6 +157,9 @@ give_up = { restarts = 2, within = "1m" }
             "{log}"
         );
         let waited = ts_ms(&starts[n + 1]) - ts_ms(&stops[n]);
+        eprintln!(
+            "health restart {n}: started again {waited} ms after it stopped (backoff {want} ms)"
+        );
         assert!(waited >= want, "restart {n} after {waited} ms\n{log}");
     }
     assert!(

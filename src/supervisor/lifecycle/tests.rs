@@ -643,6 +643,8 @@ fn health_and_rss_restarts_back_off_more_each_time_and_say_why() {
             r.at(t + 50).quiet(Event::Stop {
                 then: Then::Restart(cause),
             });
+            // Not a message timeout: what it had in flight failed because it died.
+            assert!(!r.life.timed_out());
             let a = r.at(t + 60).exited(143, false);
             let text = format!("restarting in {delay}ms (attempt {attempt})");
             assert!(
