@@ -150,6 +150,46 @@ impl LineBuf {
         }
     }
 
+    /// Like [`LineBuf::next_frame`], but every complete line buffered (up to the first
+    /// one over the limit) comes as one [`Frame::Line`] holding all of them, each with
+    /// its `\n`: one call per read chunk instead of one per line.
+    pub fn next_lines(&mut self) -> Option<Frame<'_>> {
+        if self.discarding {
+            // Skip the rest of an over-long line (reported already).
+            match memchr::memchr(b'\n', &self.buf[self.pos..self.end]) {
+                Some(i) => {
+                    self.pos += i + 1;
+                    self.scanned = 0;
+                    self.discarding = false;
+                }
+                None => {
+                    self.pos = self.end;
+                    self.scanned = 0;
+                    return None;
+                }
+            }
+        }
+        let start = self.pos;
+        let mut p = start;
+        while let Some(i) = memchr::memchr(b'\n', &self.buf[p..self.end]) {
+            if i > self.max {
+                break;
+            }
+            p += i + 1;
+        }
+        if p > start {
+            self.pos = p;
+            self.scanned = 0;
+            return Some(Frame::Line(&self.buf[start..p]));
+        }
+        // An over-long line next, or no complete line: as `next_frame` (which then
+        // returns no line: a short complete one would have been taken above).
+        match self.next_frame()? {
+            Frame::TooLong => Some(Frame::TooLong),
+            Frame::Line(_) => None,
+        }
+    }
+
     /// Bytes of an unterminated last line (for logging at EOF); empties the buffer.
     pub fn take_partial(&mut self) -> Option<Vec<u8>> {
         let rest = self.buf[self.pos..self.end].to_vec();
@@ -228,6 +268,39 @@ mod tests {
             });
         }
         out
+    }
+
+    fn runs(lb: &mut LineBuf) -> Vec<Result<Vec<u8>, ()>> {
+        let mut out = vec![];
+        while let Some(f) = lb.next_lines() {
+            out.push(match f {
+                Frame::Line(l) => Ok(l.to_vec()),
+                Frame::TooLong => Err(()),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn next_lines_hands_out_runs_of_complete_lines() {
+        let mut lb = LineBuf::new(4);
+        lb.extend(b"a\n\nbc\nde");
+        assert_eq!(runs(&mut lb), vec![Ok(b"a\n\nbc\n".to_vec())]);
+        lb.extend(b"f\ntoolong\nx\ny\nlonger");
+        assert_eq!(
+            runs(&mut lb),
+            vec![
+                Ok(b"def\n".to_vec()),
+                Err(()),
+                Ok(b"x\ny\n".to_vec()),
+                Err(())
+            ]
+        );
+        // The over-long partial line was reported once; its rest is skipped.
+        assert_eq!(runs(&mut lb), vec![]);
+        lb.extend(b"stillmore\nok\n");
+        assert_eq!(runs(&mut lb), vec![Ok(b"ok\n".to_vec())]);
+        assert!(!lb.has_partial());
     }
 
     #[test]

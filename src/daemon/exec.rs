@@ -218,10 +218,14 @@ impl Daemon {
         self.ledger_exec();
     }
 
-    /// One stdout line of a routed instance: the reply to its oldest message.
-    pub(super) fn on_worker_reply(&mut self, k: usize, reply: Result<&[u8], &str>) {
-        self.ledger
-            .worker_reply(k, reply, self.now, &mut self.ledger_out);
+    /// Complete stdout lines of a routed instance (each with its `\n`), or a reply
+    /// too long: the answers to its oldest messages, handed to the ledger at once.
+    pub(super) fn on_worker_replies(&mut self, k: usize, replies: Result<&[u8], &str>) {
+        let out = &mut self.ledger_out;
+        match replies {
+            Ok(lines) => self.ledger.worker_output(k, lines, self.now, out),
+            Err(why) => self.ledger.worker_reply(k, Err(why), self.now, out),
+        }
         self.ledger_exec();
     }
 

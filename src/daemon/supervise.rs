@@ -635,7 +635,7 @@ impl Daemon {
         let inst = &self.instances[key];
         let label = inst.label.clone();
         let open = if inst.stdin_pipe {
-            pipe.read_replies(&label, |reply| self.on_worker_reply(key, reply))
+            pipe.read_replies(&label, |replies| self.on_worker_replies(key, replies))
         } else {
             let (index, pool) = (inst.index, &self.pools[inst.pool].cfg.name);
             let control = &mut self.control;
