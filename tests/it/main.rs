@@ -22,3 +22,4 @@ mod routing;
 mod smoke;
 mod status_ready;
 mod supervisor;
+mod window;

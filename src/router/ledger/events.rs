@@ -1,6 +1,7 @@
 //! The ledger's events: what the shell tells it. Each takes the current time where
 //! time matters and pushes what the shell must do into `out`.
 
+use std::num::NonZeroUsize;
 use std::time::Instant;
 
 use super::{
@@ -167,6 +168,7 @@ impl Ledger {
                     unread: 0,
                     deadline_at: None,
                     deadline_gen: 0,
+                    window: Default::default(),
                 },
             ),
         }
@@ -264,6 +266,36 @@ impl Ledger {
         now: Instant,
         out: &mut Actions,
     ) {
+        self.time_replies(k, 1, now);
+        self.reply_one(k, reply, now, out);
+        self.check();
+    }
+
+    /// A chunk of complete reply lines (each ending in `\n`) of an instance.
+    pub fn worker_output(&mut self, k: usize, chunk: &[u8], now: Instant, out: &mut Actions) {
+        self.time_replies(k, memchr::memchr_iter(b'\n', chunk).count(), now);
+        for line in chunk.split_inclusive(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            self.reply_one(k, Ok(line), now, out);
+        }
+        self.check();
+    }
+
+    /// `n` replies of instance `k` were read at once: a measure for its window.
+    fn time_replies(&mut self, k: usize, n: usize, now: Instant) {
+        let Some(inst) = self.instances.get_mut(k) else {
+            return;
+        };
+        if let (Some(since), Some(n)) = (inst.head_since, NonZeroUsize::new(n)) {
+            let before = inst.inflight.len();
+            let full = before >= inst.window.size() as usize;
+            let elapsed = now.saturating_duration_since(since);
+            inst.window.replies(elapsed, n, full, n.get() >= before);
+        }
+    }
+
+    /// The answer to the oldest in-flight message of `k`.
+    fn reply_one(&mut self, k: usize, reply: Result<&[u8], &str>, now: Instant, out: &mut Actions) {
         let Some(inst) = self.instances.get_mut(k) else {
             return;
         };
@@ -293,15 +325,6 @@ impl Ledger {
         }
         self.instance_pull(k, now, out);
         self.maybe_drained(k, out);
-        self.check();
-    }
-
-    /// A chunk of complete reply lines (each ending in `\n`) of an instance.
-    pub fn worker_output(&mut self, k: usize, chunk: &[u8], now: Instant, out: &mut Actions) {
-        for line in chunk.split_inclusive(|&b| b == b'\n') {
-            let line = line.strip_suffix(b"\n").unwrap_or(line);
-            self.worker_reply(k, Ok(line), now, out);
-        }
     }
 
     // ----- timers -------------------------------------------------------------------

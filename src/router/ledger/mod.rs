@@ -31,6 +31,7 @@
 mod api;
 #[cfg(test)]
 mod tests;
+mod window;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -39,7 +40,7 @@ use slab::Slab;
 
 pub use api::{
     Action, Actions, ClientSummary, InstanceView, Limits, PoolSettings, Rule, Timer,
-    MAX_CLIENT_OUT, MAX_OUTSTANDING, POOL_MAX_BYTES,
+    MAX_CLIENT_OUT, MAX_INFLIGHT_AUTO, MAX_OUTSTANDING, POOL_MAX_BYTES,
 };
 
 use crate::config::Strategy;
@@ -193,6 +194,19 @@ struct Inst {
     unread: usize,
     deadline_at: Option<Instant>,
     deadline_gen: u64,
+    /// Its in-flight window when the pool's `max_inflight` is "auto".
+    window: window::Window,
+}
+
+impl Inst {
+    /// Messages it may have in flight under the pool's `max_inflight`.
+    fn room(&self, max_inflight: u32) -> usize {
+        if max_inflight == MAX_INFLIGHT_AUTO {
+            self.window.size() as usize
+        } else {
+            max_inflight as usize
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -31,12 +31,12 @@ impl Ledger {
                 continue;
             };
             if i.view.is_live() || (draining && i.view.writable) {
-                let inflight = i.inflight.len() as u32;
+                let inflight = i.inflight.len();
                 self.cand_keys.push(k);
                 self.cands.push(Candidate {
                     index: i.index,
-                    inflight,
-                    has_room: inflight < max,
+                    inflight: inflight as u32,
+                    has_room: inflight < i.room(max),
                 });
             }
         }
@@ -46,7 +46,7 @@ impl Ledger {
         let msg = &self.msgs[m];
         let pool = msg.pool;
         let pin = msg.pin;
-        let max = self.pools[pool].settings.max_inflight as usize;
+        let max = self.pools[pool].settings.max_inflight;
         match pin {
             Pin::Any(s) => {
                 self.fill_candidates(pool);
@@ -79,7 +79,10 @@ impl Ledger {
                     None => Placement::Fail("instance removed"),
                     Some(k) => {
                         let i = &self.instances[k];
-                        if i.view.is_live() && i.inflight.len() < max && i.backlog.is_empty() {
+                        if i.view.is_live()
+                            && i.inflight.len() < i.room(max)
+                            && i.backlog.is_empty()
+                        {
                             Placement::Assign(k)
                         } else {
                             Placement::Backlog(k)
@@ -182,10 +185,12 @@ impl Ledger {
             return;
         };
         let pool = inst.pool;
-        let max = self.pools.get(pool).map_or(0, |p| p.settings.max_inflight) as usize;
+        let Some(max) = self.pools.get(pool).map(|p| p.settings.max_inflight) else {
+            return;
+        };
         loop {
             let inst = &mut self.instances[k];
-            if !inst.view.writable || inst.inflight.len() >= max {
+            if !inst.view.writable || inst.inflight.len() >= inst.room(max) {
                 break;
             }
             let Some(m) = inst.backlog.pop_front() else {

@@ -195,6 +195,41 @@ fn round_robin_spreads_and_respects_max_inflight() {
 }
 
 #[test]
+fn auto_window_opens_for_a_fast_worker_and_stays_narrow_for_a_slow_one() {
+    let mut h = H::new(2, MAX_INFLIGHT_AUTO, 1000, rule(Strategy::RoundRobin));
+    for i in 0..40 {
+        assert!(h.send(1, &format!("m{i}")));
+    }
+    assert_eq!(h.l.instance_counts(0).0, 2, "the window starts narrow");
+    assert_eq!(h.l.instance_counts(1).0, 2);
+    // The fast one answers all it had at once (its window held it back): it doubles.
+    for _ in 0..3 {
+        let got = std::mem::take(h.workers.entry(0).or_default());
+        h.l.worker_output(0, &got, h.now, &mut h.out);
+        h.collect();
+    }
+    assert_eq!(h.l.instance_counts(0).0, 16, "2 → 4 → 8 → 16");
+    // The slow one answers one of its two after 50 ms: it stays at the minimum.
+    h.now += Duration::from_millis(50);
+    h.l.worker_output(1, b"m1!\n", h.now, &mut h.out);
+    h.collect();
+    assert_eq!(
+        h.l.instance_counts(1),
+        (2, 1),
+        "m3 in flight, one more given"
+    );
+    // A fixed number still fixes it.
+    let mut f = H::new(1, 3, 1000, rule(Strategy::RoundRobin));
+    for i in 0..10 {
+        f.send(1, &format!("m{i}"));
+    }
+    let got = std::mem::take(f.workers.entry(0).or_default());
+    f.l.worker_output(0, &got, f.now, &mut f.out);
+    f.collect();
+    assert_eq!(f.l.instance_counts(0), (3, 3));
+}
+
+#[test]
 fn least_busy_picks_the_idle_instance() {
     let mut h = H::new(2, 5, 10, rule(Strategy::LeastBusy));
     h.send(1, "a");
