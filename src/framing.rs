@@ -190,6 +190,14 @@ impl LineBuf {
         }
     }
 
+    /// Give back the last `n` bytes of the run [`LineBuf::next_lines`] just returned
+    /// (whole lines the caller could not take): the next call returns them again.
+    pub fn unconsume(&mut self, n: usize) {
+        debug_assert!(n <= self.pos);
+        self.pos -= n.min(self.pos);
+        self.scanned = 0;
+    }
+
     /// Bytes of an unterminated last line (for logging at EOF); empties the buffer.
     pub fn take_partial(&mut self) -> Option<Vec<u8>> {
         let rest = self.buf[self.pos..self.end].to_vec();
@@ -301,6 +309,14 @@ mod tests {
         lb.extend(b"stillmore\nok\n");
         assert_eq!(runs(&mut lb), vec![Ok(b"ok\n".to_vec())]);
         assert!(!lb.has_partial());
+        // What the caller could not take comes again.
+        lb.extend(b"p\nq\nr\n");
+        match lb.next_lines() {
+            Some(Frame::Line(run)) => assert_eq!(run, b"p\nq\nr\n"),
+            other => panic!("{other:?}"),
+        }
+        lb.unconsume(4);
+        assert_eq!(runs(&mut lb), vec![Ok(b"q\nr\n".to_vec())]);
     }
 
     #[test]

@@ -268,6 +268,7 @@ impl Ledger {
     ) {
         self.time_replies(k, 1, now);
         self.reply_one(k, reply, now, out);
+        self.after_replies(k, now, out);
         self.check();
     }
 
@@ -278,7 +279,21 @@ impl Ledger {
             let line = line.strip_suffix(b"\n").unwrap_or(line);
             self.reply_one(k, Ok(line), now, out);
         }
+        self.after_replies(k, now, out);
         self.check();
+    }
+
+    /// After replies of `k` read at once: its new head's deadline (every reply came
+    /// at `now`, so only the last head's clock matters), then the room they made
+    /// filled in one pump (no other instance had room while the pool had a queue,
+    /// so one pump places what a pump per reply would), then drained?
+    fn after_replies(&mut self, k: usize, now: Instant, out: &mut Actions) {
+        if self.instances.get(k).is_none() {
+            return;
+        }
+        self.arm_head_deadline(k, out);
+        self.instance_pull(k, now, out);
+        self.maybe_drained(k, out);
     }
 
     /// `n` replies of instance `k` were read at once: a measure for its window.
@@ -294,7 +309,8 @@ impl Ledger {
         }
     }
 
-    /// The answer to the oldest in-flight message of `k`.
+    /// The answer to the oldest in-flight message of `k`. The caller arms the new
+    /// head's deadline and refills the instance ([`Ledger::after_replies`]).
     fn reply_one(&mut self, k: usize, reply: Result<&[u8], &str>, now: Instant, out: &mut Actions) {
         let Some(inst) = self.instances.get_mut(k) else {
             return;
@@ -316,15 +332,10 @@ impl Ledger {
         inst.answered += 1;
         // The next message's clock starts now (the worker turns to it).
         inst.head_since = Some(now);
-        if !inst.inflight.is_empty() {
-            self.arm_head_deadline(k, out);
-        }
         match reply {
             Ok(line) => self.answer(m, Reply::Line(line), out),
             Err(why) => self.answer(m, Reply::Error(why), out),
         }
-        self.instance_pull(k, now, out);
-        self.maybe_drained(k, out);
     }
 
     // ----- timers -------------------------------------------------------------------
@@ -466,6 +477,43 @@ impl Ledger {
                 break;
             }
         }
+        taken
+    }
+
+    /// A chunk of complete lines (each ending in `\n`) read from a client, taken
+    /// while the client may send ([`Ledger::client_can_read`], checked before each
+    /// line): returns how many bytes were taken. Less than the chunk when a line
+    /// stalled (that line is taken and kept: [`Ledger::client_stalled`]) or a budget
+    /// ran out; the rest must be offered again when the client may read. Under
+    /// round-robin and least-busy, consecutive lines go to one instance as a run, up
+    /// to its share of the chunk (see `place.rs`).
+    pub fn client_lines(
+        &mut self,
+        c: usize,
+        chunk: &[u8],
+        now: Instant,
+        out: &mut Actions,
+    ) -> usize {
+        let mut left = memchr::memchr_iter(b'\n', chunk).count();
+        let mut taken = 0;
+        for line in chunk.split_inclusive(|&b| b == b'\n') {
+            if !self.client_can_read(c) {
+                break;
+            }
+            self.run_budget = left;
+            left = left.saturating_sub(1);
+            taken += line.len();
+            let l = line.strip_suffix(b"\n").unwrap_or(line);
+            let l = l.strip_suffix(b"\r").unwrap_or(l);
+            let mut payload = Vec::with_capacity(l.len() + 1);
+            payload.extend_from_slice(l);
+            if !self.submit(c, payload, now, out) {
+                break;
+            }
+        }
+        self.run_budget = 0;
+        self.run = None;
+        self.check();
         taken
     }
 

@@ -298,6 +298,22 @@ pub struct Ledger {
     /// Scratch buffers for choosing an instance (see `fill_candidates`).
     cand_keys: Vec<usize>,
     cands: Vec<Candidate>,
+    /// Lines of the chunk being submitted ([`Ledger::client_lines`]) from the current
+    /// one on; 0 outside it.
+    run_budget: usize,
+    /// The instance that takes the next messages of that chunk without a new choice.
+    run: Option<Run>,
+}
+
+/// A run: consecutive messages of one chunk for one instance, chosen once (see
+/// `place.rs`).
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    pool: usize,
+    strategy: Strategy,
+    inst: usize,
+    /// More messages it may take in this run.
+    left: usize,
 }
 
 mod events;
