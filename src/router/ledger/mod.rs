@@ -16,6 +16,13 @@
 //! instance dies or times out, its unanswered messages are delivered again (front of
 //! the queue) until `retries` is used up.
 //!
+//! Batches: a read's worth of client lines ([`Ledger::client_lines`]) goes out in
+//! runs, consecutive lines for one round-robin or least-busy instance chosen once
+//! (`place.rs`); a read's worth of replies ([`Ledger::worker_output`]) refills its
+//! instance and re-arms its deadline once. How many messages an instance may have in
+//! flight is the pool's `max_inflight`, or with `"auto"` its own adaptive window
+//! (`window.rs`), sized from how quickly its replies come back.
+//!
 //! Invariants (checked after every event in debug builds, [`Ledger::check`]):
 //! - every message is in exactly one place: a pool queue, an instance backlog, or an
 //!   instance's in-flight FIFO;
@@ -487,6 +494,10 @@ impl Ledger {
             assert_eq!(p.waiting, waiting[pk], "pool {} waiting", p.settings.name);
             assert_eq!(p.bytes, bytes[pk], "pool {} bytes", p.settings.name);
         }
+        assert!(
+            self.run.is_none() && self.run_budget == 0,
+            "a run outlived its chunk"
+        );
         for (ck, c) in self.clients.iter() {
             assert_eq!(c.outstanding, outstanding[ck], "client {ck} outstanding");
             if c.order.is_empty() {
