@@ -275,7 +275,7 @@ impl Ledger {
     /// A chunk of complete reply lines (each ending in `\n`) of an instance.
     pub fn worker_output(&mut self, k: usize, chunk: &[u8], now: Instant, out: &mut Actions) {
         self.time_replies(k, memchr::memchr_iter(b'\n', chunk).count(), now);
-        for line in chunk.split_inclusive(|&b| b == b'\n') {
+        for line in lines(chunk) {
             let line = line.strip_suffix(b"\n").unwrap_or(line);
             self.reply_one(k, Ok(line), now, out);
         }
@@ -469,7 +469,7 @@ impl Ledger {
         out: &mut Actions,
     ) -> usize {
         let mut taken = 0;
-        for line in chunk.split_inclusive(|&b| b == b'\n') {
+        for line in lines(chunk) {
             taken += line.len();
             let l = line.strip_suffix(b"\n").unwrap_or(line);
             let l = l.strip_suffix(b"\r").unwrap_or(l);
@@ -496,7 +496,7 @@ impl Ledger {
     ) -> usize {
         let mut left = memchr::memchr_iter(b'\n', chunk).count();
         let mut taken = 0;
-        for line in chunk.split_inclusive(|&b| b == b'\n') {
+        for line in lines(chunk) {
             if !self.client_can_read(c) {
                 break;
             }
@@ -721,4 +721,21 @@ impl Ledger {
         }
         self.check();
     }
+}
+
+/// The lines of a chunk, each with its `\n` (the last one without, if unterminated),
+/// found with `memchr`.
+pub(super) fn lines(chunk: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    let mut ends = memchr::memchr_iter(b'\n', chunk);
+    std::iter::from_fn(move || {
+        let end = match ends.next() {
+            Some(i) => i + 1,
+            None if start < chunk.len() => chunk.len(),
+            None => return None,
+        };
+        let line = &chunk[start..end];
+        start = end;
+        Some(line)
+    })
 }

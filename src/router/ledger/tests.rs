@@ -266,6 +266,18 @@ fn a_chunk_of_lines_goes_out_in_runs_and_single_lines_rotate() {
 }
 
 #[test]
+fn chunks_split_into_lines_like_split_inclusive() {
+    for chunk in [&b""[..], b"a", b"a\n", b"\n\n", b"ab\ncd", b"ab\ncd\n\nx"] {
+        let want: Vec<&[u8]> = chunk.split_inclusive(|&b| b == b'\n').collect();
+        assert_eq!(
+            super::events::lines(chunk).collect::<Vec<_>>(),
+            want,
+            "{chunk:?}"
+        );
+    }
+}
+
+#[test]
 fn client_lines_stops_at_a_stalled_line() {
     let mut h = H::new(1, 1, 1, rule(Strategy::RoundRobin));
     let chunk = b"a\nb\nc\nd\n";
