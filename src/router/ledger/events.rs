@@ -4,6 +4,7 @@
 use std::num::NonZeroUsize;
 use std::time::Instant;
 
+use super::payload::Payload;
 use super::{
     Actions, Client, ClientSummary, Failure, Gather, Inst, InstanceView, Ledger, Pin, Pool,
     PoolSettings, Reply, Rule, Terms, Timer,
@@ -451,9 +452,7 @@ impl Ledger {
     /// it stalled on a full pool (the ledger keeps it); the client must stop reading
     /// until [`super::Action::Resume`].
     pub fn client_line(&mut self, c: usize, line: &[u8], now: Instant, out: &mut Actions) -> bool {
-        let mut payload = Vec::with_capacity(line.len() + 1);
-        payload.extend_from_slice(line);
-        let r = self.submit(c, payload, now, out);
+        let r = self.submit(c, line, now, out);
         self.check();
         r
     }
@@ -505,9 +504,7 @@ impl Ledger {
             taken += line.len();
             let l = line.strip_suffix(b"\n").unwrap_or(line);
             let l = l.strip_suffix(b"\r").unwrap_or(l);
-            let mut payload = Vec::with_capacity(l.len() + 1);
-            payload.extend_from_slice(l);
-            if !self.submit(c, payload, now, out) {
+            if !self.submit(c, l, now, out) {
                 break;
             }
         }
@@ -524,7 +521,7 @@ impl Ledger {
             return false;
         };
         let r = match cl.stalled.take() {
-            Some(line) => self.submit(c, line, now, out),
+            Some(line) => self.submit(c, &line, now, out),
             None => true,
         };
         self.check();
@@ -578,13 +575,13 @@ impl Ledger {
     }
 
     /// Route one message from client `c`. False when it stalled on a full pool.
-    fn submit(&mut self, c: usize, mut line: Vec<u8>, now: Instant, out: &mut Actions) -> bool {
+    fn submit(&mut self, c: usize, line: &[u8], now: Instant, out: &mut Actions) -> bool {
         let Some(cl) = self.clients.get(c) else {
             return true;
         };
         let rule = cl.listener.and_then(|l| {
             self.rules.iter().position(|r| {
-                r.listener == l && r.matcher.as_ref().is_none_or(|m| m.0.is_match(&line))
+                r.listener == l && r.matcher.as_ref().is_none_or(|m| m.0.is_match(line))
             })
         });
         let Some(r) = rule else {
@@ -603,7 +600,7 @@ impl Ledger {
         if self.pool_full(pool) {
             let cl = &mut self.clients[c];
             let id = cl.id;
-            cl.stalled = Some(line);
+            cl.stalled = Some(line.to_vec());
             cl.paused = true;
             let p = &mut self.pools[pool];
             if !p.waiters.contains(&(c, id)) {
@@ -621,14 +618,14 @@ impl Ledger {
             Strategy::Hash => {
                 let k = match &rule.key {
                     Some(re) => {
-                        re.0.captures(&line)
+                        re.0.captures(line)
                             .and_then(|caps| caps.get(1).or_else(|| caps.get(0)))
                             .map(|m| m.as_bytes())
                     }
-                    None => Some(&line[..]),
+                    None => Some(line),
                 };
                 // No key in the message: hash the whole message.
-                Pin::Hash(strategy::key_hash(k.unwrap_or(&line)))
+                Pin::Hash(strategy::key_hash(k.unwrap_or(line)))
             }
             s => Pin::Any(s),
         };
@@ -636,12 +633,12 @@ impl Ledger {
         let client_id = cl.id;
         let seq = ordered.then(|| cl.order.reserve());
         cl.outstanding += 1;
-        line.push(b'\n');
+        let payload = Payload::with_newline(line);
         if strategy == Strategy::Broadcast {
-            self.submit_broadcast(c, client_id, seq, line, pool, terms, now, out);
+            self.submit_broadcast(c, client_id, seq, payload, pool, terms, now, out);
             return true;
         }
-        let m = self.new_msg(c, client_id, seq, line, pool, pin, terms, None, now);
+        let m = self.new_msg(c, client_id, seq, payload, pool, pin, terms, None, now);
         self.place(m, false, now, out);
         true
     }
@@ -652,7 +649,7 @@ impl Ledger {
         client: usize,
         client_id: u64,
         seq: Option<u64>,
-        payload: Vec<u8>,
+        payload: Payload,
         pool: usize,
         terms: Terms,
         now: Instant,

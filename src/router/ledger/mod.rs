@@ -36,6 +36,7 @@
 //!   `max_outstanding` messages and `max_client_out` bytes of replies pending.
 
 mod api;
+mod payload;
 #[cfg(test)]
 mod tests;
 mod window;
@@ -123,7 +124,7 @@ struct Msg {
     /// Position in the client's reorder buffer (ordered routes).
     seq: Option<u64>,
     /// The message with its trailing `\n`.
-    payload: Vec<u8>,
+    payload: payload::Payload,
     pool: usize,
     pin: Pin,
     timeout: Option<Duration>,

@@ -548,7 +548,7 @@ impl Ledger {
         client: usize,
         client_id: u64,
         seq: Option<u64>,
-        payload: Vec<u8>,
+        payload: super::payload::Payload,
         pool: usize,
         pin: Pin,
         terms: super::Terms,
