@@ -170,6 +170,14 @@ impl LineBuf {
             }
         }
         let start = self.pos;
+        if self.end - start <= self.max + 1 {
+            // No line in here can be over the limit: one search from the back.
+            if let Some(i) = memchr::memrchr(b'\n', &self.buf[start..self.end]) {
+                self.pos = start + i + 1;
+                self.scanned = 0;
+                return Some(Frame::Line(&self.buf[start..self.pos]));
+            }
+        }
         let mut p = start;
         while let Some(i) = memchr::memchr(b'\n', &self.buf[p..self.end]) {
             if i > self.max {
@@ -317,6 +325,22 @@ mod tests {
         }
         lb.unconsume(4);
         assert_eq!(runs(&mut lb), vec![Ok(b"q\nr\n".to_vec())]);
+    }
+
+    #[test]
+    fn next_lines_at_the_limit() {
+        // Short enough that no line can be over the limit: one run up to the last
+        // newline, the partial line kept.
+        let mut lb = LineBuf::new(100);
+        lb.extend(b"a\nbb\nccc");
+        assert_eq!(runs(&mut lb), vec![Ok(b"a\nbb\n".to_vec())]);
+        assert_eq!(lb.partial_len(), 3);
+        // A line of exactly the limit is a line; one byte more is too long.
+        let mut lb = LineBuf::new(4);
+        lb.extend(b"abcd\n");
+        assert_eq!(runs(&mut lb), vec![Ok(b"abcd\n".to_vec())]);
+        lb.extend(b"abcde\nok\n");
+        assert_eq!(runs(&mut lb), vec![Err(()), Ok(b"ok\n".to_vec())]);
     }
 
     #[test]
