@@ -1,21 +1,24 @@
 //! Starting one instance: its own process group, `ORCHD_POOL`/`ORCHD_INSTANCE`, the
 //! pool's cwd and env, pipes for stdout/stderr (and stdin when a route targets the
 //! pool), the parent-death signal, the pool's user/group when orchd is root, and the
-//! soft open-file limit orchd was started with (orchd raises its own).
+//! soft open-file limit orchd was started with (orchd raises its own). The process
+//! is started without copying orchd (see `spawn/vfork.rs`); a failed `exec` is a
+//! failed spawn, reported at once.
 
+use std::ffi::OsString;
 use std::io;
-use std::os::unix::process::CommandExt;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use mio::unix::pipe::{Receiver, Sender};
 
 use crate::config::Pool;
 use crate::sys;
 
+mod vfork;
+
 /// A freshly spawned instance: its pid (= its process group id) and its pipes, all
-/// non-blocking. The `std::process::Child` is dropped on purpose: orchd reaps with
-/// `waitpid(-1)`, after which `Child` could only fail with ECHILD.
+/// non-blocking. orchd reaps it with `waitpid(-1)`.
 pub struct Spawned {
     pub pid: u32,
     pub stdin: Option<Sender>,
@@ -60,37 +63,21 @@ pub fn spawn(pool: &Pool, index: u32, with_stdin: bool, creds: Credentials) -> i
     } else {
         program.into()
     };
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .current_dir(&pool.cwd)
-        .envs(&pool.env)
-        .env("ORCHD_POOL", &pool.name)
-        .env("ORCHD_INSTANCE", index.to_string())
-        .stdin(if with_stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let parent = std::process::id();
-    // orchd raised its own open-file limit; the worker gets the one orchd was given.
-    let nofile = sys::original_nofile_soft_limit();
-    // SAFETY: the closure only makes async-signal-safe syscalls (getrlimit,
-    // setrlimit, prctl, getppid, setgroups, setgid, setuid) and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            sys::child_restore_nofile_limit(nofile)?;
-            // Credentials first: the kernel clears the parent-death signal when the
-            // uid or gid changes, so setting it before would leave it unset.
-            sys::child_set_ids(creds.uid, creds.gid)?;
-            sys::child_set_parent_death_signal(parent)
-        });
-    }
-    let mut child = cmd.spawn()?;
-    let pid = child.id();
-    match take_pipes(&mut child) {
+    let mut vars: Vec<(OsString, OsString)> =
+        pool.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+    vars.push(("ORCHD_POOL".into(), pool.name.clone().into()));
+    vars.push(("ORCHD_INSTANCE".into(), index.to_string().into()));
+    let plan = vfork::Plan::new(&program, args, &vars, &pool.cwd, creds)?;
+    let (stdin_child, stdin) = if with_stdin {
+        let (r, w) = vfork::pipe()?;
+        (r, Some(w))
+    } else {
+        (vfork::dev_null()?, None)
+    };
+    let (stdout, stdout_child) = vfork::pipe()?;
+    let (stderr, stderr_child) = vfork::pipe()?;
+    let pid = plan.run([stdin_child, stdout_child, stderr_child])?;
+    match take_pipes(stdin, stdout, stderr) {
         Ok((stdin, stdout, stderr)) => Ok(Spawned {
             pid,
             stdin,
@@ -107,18 +94,20 @@ pub fn spawn(pool: &Pool, index: u32, with_stdin: bool, creds: Credentials) -> i
 
 type Pipes = (Option<Sender>, Receiver, Receiver);
 
-fn take_pipes(child: &mut std::process::Child) -> io::Result<Pipes> {
-    let (stdout, stderr) = match (child.stdout.take(), child.stderr.take()) {
-        (Some(o), Some(e)) => (o, e),
-        _ => return Err(io::Error::other("child pipes missing")),
+fn take_pipes(stdin: Option<OwnedFd>, stdout: OwnedFd, stderr: OwnedFd) -> io::Result<Pipes> {
+    // SAFETY: each fd is a pipe end we own; ownership moves into the mio type.
+    let (stdout, stderr) = unsafe {
+        (
+            Receiver::from_raw_fd(stdout.into_raw_fd()),
+            Receiver::from_raw_fd(stderr.into_raw_fd()),
+        )
     };
-    let stdout = Receiver::from(stdout);
-    let stderr = Receiver::from(stderr);
     stdout.set_nonblocking(true)?;
     stderr.set_nonblocking(true)?;
-    let stdin = match child.stdin.take() {
-        Some(i) => {
-            let s = Sender::from(i);
+    let stdin = match stdin {
+        Some(fd) => {
+            // SAFETY: as above.
+            let s = unsafe { Sender::from_raw_fd(fd.into_raw_fd()) };
             s.set_nonblocking(true)?;
             Some(s)
         }

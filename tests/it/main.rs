@@ -20,6 +20,7 @@ mod harden_reload;
 mod reload;
 mod routing;
 mod smoke;
+mod spawn;
 mod status_ready;
 mod supervisor;
 mod window;
