@@ -150,6 +150,62 @@ impl LineBuf {
         }
     }
 
+    /// Like [`LineBuf::next_frame`], but every complete line buffered (up to the first
+    /// one over the limit) comes as one [`Frame::Line`] holding all of them, each with
+    /// its `\n`: one call per read chunk instead of one per line.
+    pub fn next_lines(&mut self) -> Option<Frame<'_>> {
+        if self.discarding {
+            // Skip the rest of an over-long line (reported already).
+            match memchr::memchr(b'\n', &self.buf[self.pos..self.end]) {
+                Some(i) => {
+                    self.pos += i + 1;
+                    self.scanned = 0;
+                    self.discarding = false;
+                }
+                None => {
+                    self.pos = self.end;
+                    self.scanned = 0;
+                    return None;
+                }
+            }
+        }
+        let start = self.pos;
+        if self.end - start <= self.max + 1 {
+            // No line in here can be over the limit: one search from the back.
+            if let Some(i) = memchr::memrchr(b'\n', &self.buf[start..self.end]) {
+                self.pos = start + i + 1;
+                self.scanned = 0;
+                return Some(Frame::Line(&self.buf[start..self.pos]));
+            }
+        }
+        let mut p = start;
+        while let Some(i) = memchr::memchr(b'\n', &self.buf[p..self.end]) {
+            if i > self.max {
+                break;
+            }
+            p += i + 1;
+        }
+        if p > start {
+            self.pos = p;
+            self.scanned = 0;
+            return Some(Frame::Line(&self.buf[start..p]));
+        }
+        // An over-long line next, or no complete line: as `next_frame` (which then
+        // returns no line: a short complete one would have been taken above).
+        match self.next_frame()? {
+            Frame::TooLong => Some(Frame::TooLong),
+            Frame::Line(_) => None,
+        }
+    }
+
+    /// Give back the last `n` bytes of the run [`LineBuf::next_lines`] just returned
+    /// (whole lines the caller could not take): the next call returns them again.
+    pub fn unconsume(&mut self, n: usize) {
+        debug_assert!(n <= self.pos);
+        self.pos -= n.min(self.pos);
+        self.scanned = 0;
+    }
+
     /// Bytes of an unterminated last line (for logging at EOF); empties the buffer.
     pub fn take_partial(&mut self) -> Option<Vec<u8>> {
         let rest = self.buf[self.pos..self.end].to_vec();
@@ -228,6 +284,63 @@ mod tests {
             });
         }
         out
+    }
+
+    fn runs(lb: &mut LineBuf) -> Vec<Result<Vec<u8>, ()>> {
+        let mut out = vec![];
+        while let Some(f) = lb.next_lines() {
+            out.push(match f {
+                Frame::Line(l) => Ok(l.to_vec()),
+                Frame::TooLong => Err(()),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn next_lines_hands_out_runs_of_complete_lines() {
+        let mut lb = LineBuf::new(4);
+        lb.extend(b"a\n\nbc\nde");
+        assert_eq!(runs(&mut lb), vec![Ok(b"a\n\nbc\n".to_vec())]);
+        lb.extend(b"f\ntoolong\nx\ny\nlonger");
+        assert_eq!(
+            runs(&mut lb),
+            vec![
+                Ok(b"def\n".to_vec()),
+                Err(()),
+                Ok(b"x\ny\n".to_vec()),
+                Err(())
+            ]
+        );
+        // The over-long partial line was reported once; its rest is skipped.
+        assert_eq!(runs(&mut lb), vec![]);
+        lb.extend(b"stillmore\nok\n");
+        assert_eq!(runs(&mut lb), vec![Ok(b"ok\n".to_vec())]);
+        assert!(!lb.has_partial());
+        // What the caller could not take comes again.
+        lb.extend(b"p\nq\nr\n");
+        match lb.next_lines() {
+            Some(Frame::Line(run)) => assert_eq!(run, b"p\nq\nr\n"),
+            other => panic!("{other:?}"),
+        }
+        lb.unconsume(4);
+        assert_eq!(runs(&mut lb), vec![Ok(b"q\nr\n".to_vec())]);
+    }
+
+    #[test]
+    fn next_lines_at_the_limit() {
+        // Short enough that no line can be over the limit: one run up to the last
+        // newline, the partial line kept.
+        let mut lb = LineBuf::new(100);
+        lb.extend(b"a\nbb\nccc");
+        assert_eq!(runs(&mut lb), vec![Ok(b"a\nbb\n".to_vec())]);
+        assert_eq!(lb.partial_len(), 3);
+        // A line of exactly the limit is a line; one byte more is too long.
+        let mut lb = LineBuf::new(4);
+        lb.extend(b"abcd\n");
+        assert_eq!(runs(&mut lb), vec![Ok(b"abcd\n".to_vec())]);
+        lb.extend(b"abcde\nok\n");
+        assert_eq!(runs(&mut lb), vec![Err(()), Ok(b"ok\n".to_vec())]);
     }
 
     #[test]

@@ -501,10 +501,16 @@ impl World {
                 .nth(LINES_PER_READ - 1)
                 .map_or(s.input.len(), |(i, _)| i + 1);
             let chunk = s.input[..end].to_vec();
-            let taken = self.ledger.client_data(c, &chunk, self.now, &mut self.out);
+            // Even clients go through `client_lines` (what the daemon uses: runs, and
+            // it stops at the client's budgets), odd ones through `client_data`.
+            let taken = if c.is_multiple_of(2) {
+                self.ledger.client_lines(c, &chunk, self.now, &mut self.out)
+            } else {
+                self.ledger.client_data(c, &chunk, self.now, &mut self.out)
+            };
             self.sessions[c].input.drain(..taken);
             self.exec();
-            if taken < chunk.len() {
+            if taken < chunk.len() && self.ledger.client_stalled(c) {
                 return;
             }
         }

@@ -113,7 +113,11 @@ pub fn describe(config: &Config) -> String {
             "  stop: signal={} timeout={}  max_inflight={} queue={} stdin={}",
             p.stop_signal.name,
             dur(p.stop_timeout),
-            p.max_inflight,
+            if p.max_inflight == super::MAX_INFLIGHT_AUTO {
+                "auto".to_string()
+            } else {
+                p.max_inflight.to_string()
+            },
             p.queue,
             stdin
         );

@@ -204,7 +204,7 @@ pub struct Pool {
     pub stop_signal: Signal,
     /// default 10s
     pub stop_timeout: Duration,
-    /// default 32; validated >= 1
+    /// default [`MAX_INFLIGHT_AUTO`] (`"auto"`); a number is validated >= 1
     pub max_inflight: u32,
     /// default 10000; validated >= 1
     pub queue: u32,
@@ -245,6 +245,10 @@ impl Protocol {
         Protocol::ALL.into_iter().find(|p| p.as_str() == name)
     }
 }
+
+/// `Pool::max_inflight` for `max_inflight = "auto"`: an adaptive window per instance
+/// (the ledger's `window.rs`).
+pub const MAX_INFLIGHT_AUTO: u32 = 0;
 
 /// Where messages come from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -53,7 +53,7 @@ pub(crate) struct RawPool {
     pub give_up: Option<RawGiveUp>,
     pub stop_signal: Option<String>,
     pub stop_timeout: Option<Dur>,
-    pub max_inflight: Option<UInt>,
+    pub max_inflight: Option<Inflight>,
     pub queue: Option<UInt>,
     pub ready: Option<RawReady>,
     pub health: Option<RawHealth>,
@@ -240,6 +240,56 @@ impl Visitor<'_> for UIntVisitor {
         u32::try_from(v)
             .map(UInt)
             .map_err(|_| uint_range_error(v, false))
+    }
+}
+
+/// `max_inflight`: an integer, or `"auto"` (as [`UInt`]`(0)`, which a number never
+/// is after validation).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Inflight {
+    Auto,
+    Fixed(UInt),
+}
+
+impl<'de> Deserialize<'de> for Inflight {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(InflightVisitor)
+    }
+}
+
+struct InflightVisitor;
+
+impl Visitor<'_> for InflightVisitor {
+    type Value = Inflight;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a positive integer or \"auto\"")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Inflight, E> {
+        if v == "auto" {
+            Ok(Inflight::Auto)
+        } else {
+            Err(E::custom(format!(
+                "expected a positive integer or \"auto\", found \"{v}\""
+            )))
+        }
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Inflight, E> {
+        UIntVisitor.visit_i64(v).map(Inflight::Fixed)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Inflight, E> {
+        UIntVisitor.visit_u64(v).map(Inflight::Fixed)
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Inflight, E> {
+        UIntVisitor.visit_i128(v).map(Inflight::Fixed)
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Inflight, E> {
+        UIntVisitor.visit_u128(v).map(Inflight::Fixed)
     }
 }
 

@@ -116,7 +116,7 @@ fn pool_defaults() {
     assert_eq!(p.stop_signal.name, "TERM");
     assert_eq!(p.stop_signal.number, libc::SIGTERM);
     assert_eq!(p.stop_timeout, Duration::from_secs(10));
-    assert_eq!(p.max_inflight, 32);
+    assert_eq!(p.max_inflight, MAX_INFLIGHT_AUTO);
     assert_eq!(p.queue, 10000);
 }
 
@@ -689,6 +689,19 @@ fn max_inflight_and_queue_at_least_one() {
     );
     let c = ok(&with_web("max_inflight = 1\nqueue = 1\n"));
     assert_eq!((web(&c).max_inflight, web(&c).queue), (1, 1));
+}
+
+#[test]
+fn max_inflight_auto() {
+    let c = ok(&with_web("max_inflight = \"auto\"\n"));
+    assert_eq!(web(&c).max_inflight, MAX_INFLIGHT_AUTO);
+    one(
+        &with_web("max_inflight = \"many\"\n"),
+        3,
+        16,
+        "pool.web.max_inflight",
+        "expected a positive integer or \"auto\", found \"many\"",
+    );
 }
 
 #[test]
@@ -1588,12 +1601,12 @@ settings: log_level=info control=/run/o.sock drain_timeout=10s watch=true error_
 pool upper: command=[\"python3\", \"upper.py\"] count=4 cwd=/srv/up restart=always
   backoff: initial=100ms max=30s factor=2 jitter=0.1 reset_after=10s
   give_up: restarts=10 within=1m cooldown=5m
-  stop: signal=TERM timeout=10s  max_inflight=32 queue=10000 stdin=route
+  stop: signal=TERM timeout=10s  max_inflight=auto queue=10000 stdin=route
   env: B=\"a b\" MODE=fast
 pool sh: command=\"echo hi\" (via /bin/sh -c) count=1 cwd=/etc/orchd restart=always user=nobody
   backoff: initial=100ms max=30s factor=2 jitter=0.1 reset_after=10s
   give_up: never
-  stop: signal=INT timeout=10s  max_inflight=32 queue=10000 stdin=/dev/null
+  stop: signal=INT timeout=10s  max_inflight=auto queue=10000 stdin=/dev/null
 route 1: from=tcp://127.0.0.1:7070 match=\"^upper \" to=upper strategy=round-robin timeout=30s retries=2 ordered=true
 route 2: from=unix:/run/in.sock mode=0600 match=none to=upper strategy=hash key=none (whole message) timeout=none retries=2 ordered=true
 ";

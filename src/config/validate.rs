@@ -20,7 +20,7 @@ use super::model::{
     Source, Strategy, MAX_LOG_BUFFER,
 };
 use super::raw::{
-    Bytes, Dur, Num, RawCommand, RawPool, RawRoute, RawSettings, UInt, COMMAND_EXPECTED,
+    Bytes, Dur, Inflight, Num, RawCommand, RawPool, RawRoute, RawSettings, UInt, COMMAND_EXPECTED,
     DURATION_EXPECTED,
 };
 use super::signal::{known_signal_names, signal_by_name};
@@ -636,7 +636,12 @@ impl<'a, 'i> Checker<'a, 'i> {
             Some(UInt(n)) => n,
             None => default,
         };
-        let max_inflight = at_least_one("max_inflight", raw.max_inflight, 32);
+        let max_inflight = match raw.max_inflight {
+            Some(Inflight::Auto) => super::MAX_INFLIGHT_AUTO,
+            Some(Inflight::Fixed(n)) => at_least_one("max_inflight", Some(n), 32),
+            // The adaptive window serves both throughput and balance (issue 8).
+            None => super::MAX_INFLIGHT_AUTO,
+        };
         let queue = at_least_one("queue", raw.queue, 10000);
         let protocol = self.protocol(&base, raw.protocol.as_deref(), &env);
 

@@ -234,13 +234,37 @@ impl Daemon {
         self.ledger_exec();
     }
 
-    /// One stdout line of a routed instance: the reply to its oldest message.
+    /// One reply of a routed instance (a decoded `node` reply), or an error in its
+    /// place: the answer to its oldest message.
     pub(super) fn on_worker_reply(&mut self, k: usize, reply: Result<&[u8], &str>) {
         if let (Some(since), Ok(_)) = (self.ledger.reply_clock(k), &reply) {
-            self.metrics_answered(k, self.now.saturating_duration_since(since));
+            self.metrics_answered(k, self.now.saturating_duration_since(since), 1);
         }
         self.ledger
             .worker_reply(k, reply, self.now, &mut self.ledger_out);
+        self.ledger_exec();
+    }
+
+    /// Complete stdout lines of a `lines` instance (each with its `\n`), or a reply
+    /// too long: the answers to its oldest messages, handed to the ledger at once.
+    /// Replies read together share their time evenly in the latency histogram.
+    pub(super) fn on_worker_replies(&mut self, k: usize, replies: Result<&[u8], &str>) {
+        let out = &mut self.ledger_out;
+        match replies {
+            Ok(lines) => {
+                // Probe replies among them are not answers: count what the ledger
+                // counted as answered.
+                let since = self.ledger.reply_clock(k).unwrap_or(self.now);
+                let before = self.ledger.instance_counts(k).1;
+                self.ledger.worker_output(k, lines, self.now, out);
+                let n = self.ledger.instance_counts(k).1.saturating_sub(before) as usize;
+                if n > 0 {
+                    let each = self.now.saturating_duration_since(since) / n as u32;
+                    self.metrics_answered(k, each, n);
+                }
+            }
+            Err(why) => self.ledger.worker_reply(k, Err(why), self.now, out),
+        }
         self.ledger_exec();
     }
 

@@ -276,9 +276,13 @@ impl Daemon {
 
     /// A worker's reply to a message that instance `key` could start on at
     /// `since` is being delivered.
-    pub(super) fn metrics_answered(&mut self, key: usize, latency: Duration) {
+    /// `n` replies of `key`, each taking `latency`.
+    pub(super) fn metrics_answered(&mut self, key: usize, latency: Duration, n: usize) {
         if let Some(i) = self.instances.get(key) {
-            self.metrics.counters.pool(i.pool).answered(latency);
+            let counters = self.metrics.counters.pool(i.pool);
+            for _ in 0..n {
+                counters.answered(latency);
+            }
         }
     }
 

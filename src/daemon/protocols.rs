@@ -11,6 +11,27 @@ use crate::protocol::{self, WorkerLine};
 use super::Daemon;
 
 impl Daemon {
+    /// A run of complete lines (each with its `\n`) from a worker's reply channel, or
+    /// "too long" in place of a line: a `lines` worker's go to the ledger at once;
+    /// the other protocols' are decoded line by line.
+    pub(super) fn on_worker_run(
+        &mut self,
+        k: usize,
+        p: Protocol,
+        run: Result<&[u8], &'static str>,
+    ) {
+        match (p, run) {
+            (Protocol::Lines, run) => self.on_worker_replies(k, run),
+            (_, Ok(lines)) => {
+                for line in lines.split_inclusive(|&b| b == b'\n') {
+                    let line = line.strip_suffix(b"\n").unwrap_or(line);
+                    self.on_worker_line(k, p, Ok(line));
+                }
+            }
+            (_, Err(why)) => self.on_worker_line(k, p, Err(why)),
+        }
+    }
+
     /// One framed line from a worker's reply channel (or "too long" in its place).
     pub(super) fn on_worker_line(
         &mut self,
@@ -50,9 +71,7 @@ impl Daemon {
             return;
         };
         let label = self.instances[k].label.clone();
-        let open = pipe.read_replies(&label, |reply| {
-            self.on_worker_line(k, Protocol::Node, reply)
-        });
+        let open = pipe.read_replies(&label, |run| self.on_worker_run(k, Protocol::Node, run));
         match self.instances.get_mut(k) {
             Some(inst) if open => {
                 pipe.buf.shrink();

@@ -315,14 +315,17 @@ impl Daemon {
                 }
                 break;
             }
-            while let Some(frame) = inbuf.next_frame() {
+            while let Some(frame) = inbuf.next_lines() {
                 match frame {
-                    Frame::Line(line) => {
-                        let line = line.strip_suffix(b"\r").unwrap_or(line);
-                        if !self
+                    Frame::Line(lines) => {
+                        // Every complete line of the chunk at once; the ledger stops
+                        // where the client must stop sending.
+                        let n = lines.len();
+                        let taken = self
                             .ledger
-                            .client_line(key, line, now, &mut self.ledger_out)
-                        {
+                            .client_lines(key, lines, now, &mut self.ledger_out);
+                        inbuf.unconsume(n - taken);
+                        if self.ledger.client_stalled(key) {
                             self.net.clients[key].read_paused = true;
                             break 'outer;
                         }

@@ -718,7 +718,7 @@ impl Daemon {
         let mut ready = None;
         let open = if inst.io().stdout == Stdout::Replies {
             let p = inst.protocol();
-            pipe.read_replies(&label, |reply| self.on_worker_line(key, p, reply))
+            pipe.read_replies(&label, |run| self.on_worker_run(key, p, run))
         } else {
             let (index, pool) = (inst.index, &self.pools[inst.pool].cfg.name);
             let control = &mut self.control;

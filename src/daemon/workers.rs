@@ -143,8 +143,9 @@ pub(super) struct PipeIn {
 }
 
 impl PipeIn {
-    /// Read replies until the pipe would block; each complete line (or "too long")
-    /// goes to `each`. Returns whether the pipe is still open.
+    /// Read replies until the pipe would block; each run of complete lines (each with
+    /// its `\n`), or "too long" in place of a line, goes to `each`. Returns whether the
+    /// pipe is still open.
     pub fn read_replies(
         &mut self,
         label: &str,
@@ -153,7 +154,7 @@ impl PipeIn {
         loop {
             match self.buf.fill(&mut self.rx) {
                 Ok(Fill::Data(_)) => {
-                    while let Some(frame) = self.buf.next_frame() {
+                    while let Some(frame) = self.buf.next_lines() {
                         each(match frame {
                             Frame::Line(l) => Ok(l),
                             Frame::TooLong => Err("reply too long"),
@@ -274,18 +275,19 @@ mod tests {
     }
 
     #[test]
-    fn replies_are_read_line_by_line_and_an_overlong_one_is_refused() {
+    fn replies_are_read_in_runs_and_an_overlong_one_is_refused() {
         let (mut tx, mut p) = pipe_in(8);
-        tx.write_all(b"one\n0123456789\ntwo\npart").expect("write");
+        tx.write_all(b"one\n1\n0123456789\ntwo\npart")
+            .expect("write");
         let mut got = Vec::new();
         let open = p.read_replies("w[0]", |r| got.push(r.map(<[u8]>::to_vec)));
         assert!(open);
         assert_eq!(
             got,
             [
-                Ok(b"one".to_vec()),
+                Ok(b"one\n1\n".to_vec()),
                 Err("reply too long"),
-                Ok(b"two".to_vec())
+                Ok(b"two\n".to_vec())
             ]
         );
         // The writer closes: EOF, the unterminated rest stays for the caller.

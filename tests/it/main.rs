@@ -28,3 +28,4 @@ mod routing;
 mod smoke;
 mod status_ready;
 mod supervisor;
+mod window;

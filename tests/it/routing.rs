@@ -947,7 +947,13 @@ while IFS= read -r l; do
 done"#,
         a = attempts.display()
     );
-    let _o = start(&dir, &hang_config(&dir, &addr, 1, "0s", 1, &body));
+    // All three must be written before it answers any: a fixed window (the adaptive
+    // default starts at 2 in flight).
+    let cfg = hang_config(&dir, &addr, 1, "0s", 1, &body);
+    let _o = start(
+        &dir,
+        &cfg.replace("backoff =", "max_inflight = 8\nbackoff ="),
+    );
     let mut c = addr.connect();
     for m in ["a", "b", "die"] {
         c.send(m);
@@ -1947,6 +1953,7 @@ fn messages_queued_behind_a_poison_message_keep_their_retries() {
 [pool.w]
 command = "while read -r l; do sleep 0.05; [ \"$l\" = poison ] && kill -9 $$; echo \"ok $l\"; done"
 backoff = { initial = "0s" }
+max_inflight = 8                # all four written at once (the adaptive default starts at 2)
 
 [[route]]
 from = "unix:s.sock"

@@ -59,9 +59,15 @@ pub struct Rule {
 pub struct PoolSettings {
     /// For logs.
     pub name: String,
+    /// Messages written to one instance and not yet answered; [`MAX_INFLIGHT_AUTO`]
+    /// (0): an adaptive window per instance (`max_inflight = "auto"`).
     pub max_inflight: u32,
     pub queue: u32,
 }
+
+/// `PoolSettings::max_inflight` for `max_inflight = "auto"`: each instance's window
+/// follows how quickly its replies come back (see `window.rs`).
+pub const MAX_INFLIGHT_AUTO: u32 = 0;
 
 /// What the ledger needs to know of an instance's lifecycle, as the shell sees it
 /// now. The shell passes it with every instance event.

@@ -1,8 +1,10 @@
 //! The ledger's events: what the shell tells it. Each takes the current time where
 //! time matters and pushes what the shell must do into `out`.
 
+use std::num::NonZeroUsize;
 use std::time::Instant;
 
+use super::payload::Payload;
 use super::{
     Actions, Client, ClientSummary, Failure, Gather, Inst, InstanceView, Ledger, Pin, Pool,
     PoolSettings, Reply, Rule, Terms, Timer,
@@ -169,6 +171,7 @@ impl Ledger {
                     deadline_at: None,
                     deadline_gen: 0,
                     probe: None,
+                    window: Default::default(),
                 },
             ),
         }
@@ -268,8 +271,54 @@ impl Ledger {
         now: Instant,
         out: &mut Actions,
     ) {
+        self.time_replies(k, 1, now);
+        self.reply_one(k, reply, now, out);
+        self.after_replies(k, now, out);
+        self.check();
+    }
+
+    /// A chunk of complete reply lines (each ending in `\n`) of an instance.
+    pub fn worker_output(&mut self, k: usize, chunk: &[u8], now: Instant, out: &mut Actions) {
+        self.time_replies(k, memchr::memchr_iter(b'\n', chunk).count(), now);
+        for line in lines(chunk) {
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            self.reply_one(k, Ok(line), now, out);
+        }
+        self.after_replies(k, now, out);
+        self.check();
+    }
+
+    /// After replies of `k` read at once: its new head's deadline (every reply came
+    /// at `now`, so only the last head's clock matters), then the room they made
+    /// filled in one pump (no other instance had room while the pool had a queue,
+    /// so one pump places what a pump per reply would), then drained?
+    fn after_replies(&mut self, k: usize, now: Instant, out: &mut Actions) {
+        if self.instances.get(k).is_none() {
+            return;
+        }
+        self.arm_head_deadline(k, out);
+        self.instance_pull(k, now, out);
+        self.maybe_drained(k, out);
+    }
+
+    /// `n` replies of instance `k` were read at once: a measure for its window.
+    fn time_replies(&mut self, k: usize, n: usize, now: Instant) {
+        let Some(inst) = self.instances.get_mut(k) else {
+            return;
+        };
+        if let (Some(since), Some(n)) = (inst.head_since, NonZeroUsize::new(n)) {
+            let before = inst.inflight.len();
+            let full = before >= inst.window.size() as usize;
+            let elapsed = now.saturating_duration_since(since);
+            inst.window.replies(elapsed, n, full, n.get() >= before);
+        }
+    }
+
+    /// The answer to the oldest in-flight message of `k`. The caller arms the new
+    /// head's deadline and refills the instance ([`Ledger::after_replies`]).
+    fn reply_one(&mut self, k: usize, reply: Result<&[u8], &str>, now: Instant, out: &mut Actions) {
+        // The reply to orchd's own health probe, if it was next in line.
         if self.probe_reply(k, reply, now, out) {
-            self.check();
             return;
         }
         let Some(inst) = self.instances.get_mut(k) else {
@@ -294,17 +343,9 @@ impl Ledger {
         // next in line is a probe (its reply is waited for first).
         inst.head_since = Some(now);
         Self::probe_advance(inst, k, out);
-        if !inst.inflight.is_empty() {
-            self.arm_head_deadline(k, out);
-        }
-        self.answered(k, m, reply, now, out);
-    }
-
-    /// A chunk of complete reply lines (each ending in `\n`) of an instance.
-    pub fn worker_output(&mut self, k: usize, chunk: &[u8], now: Instant, out: &mut Actions) {
-        for line in chunk.split_inclusive(|&b| b == b'\n') {
-            let line = line.strip_suffix(b"\n").unwrap_or(line);
-            self.worker_reply(k, Ok(line), now, out);
+        match reply {
+            Ok(line) => self.answer(m, Reply::Line(line), out),
+            Err(why) => self.answer(m, Reply::Error(why), out),
         }
     }
 
@@ -424,9 +465,7 @@ impl Ledger {
     /// it stalled on a full pool (the ledger keeps it); the client must stop reading
     /// until [`super::Action::Resume`].
     pub fn client_line(&mut self, c: usize, line: &[u8], now: Instant, out: &mut Actions) -> bool {
-        let mut payload = Vec::with_capacity(line.len() + 1);
-        payload.extend_from_slice(line);
-        let r = self.submit(c, payload, now, out);
+        let r = self.submit(c, line, now, out);
         self.check();
         r
     }
@@ -442,7 +481,7 @@ impl Ledger {
         out: &mut Actions,
     ) -> usize {
         let mut taken = 0;
-        for line in chunk.split_inclusive(|&b| b == b'\n') {
+        for line in lines(chunk) {
             taken += line.len();
             let l = line.strip_suffix(b"\n").unwrap_or(line);
             let l = l.strip_suffix(b"\r").unwrap_or(l);
@@ -453,6 +492,41 @@ impl Ledger {
         taken
     }
 
+    /// A chunk of complete lines (each ending in `\n`) read from a client, taken
+    /// while the client may send ([`Ledger::client_can_read`], checked before each
+    /// line): returns how many bytes were taken. Less than the chunk when a line
+    /// stalled (that line is taken and kept: [`Ledger::client_stalled`]) or a budget
+    /// ran out; the rest must be offered again when the client may read. Under
+    /// round-robin and least-busy, consecutive lines go to one instance as a run, up
+    /// to its share of the chunk (see `place.rs`).
+    pub fn client_lines(
+        &mut self,
+        c: usize,
+        chunk: &[u8],
+        now: Instant,
+        out: &mut Actions,
+    ) -> usize {
+        let mut left = memchr::memchr_iter(b'\n', chunk).count();
+        let mut taken = 0;
+        for line in lines(chunk) {
+            if !self.client_can_read(c) {
+                break;
+            }
+            self.run_budget = left;
+            left = left.saturating_sub(1);
+            taken += line.len();
+            let l = line.strip_suffix(b"\n").unwrap_or(line);
+            let l = l.strip_suffix(b"\r").unwrap_or(l);
+            if !self.submit(c, l, now, out) {
+                break;
+            }
+        }
+        self.run_budget = 0;
+        self.run = None;
+        self.check();
+        taken
+    }
+
     /// Submit the client's stalled message again; true if the client may go on
     /// reading.
     pub fn client_resume(&mut self, c: usize, now: Instant, out: &mut Actions) -> bool {
@@ -460,7 +534,7 @@ impl Ledger {
             return false;
         };
         let r = match cl.stalled.take() {
-            Some(line) => self.submit(c, line, now, out),
+            Some(line) => self.submit(c, &line, now, out),
             None => true,
         };
         self.check();
@@ -514,13 +588,13 @@ impl Ledger {
     }
 
     /// Route one message from client `c`. False when it stalled on a full pool.
-    fn submit(&mut self, c: usize, mut line: Vec<u8>, now: Instant, out: &mut Actions) -> bool {
+    fn submit(&mut self, c: usize, line: &[u8], now: Instant, out: &mut Actions) -> bool {
         let Some(cl) = self.clients.get(c) else {
             return true;
         };
         let rule = cl.listener.and_then(|l| {
             self.rules.iter().position(|r| {
-                r.listener == l && r.matcher.as_ref().is_none_or(|m| m.0.is_match(&line))
+                r.listener == l && r.matcher.as_ref().is_none_or(|m| m.0.is_match(line))
             })
         });
         let Some(r) = rule else {
@@ -539,7 +613,7 @@ impl Ledger {
         if self.pool_full(pool) {
             let cl = &mut self.clients[c];
             let id = cl.id;
-            cl.stalled = Some(line);
+            cl.stalled = Some(line.to_vec());
             cl.paused = true;
             let p = &mut self.pools[pool];
             if !p.waiters.contains(&(c, id)) {
@@ -557,14 +631,14 @@ impl Ledger {
             Strategy::Hash => {
                 let k = match &rule.key {
                     Some(re) => {
-                        re.0.captures(&line)
+                        re.0.captures(line)
                             .and_then(|caps| caps.get(1).or_else(|| caps.get(0)))
                             .map(|m| m.as_bytes())
                     }
-                    None => Some(&line[..]),
+                    None => Some(line),
                 };
                 // No key in the message: hash the whole message.
-                Pin::Hash(strategy::key_hash(k.unwrap_or(&line)))
+                Pin::Hash(strategy::key_hash(k.unwrap_or(line)))
             }
             s => Pin::Any(s),
         };
@@ -572,12 +646,12 @@ impl Ledger {
         let client_id = cl.id;
         let seq = ordered.then(|| cl.order.reserve());
         cl.outstanding += 1;
-        line.push(b'\n');
+        let payload = Payload::with_newline(line);
         if strategy == Strategy::Broadcast {
-            self.submit_broadcast(c, client_id, seq, line, pool, terms, now, out);
+            self.submit_broadcast(c, client_id, seq, payload, pool, terms, now, out);
             return true;
         }
-        let m = self.new_msg(c, client_id, seq, line, pool, pin, terms, None, now);
+        let m = self.new_msg(c, client_id, seq, payload, pool, pin, terms, None, now);
         self.place(m, false, now, out);
         true
     }
@@ -588,7 +662,7 @@ impl Ledger {
         client: usize,
         client_id: u64,
         seq: Option<u64>,
-        payload: Vec<u8>,
+        payload: Payload,
         pool: usize,
         terms: Terms,
         now: Instant,
@@ -659,4 +733,21 @@ impl Ledger {
         }
         self.check();
     }
+}
+
+/// The lines of a chunk, each with its `\n` (the last one without, if unterminated),
+/// found with `memchr`.
+pub(super) fn lines(chunk: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    let mut ends = memchr::memchr_iter(b'\n', chunk);
+    std::iter::from_fn(move || {
+        let end = match ends.next() {
+            Some(i) => i + 1,
+            None if start < chunk.len() => chunk.len(),
+            None => return None,
+        };
+        let line = &chunk[start..end];
+        start = end;
+        Some(line)
+    })
 }

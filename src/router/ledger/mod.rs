@@ -18,6 +18,13 @@
 //! unanswered messages are delivered again (front of the queue) until `retries` is
 //! used up.
 //!
+//! Batches: a read's worth of client lines ([`Ledger::client_lines`]) goes out in
+//! runs, consecutive lines for one round-robin or least-busy instance chosen once
+//! (`place.rs`); a read's worth of replies ([`Ledger::worker_output`]) refills its
+//! instance and re-arms its deadline once. How many messages an instance may have in
+//! flight is the pool's `max_inflight`, or with `"auto"` its own adaptive window
+//! (`window.rs`), sized from how quickly its replies come back.
+//!
 //! Invariants (checked after every event in debug builds, [`Ledger::check`]):
 //! - every message is in exactly one place: a pool queue, an instance backlog, or an
 //!   instance's in-flight FIFO;
@@ -31,8 +38,10 @@
 //!   `max_outstanding` messages and `max_client_out` bytes of replies pending.
 
 mod api;
+mod payload;
 #[cfg(test)]
 mod tests;
+mod window;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -41,7 +50,7 @@ use slab::Slab;
 
 pub use api::{
     Action, Actions, ClientSummary, InstanceView, Limits, PoolSettings, Rule, Timer,
-    MAX_CLIENT_OUT, MAX_OUTSTANDING, POOL_MAX_BYTES,
+    MAX_CLIENT_OUT, MAX_INFLIGHT_AUTO, MAX_OUTSTANDING, POOL_MAX_BYTES,
 };
 
 use crate::config::Strategy;
@@ -117,7 +126,7 @@ struct Msg {
     /// Position in the client's reorder buffer (ordered routes).
     seq: Option<u64>,
     /// The message with its trailing `\n`.
-    payload: Vec<u8>,
+    payload: payload::Payload,
     pool: usize,
     pin: Pin,
     timeout: Option<Duration>,
@@ -199,6 +208,19 @@ struct Inst {
     deadline_gen: u64,
     /// orchd's own health probe in this instance's in-flight order (see `probe.rs`).
     probe: Option<probe::InFlightProbe>,
+    /// Its in-flight window when the pool's `max_inflight` is "auto".
+    window: window::Window,
+}
+
+impl Inst {
+    /// Messages it may have in flight under the pool's `max_inflight`.
+    fn room(&self, max_inflight: u32) -> usize {
+        if max_inflight == MAX_INFLIGHT_AUTO {
+            self.window.size() as usize
+        } else {
+            max_inflight as usize
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -292,6 +314,22 @@ pub struct Ledger {
     /// Scratch buffers for choosing an instance (see `fill_candidates`).
     cand_keys: Vec<usize>,
     cands: Vec<Candidate>,
+    /// Lines of the chunk being submitted ([`Ledger::client_lines`]) from the current
+    /// one on; 0 outside it.
+    run_budget: usize,
+    /// The instance that takes the next messages of that chunk without a new choice.
+    run: Option<Run>,
+}
+
+/// A run: consecutive messages of one chunk for one instance, chosen once (see
+/// `place.rs`).
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    pool: usize,
+    strategy: Strategy,
+    inst: usize,
+    /// More messages it may take in this run.
+    left: usize,
 }
 
 mod events;
@@ -474,6 +512,10 @@ impl Ledger {
             assert_eq!(p.waiting, waiting[pk], "pool {} waiting", p.settings.name);
             assert_eq!(p.bytes, bytes[pk], "pool {} bytes", p.settings.name);
         }
+        assert!(
+            self.run.is_none() && self.run_budget == 0,
+            "a run outlived its chunk"
+        );
         for (ck, c) in self.clients.iter() {
             assert_eq!(c.outstanding, outstanding[ck], "client {ck} outstanding");
             if c.order.is_empty() {

@@ -31,25 +31,34 @@ impl Ledger {
                 continue;
             };
             if i.view.is_live() || (draining && i.view.writable) {
-                let inflight = i.inflight.len() as u32;
+                let inflight = i.inflight.len();
                 self.cand_keys.push(k);
                 self.cands.push(Candidate {
                     index: i.index,
-                    inflight,
-                    has_room: inflight < max,
+                    inflight: inflight as u32,
+                    has_room: inflight < i.room(max),
                 });
             }
         }
     }
 
     fn placement(&mut self, m: usize) -> Placement {
+        self.placement_with(m, true)
+    }
+
+    /// `placement`, with `fill: false` reusing the candidates of the previous call
+    /// (kept up to date by [`Ledger::candidate_took_one`]): `pool_pump` places a
+    /// whole queue on one list.
+    fn placement_with(&mut self, m: usize, fill: bool) -> Placement {
         let msg = &self.msgs[m];
         let pool = msg.pool;
         let pin = msg.pin;
-        let max = self.pools[pool].settings.max_inflight as usize;
+        let max = self.pools[pool].settings.max_inflight;
         match pin {
             Pin::Any(s) => {
-                self.fill_candidates(pool);
+                if fill {
+                    self.fill_candidates(pool);
+                }
                 let cursor = &mut self.pools[pool].cursor;
                 let pick = match s {
                     Strategy::LeastBusy => strategy::least_busy(&self.cands, cursor),
@@ -61,7 +70,9 @@ impl Ledger {
                 }
             }
             Pin::Hash(h) => {
-                self.fill_candidates(pool);
+                if fill {
+                    self.fill_candidates(pool);
+                }
                 let cands = &self.cands;
                 match strategy::rendezvous(h, cands.iter().map(|c| c.index)) {
                     Some(i) if cands[i].has_room => Placement::Assign(self.cand_keys[i]),
@@ -79,7 +90,10 @@ impl Ledger {
                     None => Placement::Fail("instance removed"),
                     Some(k) => {
                         let i = &self.instances[k];
-                        if i.view.is_live() && i.inflight.len() < max && i.backlog.is_empty() {
+                        if i.view.is_live()
+                            && i.inflight.len() < i.room(max)
+                            && i.backlog.is_empty()
+                        {
                             Placement::Assign(k)
                         } else {
                             Placement::Backlog(k)
@@ -94,15 +108,27 @@ impl Ledger {
     /// ahead of the queue.
     pub(super) fn place(&mut self, m: usize, front: bool, now: Instant, out: &mut Actions) {
         let pool = self.msgs[m].pool;
-        if !front && !self.pools[pool].queue.is_empty() && matches!(self.msgs[m].pin, Pin::Any(_)) {
+        let any = match self.msgs[m].pin {
+            Pin::Any(s) if !front => Some(s),
+            _ => None,
+        };
+        if any.is_some() && !self.pools[pool].queue.is_empty() {
             // FIFO: never overtake messages already waiting for any instance.
             self.pools[pool].queue.push_back(m);
             self.arm_expiry_for(pool, m, out);
             return;
         }
+        if let Some(k) = any.and_then(|s| self.run_next(pool, s)) {
+            self.pools[pool].waiting -= 1;
+            self.assign(m, k, now, out);
+            return;
+        }
         match self.placement(m) {
             Placement::Assign(k) => {
                 self.pools[pool].waiting -= 1;
+                if let Some(s) = any {
+                    self.run_start(pool, s, k);
+                }
                 self.assign(m, k, now, out);
             }
             Placement::Backlog(k) => {
@@ -130,6 +156,46 @@ impl Ledger {
                 self.answer(m, Reply::Error(why), out);
             }
         }
+    }
+
+    /// A chunk of lines is being submitted and round-robin or least-busy just chose
+    /// instance `k`: the next lines of the chunk go to it too, up to its share of
+    /// the chunk (the lines left over the candidates), without choosing again. Lines
+    /// sent one at a time still rotate strictly.
+    fn run_start(&mut self, pool: usize, strategy: Strategy, k: usize) {
+        self.run = None;
+        if self.run_budget > 1 {
+            let share = self.run_budget.div_ceil(self.cands.len().max(1));
+            self.run = Some(super::Run {
+                pool,
+                strategy,
+                inst: k,
+                left: share - 1,
+            });
+        }
+    }
+
+    /// The instance of the current run, if it goes on: same pool and strategy,
+    /// share left, and the instance still takes new messages and has room.
+    fn run_next(&mut self, pool: usize, strategy: Strategy) -> Option<usize> {
+        let run = self
+            .run
+            .filter(|r| r.pool == pool && r.strategy == strategy)?;
+        let p = &self.pools[pool];
+        let fits = run.left > 0
+            && !p.draining()
+            && self.member(pool, run.inst).is_some_and(|i| {
+                i.view.is_live() && i.inflight.len() < i.room(p.settings.max_inflight)
+            });
+        if !fits {
+            self.run = None;
+            return None;
+        }
+        self.run = Some(super::Run {
+            left: run.left - 1,
+            ..run
+        });
+        Some(run.inst)
     }
 
     /// Write a message to an instance.
@@ -197,10 +263,12 @@ impl Ledger {
             return;
         };
         let pool = inst.pool;
-        let max = self.pools.get(pool).map_or(0, |p| p.settings.max_inflight) as usize;
+        let Some(max) = self.pools.get(pool).map(|p| p.settings.max_inflight) else {
+            return;
+        };
         loop {
             let inst = &mut self.instances[k];
-            if !inst.view.writable || inst.inflight.len() >= max {
+            if !inst.view.writable || inst.inflight.len() >= inst.room(max) {
                 break;
             }
             let Some(m) = inst.backlog.pop_front() else {
@@ -212,15 +280,35 @@ impl Ledger {
         self.pool_pump(pool, now, out);
     }
 
-    /// Hand queued messages to instances while any can take them.
+    /// Candidate `k` was given one more message: its entry in the candidate list.
+    fn candidate_took_one(&mut self, pool: usize, k: usize) {
+        let Some(i) = self.cand_keys.iter().position(|&c| c == k) else {
+            return;
+        };
+        let max = self.pools[pool].settings.max_inflight;
+        let room = self.instances.get(k).map_or(0, |inst| inst.room(max));
+        let c = &mut self.cands[i];
+        c.inflight += 1;
+        c.has_room = (c.inflight as usize) < room;
+    }
+
+    /// Hand queued messages to instances while any can take them. The candidates
+    /// are listed once per pump: placing a message changes only the in-flight count
+    /// of the instance that took it (answers and errors change no instance).
     pub(super) fn pool_pump(&mut self, pool: usize, now: Instant, out: &mut Actions) {
+        let mut fill = true;
         while let Some(&m) = self.pools.get(pool).and_then(|p| p.queue.front()) {
-            match self.placement(m) {
+            let placed = self.placement_with(m, fill);
+            fill = !matches!(self.msgs[m].pin, Pin::Any(_) | Pin::Hash(_));
+            match placed {
                 Placement::Assign(k) => {
                     let p = &mut self.pools[pool];
                     p.queue.pop_front();
                     p.waiting -= 1;
                     self.assign(m, k, now, out);
+                    if !fill {
+                        self.candidate_took_one(pool, k);
+                    }
                 }
                 Placement::Backlog(k) => {
                     self.pools[pool].queue.pop_front();
@@ -487,7 +575,7 @@ impl Ledger {
         client: usize,
         client_id: u64,
         seq: Option<u64>,
-        payload: Vec<u8>,
+        payload: super::payload::Payload,
         pool: usize,
         pin: Pin,
         terms: super::Terms,

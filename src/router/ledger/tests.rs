@@ -198,6 +198,115 @@ fn round_robin_spreads_and_respects_max_inflight() {
 }
 
 #[test]
+fn auto_window_opens_for_a_fast_worker_and_stays_narrow_for_a_slow_one() {
+    let mut h = H::new(2, MAX_INFLIGHT_AUTO, 1000, rule(Strategy::RoundRobin));
+    for i in 0..40 {
+        assert!(h.send(1, &format!("m{i}")));
+    }
+    assert_eq!(h.l.instance_counts(0).0, 2, "the window starts narrow");
+    assert_eq!(h.l.instance_counts(1).0, 2);
+    // The fast one answers all it had at once (its window held it back): it doubles.
+    for _ in 0..3 {
+        let got = std::mem::take(h.workers.entry(0).or_default());
+        h.l.worker_output(0, &got, h.now, &mut h.out);
+        h.collect();
+    }
+    assert_eq!(h.l.instance_counts(0).0, 16, "2 → 4 → 8 → 16");
+    // The slow one answers one of its two after 50 ms: it stays at the minimum.
+    h.now += Duration::from_millis(50);
+    h.l.worker_output(1, b"m1!\n", h.now, &mut h.out);
+    h.collect();
+    assert_eq!(
+        h.l.instance_counts(1),
+        (2, 1),
+        "m3 in flight, one more given"
+    );
+    // A fixed number still fixes it.
+    let mut f = H::new(1, 3, 1000, rule(Strategy::RoundRobin));
+    for i in 0..10 {
+        f.send(1, &format!("m{i}"));
+    }
+    let got = std::mem::take(f.workers.entry(0).or_default());
+    f.l.worker_output(0, &got, f.now, &mut f.out);
+    f.collect();
+    assert_eq!(f.l.instance_counts(0), (3, 3));
+}
+
+#[test]
+fn a_chunk_of_lines_goes_out_in_runs_and_single_lines_rotate() {
+    let mut h = H::new(2, 100, 1000, rule(Strategy::RoundRobin));
+    let chunk = b"m0\nm1\nm2\nm3\nm4\nm5\nm6\r\n";
+    let taken = h.l.client_lines(1, chunk, h.now, &mut h.out);
+    h.collect();
+    assert_eq!(taken, chunk.len());
+    // One choice per share of what is left of the chunk: 4 of 7 lines, 2 of 3, 1.
+    assert_eq!(h.worker(0), "m0\nm1\nm2\nm3\nm6\n");
+    assert_eq!(h.worker(1), "m4\nm5\n");
+    // Lines one at a time still alternate, from where the rotation stands.
+    for m in ["a", "b", "c"] {
+        h.send(1, m);
+    }
+    assert_eq!(h.worker(0), "m0\nm1\nm2\nm3\nm6\nb\n");
+    assert_eq!(h.worker(1), "m4\nm5\na\nc\n");
+    // A run ends where the instance's room does; the rest is chosen afresh.
+    let mut h = H::new(2, 2, 1000, rule(Strategy::RoundRobin));
+    h.l.client_lines(1, b"a\nb\nc\nd\ne\n", h.now, &mut h.out);
+    h.collect();
+    assert_eq!(
+        (h.worker(0), h.worker(1)),
+        ("a\nb\n".into(), "c\nd\n".into())
+    );
+    assert_eq!(h.l.pool_waiting(POOL), 1);
+    h.echo(0);
+    h.echo(1);
+    assert_eq!(
+        h.worker(0),
+        "e\n",
+        "the queue went to the instance with room"
+    );
+    h.echo(0);
+    assert_eq!(h.client(1), "a!\nb!\nc!\nd!\ne!\n");
+}
+
+#[test]
+fn chunks_split_into_lines_like_split_inclusive() {
+    for chunk in [&b""[..], b"a", b"a\n", b"\n\n", b"ab\ncd", b"ab\ncd\n\nx"] {
+        let want: Vec<&[u8]> = chunk.split_inclusive(|&b| b == b'\n').collect();
+        assert_eq!(
+            super::events::lines(chunk).collect::<Vec<_>>(),
+            want,
+            "{chunk:?}"
+        );
+    }
+}
+
+#[test]
+fn client_lines_stops_at_a_stalled_line() {
+    let mut h = H::new(1, 1, 1, rule(Strategy::RoundRobin));
+    let chunk = b"a\nb\nc\nd\n";
+    let taken = h.l.client_lines(1, chunk, h.now, &mut h.out);
+    h.collect();
+    // a in flight, b queued (the queue holds 1), c stalls and is kept; d is not taken.
+    assert_eq!(taken, 6);
+    assert!(h.l.client_stalled(1));
+    h.echo(0);
+    assert_eq!(h.resumed, vec![1]);
+    assert!(h.l.client_resume(1, h.now, &mut h.out));
+    h.collect();
+    // c waits in the queue now: d stalls in turn.
+    let taken = h.l.client_lines(1, b"d\n", h.now, &mut h.out);
+    h.collect();
+    assert_eq!(taken, 2);
+    assert!(h.l.client_stalled(1));
+    while !h.l.is_idle() || h.l.client_stalled(1) {
+        h.echo(0);
+        assert!(h.l.client_resume(1, h.now, &mut h.out));
+        h.collect();
+    }
+    assert_eq!(h.client(1), "a!\nb!\nc!\nd!\n");
+}
+
+#[test]
 fn least_busy_picks_the_idle_instance() {
     let mut h = H::new(2, 5, 10, rule(Strategy::LeastBusy));
     h.send(1, "a");
