@@ -27,7 +27,7 @@ use super::{Daemon, TimerKey};
 
 /// The health probes of every instance.
 #[derive(Debug, Default)]
-pub(super) struct HealthRt {
+pub(super) struct HealthProbes {
     /// By instance key; `id` tells a reused key apart.
     entries: HashMap<usize, Entry>,
     /// `exec` probes by (instance key, instance id): a bounded number run at once.

@@ -27,7 +27,7 @@ use crate::sys::Exit;
 
 /// Metrics state of the shell.
 #[derive(Default)]
-pub(super) struct MetricsRt {
+pub(super) struct MetricsState {
     pub http: MetricsHttp,
     pub counters: Counters,
     /// Why orchd is stopping an instance (`health`, `timeout`), by key with its id:

@@ -168,7 +168,7 @@ pub struct Daemon {
     /// Monotonic source of generation numbers (never reused, unlike slab keys).
     next_gen: u64,
     rng: u64,
-    pools: Slab<supervise::PoolRt>,
+    pools: Slab<supervise::ManagedPool>,
     pool_names: HashMap<String, usize>,
     instances: Slab<Instance>,
     /// Worker processes: pids, groups outliving their leader.
@@ -182,9 +182,9 @@ pub struct Daemon {
     /// The ledger's pending actions (reused between events).
     ledger_out: Actions,
     /// Health probes of running instances.
-    health: health::HealthRt,
+    health: health::HealthProbes,
     /// The metrics listener and what only metrics count.
-    metrics: metrics::MetricsRt,
+    metrics: metrics::MetricsState,
     watcher: reload::Watcher,
     control: control::Control,
     /// `orchd ctl restart` and `stop` commands waiting to be answered.

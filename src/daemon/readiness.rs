@@ -7,7 +7,7 @@
 //!   messages, its health probes begin, its pool's roll may go on, pools waiting on
 //!   its pool look again.
 //! - `depends_on`: a pool that names others is created with its instances not started
-//!   (`PoolRt::waiting`); [`Daemon::deps_check`] opens its gate once every pool it
+//!   (`ManagedPool::waiting`); [`Daemon::deps_check`] opens its gate once every pool it
 //!   names is ready or completed, and records why it waits (status). At shutdown,
 //!   [`Daemon::stop_next_wave`] stops pools in reverse start order.
 //! - `max_rss`: one timer every `RSS_CHECK_EVERY`, armed only while some pool sets it.

@@ -30,8 +30,8 @@ use crate::sys::{self, Exit};
 
 pub use super::workers::MAX_LINE;
 
-/// A pool at run time.
-pub struct PoolRt {
+/// A pool as orchd manages it at run time: its config, instance slots, roll, holds.
+pub struct ManagedPool {
     pub cfg: Pool,
     /// What new instances run (a snapshot of `cfg`): instances keep the spec they were
     /// created with, so an old instance restarting during a rolling replacement runs
@@ -58,7 +58,7 @@ pub struct PoolRt {
     pub waiting: Option<String>,
 }
 
-impl PoolRt {
+impl ManagedPool {
     /// No instance slots remain (removed, or scaled to 0): its retiring instances
     /// work off what is queued, then whatever is left is answered with an error.
     pub fn draining(&self) -> bool {
@@ -181,7 +181,7 @@ impl Daemon {
         warn_if_ids_ignored(&cfg);
         let count = cfg.count;
         let name = cfg.name.clone();
-        let key = self.pools.insert(PoolRt {
+        let key = self.pools.insert(ManagedPool {
             spec: Rc::new(cfg.clone()),
             cfg,
             routed,
