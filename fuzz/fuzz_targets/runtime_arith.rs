@@ -58,7 +58,7 @@ fn check_backoff(p: &Pool, now: Instant, timers: &mut Timers<u32>) {
 
 /// Drive one instance slot through up to 64 exits, following its decisions in time.
 fn run_lifecycle(p: &Pool, start: Instant, rand01: f64) {
-    let mut life = Lifecycle::default();
+    let mut life = Lifecycle::new(start, 0);
     let mut t = start;
     for i in 0..64u32 {
         life.spawned(1000 + i, t);
