@@ -513,19 +513,15 @@ impl Daemon {
             }
             return false;
         }
-        if c.out.interest_changed(pending > 0) {
-            let interest = if pending > 0 {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            if let Err(e) = self
-                .poll
-                .registry()
-                .reregister(&mut c.stream, c.token, interest)
-            {
-                log::warn!("control: cannot change interest: {e}");
-            }
+        let (stream, token, registry) = (&mut c.stream, c.token, self.poll.registry());
+        let rewatch = c.out.rewatch(
+            pending > 0,
+            Interest::READABLE | Interest::WRITABLE,
+            Interest::READABLE,
+            |i| registry.reregister(stream, token, i),
+        );
+        if let Err(e) = rewatch {
+            log::warn!("control: cannot change interest: {e}");
         }
         true
     }

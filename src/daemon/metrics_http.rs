@@ -105,17 +105,16 @@ impl HttpConn {
         if self.responded && self.out.is_empty() {
             return false;
         }
-        let want = done.want_write();
-        if self.out.interest_changed(want) {
-            let interest = if want {
-                Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            if let Err(e) = registry.reregister(&mut self.stream, self.token, interest) {
-                log::warn!("metrics: cannot change interest of a connection: {e}");
-                return false;
-            }
+        let (stream, token) = (&mut self.stream, self.token);
+        let rewatch = self.out.rewatch(
+            done.want_write(),
+            Interest::WRITABLE,
+            Interest::READABLE,
+            |i| registry.reregister(stream, token, i),
+        );
+        if let Err(e) = rewatch {
+            log::warn!("metrics: cannot change interest of a connection: {e}");
+            return false;
         }
         true
     }

@@ -132,6 +132,22 @@ impl OutBuf {
         changed
     }
 
+    /// After a flush: when whether the fd should be watched for WRITABLE changed
+    /// (`want`), give `reregister` the interest for it: `writing` while output is
+    /// pending, `idle` otherwise. Nothing changed: nothing is called.
+    pub fn rewatch<I>(
+        &mut self,
+        want: bool,
+        writing: I,
+        idle: I,
+        reregister: impl FnOnce(I) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if !self.interest_changed(want) {
+            return Ok(());
+        }
+        reregister(if want { writing } else { idle })
+    }
+
     /// Whether the fd is currently polled for WRITABLE (as last recorded).
     pub fn polled(&self) -> bool {
         self.polled
@@ -220,6 +236,20 @@ mod tests {
         assert_eq!(b.unsent().len(), COMPACT);
         // Compacted: what was sent is no longer held in front.
         assert_eq!(b.pos, 0);
+    }
+
+    #[test]
+    fn rewatch_reregisters_only_on_a_change() {
+        let mut b = OutBuf::new();
+        let mut calls = Vec::new();
+        for want in [false, true, true, false] {
+            b.rewatch(want, "w", "r", |i| {
+                calls.push(i);
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert_eq!(calls, ["w", "r"]);
     }
 
     #[test]

@@ -224,16 +224,15 @@ impl PipeOut {
             }
             return false;
         }
-        let want = done.want_write();
-        if self.out.interest_changed(want) {
-            let interest = if want {
-                Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            if let Err(e) = registry.reregister(&mut self.tx, self.token, interest) {
-                log::warn!("cannot change interest of {:?}: {e}", self.token);
-            }
+        let (tx, token) = (&mut self.tx, self.token);
+        let rewatch = self.out.rewatch(
+            done.want_write(),
+            Interest::WRITABLE,
+            Interest::READABLE,
+            |i| registry.reregister(tx, token, i),
+        );
+        if let Err(e) = rewatch {
+            log::warn!("cannot change interest of {token:?}: {e}");
         }
         true
     }
