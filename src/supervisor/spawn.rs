@@ -1,14 +1,19 @@
 //! Starting one instance: its own process group, `ORCHD_POOL`/`ORCHD_INSTANCE`, the
 //! pool's cwd and env, pipes for stdout/stderr (and stdin when a route targets the
 //! pool), the parent-death signal, the pool's user/group when orchd is root, and the
-//! soft open-file limit orchd was started with (orchd raises its own).
+//! soft open-file limit orchd was started with (orchd raises its own). `exec` health
+//! probes are started the same way.
+//!
+//! Every start goes through one [`Launch`], carried out on Linux without copying
+//! orchd (`spawn/vfork.rs`: `clone(CLONE_VM | CLONE_VFORK)`), elsewhere by std's
+//! fork-based `Command` (`spawn/fork.rs`). Either way a failed `exec` is a failed
+//! start, reported at once with the system's reason.
 
+use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use mio::unix::pipe::{Receiver, Sender};
 
@@ -16,9 +21,15 @@ use crate::config::Pool;
 use crate::protocol::{node, Stdin, WorkerIo};
 use crate::sys;
 
+#[cfg(any(not(target_os = "linux"), test))]
+mod fork;
+#[cfg(test)]
+mod tests;
+#[cfg(target_os = "linux")]
+mod vfork;
+
 /// A freshly spawned instance: its pid (= its process group id) and its pipes, all
-/// non-blocking. The `std::process::Child` is dropped on purpose: orchd reaps with
-/// `waitpid(-1)`, after which `Child` could only fail with ECHILD.
+/// non-blocking. orchd reaps it with `waitpid(-1)`.
 pub struct Spawned {
     pub pid: u32,
     /// Where messages are written: the stdin pipe, or orchd's end of a `node`
@@ -66,92 +77,116 @@ pub fn spawn_probe(
     worker: u32,
     creds: Credentials,
 ) -> io::Result<u32> {
-    let mut cmd = command(pool, argv, index, creds, None)?;
-    cmd.env("ORCHD_PID", worker.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // Dropped without waiting: the loop reaps it with waitpid(-1).
-    Ok(cmd.spawn()?.id())
+    let mut launch = Launch::new(pool, argv, index, creds)?;
+    launch.set("ORCHD_PID", worker.to_string());
+    // Started without waiting: the loop reaps it with waitpid(-1).
+    launch.start([dev_null(false)?, dev_null(true)?, dev_null(true)?], None)
 }
 
-/// `argv` as a process of instance `index` of `pool`: its cwd, env and credentials,
-/// its own process group, the parent-death signal, orchd's original open-file limit,
-/// and `channel_fd` (a `node` worker's end of its IPC channel) on NODE_CHANNEL_FD.
-fn command(
-    pool: &Pool,
-    argv: &[String],
-    index: u32,
+/// What a new process of instance `index` of `pool` is started with, all prepared
+/// before it exists: its program and arguments, its cwd, the changes to orchd's
+/// environment (the pool's `env`, `ORCHD_POOL`, `ORCHD_INSTANCE`, then the caller's),
+/// and its credentials. [`Launch::start`] adds its own process group, the
+/// parent-death signal, orchd's original open-file limit and the fds.
+struct Launch<'a> {
+    /// Made absolute when it is relative with a `/`; otherwise looked up in the PATH
+    /// of the process's environment, as `execvp` does.
+    program: OsString,
+    args: &'a [String],
+    cwd: &'a Path,
+    /// Changes to orchd's environment, in order: a later one wins; `None` removes.
+    env: Vec<(OsString, Option<OsString>)>,
     creds: Credentials,
-    channel_fd: Option<RawFd>,
-) -> io::Result<Command> {
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
-    // A relative program path with a slash ("./worker.sh") means: relative to the
-    // instance's cwd, as it would in a shell started there.
-    let program = if program.contains('/') && Path::new(program).is_relative() {
-        pool.cwd.join(program).into_os_string()
-    } else {
-        program.into()
-    };
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .current_dir(&pool.cwd)
-        .envs(&pool.env)
-        .env("ORCHD_POOL", &pool.name)
-        .env("ORCHD_INSTANCE", index.to_string())
-        .process_group(0);
-    let parent = std::process::id();
-    // orchd raised its own open-file limit; the worker gets the one orchd was given.
-    let nofile = sys::original_nofile_soft_limit();
-    // SAFETY: the closure only makes async-signal-safe syscalls (getrlimit,
-    // setrlimit, prctl, getppid, setgroups, setgid, setuid, dup2, fcntl) and
-    // allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            sys::child_restore_nofile_limit(nofile)?;
-            // Credentials first: the kernel clears the parent-death signal when the
-            // uid or gid changes, so setting it before would leave it unset.
-            sys::child_set_ids(creds.uid, creds.gid)?;
-            sys::child_set_parent_death_signal(parent)?;
-            match channel_fd {
-                Some(fd) => sys::child_install_fd(fd, node::CHANNEL_FD),
-                None => Ok(()),
-            }
-        });
+}
+
+impl<'a> Launch<'a> {
+    fn new(
+        pool: &'a Pool,
+        argv: &'a [String],
+        index: u32,
+        creds: Credentials,
+    ) -> io::Result<Launch<'a>> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+        // A relative program path with a slash ("./worker.sh") means: relative to the
+        // instance's cwd, as it would in a shell started there.
+        let program = if program.contains('/') && Path::new(program).is_relative() {
+            pool.cwd.join(program).into_os_string()
+        } else {
+            program.into()
+        };
+        let mut launch = Launch {
+            program,
+            args,
+            cwd: &pool.cwd,
+            env: Vec::with_capacity(pool.env.len() + 4),
+            creds,
+        };
+        for (k, v) in &pool.env {
+            launch.set(k, v);
+        }
+        launch.set("ORCHD_POOL", &pool.name);
+        launch.set("ORCHD_INSTANCE", index.to_string());
+        Ok(launch)
     }
-    Ok(cmd)
+
+    fn set(&mut self, key: impl Into<OsString>, value: impl Into<OsString>) {
+        self.env.push((key.into(), Some(value.into())));
+    }
+
+    fn remove(&mut self, key: impl Into<OsString>) {
+        self.env.push((key.into(), None));
+    }
+
+    /// Start it with `stdio` as its fds 0 to 2 and `extra` (an fd, the number it
+    /// gets) surviving exec; orchd's copies of `stdio` are closed here. Returns the
+    /// pid once the program runs: a failed `exec` (or `chdir`, or credential change)
+    /// is an error, with the reason the system gave.
+    fn start(self, stdio: [OwnedFd; 3], extra: Option<(BorrowedFd<'_>, RawFd)>) -> io::Result<u32> {
+        #[cfg(target_os = "linux")]
+        return vfork::start(&self, stdio, extra);
+        #[cfg(not(target_os = "linux"))]
+        return fork::start(&self, stdio, extra);
+    }
 }
 
 /// Start instance `index` of `pool` with the fds `io` says (SPEC 4, 12).
 pub fn spawn(pool: &Pool, index: u32, io: WorkerIo, creds: Credentials) -> io::Result<Spawned> {
+    let argv = pool.command.argv();
+    let mut launch = Launch::new(pool, &argv, index, creds)?;
     // A `node` worker's IPC channel: a socket pair (both ends close-on-exec); the
-    // child's end is installed on NODE_CHANNEL_FD just before exec.
+    // child's end is installed on NODE_CHANNEL_FD.
     let channel = match io.channel {
-        Some(_) => Some(UnixStream::pair()?),
+        Some(_) => {
+            for (k, v) in node::CHANNEL_ENV {
+                launch.set(k, v);
+            }
+            Some(UnixStream::pair()?)
+        }
         None => None,
     };
-    let child_fd = channel.as_ref().map(|(_, child)| child.as_raw_fd());
-    let mut cmd = command(pool, &pool.command.argv(), index, creds, child_fd)?;
-    cmd.stdin(if io.stdin == Stdin::Pipe {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    if channel.is_some() {
-        cmd.envs(node::CHANNEL_ENV);
-    }
     for var in io.env_removed() {
-        cmd.env_remove(var);
+        launch.remove(*var);
     }
-    let mut child = cmd.spawn()?;
+    let (stdin_child, stdin) = if io.stdin == Stdin::Pipe {
+        let (r, w) = std::io::pipe()?;
+        (OwnedFd::from(r), Some(OwnedFd::from(w)))
+    } else {
+        (dev_null(false)?, None)
+    };
+    let (stdout, stdout_child) = std::io::pipe()?;
+    let (stderr, stderr_child) = std::io::pipe()?;
+    let extra = channel
+        .as_ref()
+        .map(|(_, child)| (child.as_fd(), node::CHANNEL_FD));
+    let pid = launch.start(
+        [stdin_child, stdout_child.into(), stderr_child.into()],
+        extra,
+    )?;
     // orchd's copy of the child's end goes now: the worker's exit is then EOF.
     let ours = channel.map(|(ours, _child_end)| ours);
-    let pid = child.id();
-    match take_pipes(&mut child).and_then(|p| with_channel(p, ours)) {
+    match take_pipes(stdin, stdout.into(), stderr.into()).and_then(|p| with_channel(p, ours)) {
         Ok((stdin, stdout, stderr, channel)) => Ok(Spawned {
             pid,
             stdin,
@@ -165,6 +200,16 @@ pub fn spawn(pool: &Pool, index: u32, io: WorkerIo, creds: Credentials) -> io::R
             Err(e)
         }
     }
+}
+
+/// `/dev/null` for reading (a stdin) or writing (a stdout or stderr), as std's
+/// `Stdio::null` opens it (close-on-exec).
+fn dev_null(write: bool) -> io::Result<OwnedFd> {
+    let file = std::fs::OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .open("/dev/null")?;
+    Ok(file.into())
 }
 
 type Pipes = (Option<Sender>, Receiver, Receiver);
@@ -185,18 +230,14 @@ fn with_channel(
     Ok((Some(tx), stdout, stderr, Some(rx)))
 }
 
-fn take_pipes(child: &mut std::process::Child) -> io::Result<Pipes> {
-    let (stdout, stderr) = match (child.stdout.take(), child.stderr.take()) {
-        (Some(o), Some(e)) => (o, e),
-        _ => return Err(io::Error::other("child pipes missing")),
-    };
+fn take_pipes(stdin: Option<OwnedFd>, stdout: OwnedFd, stderr: OwnedFd) -> io::Result<Pipes> {
     let stdout = Receiver::from(stdout);
     let stderr = Receiver::from(stderr);
     stdout.set_nonblocking(true)?;
     stderr.set_nonblocking(true)?;
-    let stdin = match child.stdin.take() {
-        Some(i) => {
-            let s = Sender::from(i);
+    let stdin = match stdin {
+        Some(fd) => {
+            let s = Sender::from(fd);
             s.set_nonblocking(true)?;
             Some(s)
         }

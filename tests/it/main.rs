@@ -26,6 +26,7 @@ mod ready_probe;
 mod reload;
 mod routing;
 mod smoke;
+mod spawn;
 mod status_ready;
 mod supervisor;
 mod window;
