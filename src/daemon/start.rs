@@ -21,6 +21,7 @@ impl Daemon {
     pub(super) fn new(config: Config, opts: Options) -> io::Result<Daemon> {
         crate::sys::malloc_tuning();
         crate::sys::cloexec_inherited_fds();
+        crate::supervisor::spawn::prepare();
         if let Err(e) = crate::sys::become_subreaper() {
             log::warn!("cannot become a child subreaper ({e}); orphaned grandchildren go to init");
         }

@@ -67,6 +67,14 @@ impl Credentials {
     }
 }
 
+/// Prepare what starting processes needs, at start-up while orchd has few fds (on
+/// Linux: the low fd numbers through which a child gets its fds, `spawn/vfork.rs`).
+/// Never fails: without it, starts still work, a little slower.
+pub fn prepare() {
+    #[cfg(target_os = "linux")]
+    vfork::reserve_slots();
+}
+
 /// An `exec` health probe of instance `index` (its worker's pid `worker`, in
 /// `ORCHD_PID`): `argv` run like a worker (the pool's cwd, env, user and group, its
 /// own process group) with no input or output. Returns its pid (= its group id).

@@ -16,6 +16,18 @@
 //! unblocks them. Credentials change through raw system calls: glibc's `setuid`
 //! would try to change the credentials of orchd's other threads (notify's watcher),
 //! whose bookkeeping the child shares.
+//!
+//! # orchd's fd table
+//!
+//! A child gets a copy of orchd's fd table, and `exec` then closes every fd in it
+//! (all are close-on-exec): with 1,000 workers, 3,000 pipe ends copied and closed
+//! per spawn. Instead the child shares orchd's table (CLONE_FILES) and unshares it
+//! at once with `close_range(N, ~0, CLOSE_RANGE_UNSHARE)`, which copies only the fds
+//! below N. For that its own fds must be below N: orchd keeps a few low fd numbers
+//! open on `/dev/null` ([`Slots`]), puts the child's fds there for the clone and
+//! `/dev/null` back afterwards. Where this cannot be done (slots not reserved,
+//! `close_range` missing: Linux < 5.9) the child copies the whole table, as `fork`
+//! does.
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
@@ -23,6 +35,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
 
 use super::{Credentials, Launch};
 use crate::sys;
@@ -53,6 +66,9 @@ struct Child {
     stdio: [RawFd; 3],
     /// An fd to keep across exec, and the number it gets there.
     extra: Option<(RawFd, RawFd)>,
+    /// When the child shares orchd's fd table (CLONE_FILES): the first fd it does
+    /// not need, from which on it drops the table as it unshares it. 0: not shared.
+    unshare_from: RawFd,
     creds: Credentials,
     nofile: Option<libc::rlim_t>,
     parent: u32,
@@ -137,6 +153,17 @@ pub(super) fn start(
     stdio: [OwnedFd; 3],
     extra: Option<(BorrowedFd<'_>, RawFd)>,
 ) -> io::Result<u32> {
+    start_with(launch, stdio, extra, true)
+}
+
+/// [`start`], with the child sharing orchd's fd table (through the slots) or not
+/// (then it copies the table).
+pub(super) fn start_with(
+    launch: &Launch,
+    stdio: [OwnedFd; 3],
+    extra: Option<(BorrowedFd<'_>, RawFd)>,
+    share_fds: bool,
+) -> io::Result<u32> {
     let s = Strings::new(launch)?;
     let ptrs = |v: &[CString]| {
         let mut p: Vec<*const libc::c_char> = v.iter().map(|s| s.as_ptr()).collect();
@@ -153,7 +180,7 @@ pub(super) fn start(
             v
         })
         .collect();
-    let child = Child {
+    let mut child = Child {
         paths: s.paths.iter().map(|p| p.as_ptr()).collect(),
         argv: ptrs(&s.argv),
         sh_argvs,
@@ -165,37 +192,22 @@ pub(super) fn start(
             stdio[2].as_raw_fd(),
         ],
         extra: extra.map(|(fd, target)| (fd.as_raw_fd(), target)),
+        unshare_from: 0,
         creds: launch.creds,
         nofile: sys::original_nofile_soft_limit(),
         parent: std::process::id(),
         error: AtomicI32::new(0),
     };
-    let mut stack = vec![0u8; STACK];
-    // The stack grows down: its top, 16-byte aligned.
-    let top = (stack.as_mut_ptr() as usize + STACK) & !15;
-    // SAFETY: all signals are blocked while the child shares our memory (no handler
-    // runs on its stack or ours); `child_main` only makes system calls on `child`,
-    // which outlives it (CLONE_VFORK: clone returns once the child has exec'd or
-    // exited), as do `s`, `stdio` and `stack`.
-    let pid = unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let pid = libc::clone(
-            child_main,
-            top as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            &child as *const Child as *mut libc::c_void,
-        );
-        let clone_error = io::Error::last_os_error();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        if pid == -1 {
-            return Err(clone_error);
-        }
-        pid
-    };
-    drop(stack);
+    // One start at a time in the slots (unit tests start processes from several
+    // threads; orchd itself from its loop only).
+    let mut slots = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let placed = share_fds && slots.place(&mut child);
+    let result = clone_child(&child);
+    if placed {
+        slots.clear();
+    }
+    drop(slots);
+    let pid = result?;
     drop(stdio);
     match child.error.load(Ordering::SeqCst) {
         0 => Ok(pid as u32),
@@ -205,6 +217,161 @@ pub(super) fn start(
             // SAFETY: waitpid on our own child, writing into a local.
             unsafe { libc::waitpid(pid, &mut status, 0) };
             Err(io::Error::from_raw_os_error(errno))
+        }
+    }
+}
+
+/// Run `child_main` on `child` in a new process that borrows orchd's memory, and
+/// shares its fd table when `child.unshare_from` says so; its pid once it has
+/// exec'd or exited.
+fn clone_child(child: &Child) -> io::Result<libc::pid_t> {
+    let mut stack = vec![0u8; STACK];
+    // The stack grows down: its top, 16-byte aligned.
+    let top = (stack.as_mut_ptr() as usize + STACK) & !15;
+    let mut flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
+    if child.unshare_from > 0 {
+        flags |= libc::CLONE_FILES;
+    }
+    // SAFETY: all signals are blocked while the child shares our memory (no handler
+    // runs on its stack or ours); `child_main` only makes system calls on `child`,
+    // which outlives it (CLONE_VFORK: clone returns once the child has exec'd or
+    // exited), as do the strings and fds it points to and `stack`. With CLONE_FILES
+    // the child's first step is to unshare the fd table.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = libc::clone(
+            child_main,
+            top as *mut libc::c_void,
+            flags,
+            child as *const Child as *mut libc::c_void,
+        );
+        let clone_error = io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        if pid == -1 {
+            return Err(clone_error);
+        }
+        Ok(pid)
+    }
+}
+
+/// Reserve the fd slots now, while orchd has few fds (else the first start does).
+pub(super) fn reserve_slots() {
+    SLOTS.lock().unwrap_or_else(|e| e.into_inner()).ready();
+}
+
+/// The slots' fd numbers (none before the first start).
+#[cfg(test)]
+pub(super) fn slot_fds() -> Vec<RawFd> {
+    let slots = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+    match slots.null {
+        Some(_) => slots.fds.to_vec(),
+        None => Vec::new(),
+    }
+}
+
+/// How many fds a child may need: stdin, stdout, stderr and one extra.
+const SLOT_COUNT: usize = 4;
+
+/// Low fd numbers that orchd keeps open on `/dev/null` (never free, so no other fd
+/// of orchd's ever gets one of those numbers), where a start puts the child's fds
+/// for the clone, so that the child can drop all of orchd's fds above them (see the
+/// module doc).
+struct Slots {
+    /// `/dev/null`, what the slots hold between starts. `None`: not reserved yet.
+    null: Option<OwnedFd>,
+    fds: [RawFd; SLOT_COUNT],
+    /// Set when slots could not be reserved, or one could not be given back its
+    /// `/dev/null` (it may hold a child's fd for good): children copy the fd table.
+    broken: bool,
+}
+
+static SLOTS: Mutex<Slots> = Mutex::new(Slots {
+    null: None,
+    fds: [-1; SLOT_COUNT],
+    broken: false,
+});
+
+impl Slots {
+    /// Reserve the slots: the lowest free fd numbers from 3 up. Done at start-up
+    /// ([`reserve_slots`]) or the first start, while orchd has few fds.
+    fn reserve(&mut self) -> io::Result<()> {
+        let null: OwnedFd = std::fs::File::open("/dev/null")?.into();
+        for i in 0..SLOT_COUNT {
+            // SAFETY: F_DUPFD_CLOEXEC makes a new fd; on failure nothing changes.
+            let fd = unsafe { libc::fcntl(null.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+            if fd < 0 {
+                let e = io::Error::last_os_error();
+                for &fd in &self.fds[..i] {
+                    // SAFETY: closing the fds this loop made.
+                    unsafe { libc::close(fd) };
+                }
+                return Err(e);
+            }
+            self.fds[i] = fd;
+        }
+        self.null = Some(null);
+        Ok(())
+    }
+
+    /// Whether the slots can be used, reserving them if not done yet.
+    fn ready(&mut self) -> bool {
+        if self.null.is_none() && !self.broken {
+            if let Err(e) = self.reserve() {
+                log::warn!(
+                    "spawn: cannot reserve fds for starting processes ({e}); each child copies orchd's fd table"
+                );
+                self.broken = true;
+            }
+        }
+        !self.broken
+    }
+
+    /// Put `child`'s fds into the slots and have it share orchd's fd table; false
+    /// (the child then copies the table, as before) when that cannot be done.
+    fn place(&mut self, child: &mut Child) -> bool {
+        if !self.ready() {
+            return false;
+        }
+        let mut fds = [-1; SLOT_COUNT];
+        fds[..3].copy_from_slice(&child.stdio);
+        if let Some((fd, _)) = child.extra {
+            fds[3] = fd;
+        }
+        for (i, &fd) in fds.iter().enumerate() {
+            if fd < 0 {
+                continue;
+            }
+            // SAFETY: dup3 onto a slot orchd owns: it replaces the slot's /dev/null.
+            if unsafe { libc::dup3(fd, self.fds[i], libc::O_CLOEXEC) } < 0 {
+                self.clear();
+                return false;
+            }
+        }
+        child.stdio.copy_from_slice(&self.fds[..3]);
+        if let Some((_, target)) = child.extra {
+            child.extra = Some((self.fds[3], target));
+        }
+        child.unshare_from = self.fds.iter().max().map_or(0, |&m| m + 1);
+        true
+    }
+
+    /// Put `/dev/null` back into every slot (closing the child's fds there).
+    fn clear(&mut self) {
+        let Some(null) = &self.null else {
+            return;
+        };
+        for &slot in &self.fds {
+            // SAFETY: dup3 onto a slot orchd owns: it replaces what the slot holds.
+            if unsafe { libc::dup3(null.as_raw_fd(), slot, libc::O_CLOEXEC) } < 0 {
+                log::error!(
+                    "spawn: cannot reset fd {slot}: {}; children copy orchd's fd table from now on",
+                    io::Error::last_os_error()
+                );
+                self.broken = true;
+            }
         }
     }
 }
@@ -231,6 +398,20 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     let os_error = |e: io::Error| e.raw_os_error().unwrap_or(0);
     // SAFETY: plain system calls on values prepared by the parent.
     unsafe {
+        // orchd's fd table, shared until here: a copy of the fds below
+        // `unshare_from` becomes the child's own (all of it on kernels without
+        // close_range). Nothing before this may touch an fd.
+        if c.unshare_from > 0
+            && libc::syscall(
+                libc::SYS_close_range,
+                c.unshare_from as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_UNSHARE,
+            ) != 0
+            && libc::unshare(libc::CLONE_FILES) != 0
+        {
+            return fail(errno());
+        }
         // Signals as std's Command leaves them: handlers back to their defaults
         // (orchd's would run on borrowed memory), SIGPIPE no longer ignored, and
         // nothing blocked (below, just before exec).
