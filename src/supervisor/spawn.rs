@@ -23,7 +23,7 @@ use crate::sys;
 
 #[cfg(any(not(target_os = "linux"), test))]
 mod fork;
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests;
 #[cfg(target_os = "linux")]
 mod vfork;

@@ -201,11 +201,13 @@ pub(super) fn start_with(
     // One start at a time in the slots (unit tests start processes from several
     // threads; orchd itself from its loop only).
     let mut slots = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
-    let placed = share_fds && slots.place(&mut child);
+    let placed = if share_fds {
+        slots.place(&mut child)
+    } else {
+        0
+    };
     let result = clone_child(&child);
-    if placed {
-        slots.clear();
-    }
+    slots.clear(placed);
     drop(slots);
     let pid = result?;
     drop(stdio);
@@ -329,25 +331,27 @@ impl Slots {
         !self.broken
     }
 
-    /// Put `child`'s fds into the slots and have it share orchd's fd table; false
-    /// (the child then copies the table, as before) when that cannot be done.
-    fn place(&mut self, child: &mut Child) -> bool {
+    /// Put `child`'s fds into the slots and have it share orchd's fd table; how
+    /// many slots that took, 0 (the child then copies the table) when it cannot be
+    /// done.
+    fn place(&mut self, child: &mut Child) -> usize {
         if !self.ready() {
-            return false;
+            return 0;
         }
         let mut fds = [-1; SLOT_COUNT];
         fds[..3].copy_from_slice(&child.stdio);
-        if let Some((fd, _)) = child.extra {
-            fds[3] = fd;
-        }
-        for (i, &fd) in fds.iter().enumerate() {
-            if fd < 0 {
-                continue;
+        let used = match child.extra {
+            Some((fd, _)) => {
+                fds[3] = fd;
+                4
             }
+            None => 3,
+        };
+        for (i, &fd) in fds[..used].iter().enumerate() {
             // SAFETY: dup3 onto a slot orchd owns: it replaces the slot's /dev/null.
             if unsafe { libc::dup3(fd, self.fds[i], libc::O_CLOEXEC) } < 0 {
-                self.clear();
-                return false;
+                self.clear(i);
+                return 0;
             }
         }
         child.stdio.copy_from_slice(&self.fds[..3]);
@@ -355,15 +359,16 @@ impl Slots {
             child.extra = Some((self.fds[3], target));
         }
         child.unshare_from = self.fds.iter().max().map_or(0, |&m| m + 1);
-        true
+        used
     }
 
-    /// Put `/dev/null` back into every slot (closing the child's fds there).
-    fn clear(&mut self) {
+    /// Put `/dev/null` back into the first `used` slots (closing the child's fds
+    /// there).
+    fn clear(&mut self, used: usize) {
         let Some(null) = &self.null else {
             return;
         };
-        for &slot in &self.fds {
+        for &slot in &self.fds[..used] {
             // SAFETY: dup3 onto a slot orchd owns: it replaces what the slot holds.
             if unsafe { libc::dup3(null.as_raw_fd(), slot, libc::O_CLOEXEC) } < 0 {
                 log::error!(
