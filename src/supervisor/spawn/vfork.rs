@@ -43,10 +43,10 @@ use crate::sys;
 /// The child's stack: it only makes system calls.
 const STACK: usize = 64 * 1024;
 
+// The system calls that change credentials, with 32-bit ids on every architecture
+// (the plain ones take 16-bit ids on 32-bit x86 and ARM).
 #[cfg(not(any(target_arch = "x86", target_arch = "arm")))]
 use libc::{SYS_setgid as SYS_SETGID, SYS_setgroups as SYS_SETGROUPS, SYS_setuid as SYS_SETUID};
-/// The system calls that change credentials, with 32-bit ids on every architecture
-/// (the plain ones take 16-bit ids on 32-bit x86 and ARM).
 #[cfg(any(target_arch = "x86", target_arch = "arm"))]
 use libc::{
     SYS_setgid32 as SYS_SETGID, SYS_setgroups32 as SYS_SETGROUPS, SYS_setuid32 as SYS_SETUID,
