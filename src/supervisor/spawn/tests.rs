@@ -18,12 +18,23 @@ fn clone_copying_fds(
     stdio: [OwnedFd; 3],
     extra: Option<(BorrowedFd<'_>, RawFd)>,
 ) -> io::Result<u32> {
-    vfork::start_with(launch, stdio, extra, false)
+    vfork::start_with(launch, stdio, extra, vfork::FdTable::Copy)
 }
 
-const STARTS: [(&str, Start); 3] = [
+/// The clone spawn where the child cannot unshare the fd table it shares (a kernel
+/// without `close_range`, a seccomp filter): it is started again, copying it.
+fn clone_failing_to_unshare(
+    launch: &Launch,
+    stdio: [OwnedFd; 3],
+    extra: Option<(BorrowedFd<'_>, RawFd)>,
+) -> io::Result<u32> {
+    vfork::start_with(launch, stdio, extra, vfork::FdTable::ShareFailing)
+}
+
+const STARTS: [(&str, Start); 4] = [
     ("clone", vfork::start),
     ("clone, fds copied", clone_copying_fds),
+    ("clone, unshare failing", clone_failing_to_unshare),
     ("fork", fork::start),
 ];
 
@@ -132,9 +143,10 @@ fn observe(start: Start) -> Seen {
 
 #[test]
 fn a_process_starts_as_std_command_would_start_it() {
-    let [clone, copying, fork] = STARTS.map(|(_, start)| observe(start));
+    let [clone, copying, retried, fork] = STARTS.map(|(_, start)| observe(start));
     assert_eq!(clone, fork);
     assert_eq!(copying, fork);
+    assert_eq!(retried, fork);
     assert_eq!(clone.stdout, "hello A=1 B=unset C=3 /\n");
     assert_eq!(clone.stderr, "err\n");
     assert_eq!(clone.channel, "channel\n");

@@ -25,16 +25,16 @@
 //! at once with `close_range(N, ~0, CLOSE_RANGE_UNSHARE)`, which copies only the fds
 //! below N. For that its own fds must be below N: orchd keeps a few low fd numbers
 //! open on `/dev/null` ([`Slots`]), puts the child's fds there for the clone and
-//! `/dev/null` back afterwards. Where this cannot be done (slots not reserved,
-//! `close_range` missing: Linux < 5.9) the child copies the whole table, as `fork`
-//! does.
+//! `/dev/null` back afterwards. Where this cannot be done (slots not reserved, or
+//! `close_range` refused: Linux < 5.9, a seccomp filter) children copy the whole
+//! table, as `fork` does: the first start that finds out is retried that way.
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Mutex;
 
 use super::{Credentials, Launch};
@@ -69,6 +69,10 @@ struct Child {
     /// When the child shares orchd's fd table (CLONE_FILES): the first fd it does
     /// not need, from which on it drops the table as it unshares it. 0: not shared.
     unshare_from: RawFd,
+    /// `close_range`'s flags for that: CLOSE_RANGE_UNSHARE (the tests make it fail).
+    unshare_flags: libc::c_uint,
+    /// Set by the child when that `close_range` failed (then it exits at once).
+    unshare_failed: AtomicBool,
     creds: Credentials,
     nofile: Option<libc::rlim_t>,
     parent: u32,
@@ -153,16 +157,27 @@ pub(super) fn start(
     stdio: [OwnedFd; 3],
     extra: Option<(BorrowedFd<'_>, RawFd)>,
 ) -> io::Result<u32> {
-    start_with(launch, stdio, extra, true)
+    start_with(launch, stdio, extra, FdTable::Share)
 }
 
-/// [`start`], with the child sharing orchd's fd table (through the slots) or not
-/// (then it copies the table).
+/// How a child gets its fd table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum FdTable {
+    /// Shared, then unshared below the slots (see the module doc) where possible.
+    Share,
+    /// Copied, as by `fork`.
+    Copy,
+    /// As `Share`, with a `close_range` that fails (tests of the retry).
+    #[cfg(test)]
+    ShareFailing,
+}
+
+/// [`start`], with the child's fd table as `fds` says.
 pub(super) fn start_with(
     launch: &Launch,
     stdio: [OwnedFd; 3],
     extra: Option<(BorrowedFd<'_>, RawFd)>,
-    share_fds: bool,
+    fds: FdTable,
 ) -> io::Result<u32> {
     let s = Strings::new(launch)?;
     let ptrs = |v: &[CString]| {
@@ -193,6 +208,8 @@ pub(super) fn start_with(
         ],
         extra: extra.map(|(fd, target)| (fd.as_raw_fd(), target)),
         unshare_from: 0,
+        unshare_flags: libc::CLOSE_RANGE_UNSHARE,
+        unshare_failed: AtomicBool::new(false),
         creds: launch.creds,
         nofile: sys::original_nofile_soft_limit(),
         parent: std::process::id(),
@@ -201,15 +218,34 @@ pub(super) fn start_with(
     // One start at a time in the slots (unit tests start processes from several
     // threads; orchd itself from its loop only).
     let mut slots = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
-    let placed = if share_fds {
-        slots.place(&mut child)
-    } else {
+    #[cfg(test)]
+    if fds == FdTable::ShareFailing {
+        child.unshare_flags = 1 << 31;
+    }
+    let placed = if fds == FdTable::Copy {
         0
+    } else {
+        slots.place(&mut child)
     };
     let result = clone_child(&child);
     slots.clear(placed);
-    drop(slots);
     let pid = result?;
+    if child.unshare_failed.load(Ordering::SeqCst) {
+        // It has exited without touching anything: again, copying the table.
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, writing into a local.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        if fds == FdTable::Share {
+            log::warn!(
+                "spawn: close_range(CLOSE_RANGE_UNSHARE) failed ({}); each child copies orchd's fd table from now on",
+                io::Error::from_raw_os_error(child.error.load(Ordering::SeqCst))
+            );
+            slots.broken = true;
+        }
+        drop(slots);
+        return start_with(launch, stdio, extra, FdTable::Copy);
+    }
+    drop(slots);
     drop(stdio);
     match child.error.load(Ordering::SeqCst) {
         0 => Ok(pid as u32),
@@ -404,17 +440,17 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: plain system calls on values prepared by the parent.
     unsafe {
         // orchd's fd table, shared until here: a copy of the fds below
-        // `unshare_from` becomes the child's own (all of it on kernels without
-        // close_range). Nothing before this may touch an fd.
+        // `unshare_from` becomes the child's own. Nothing before this may touch an
+        // fd; when it fails, the parent starts the process again without sharing.
         if c.unshare_from > 0
             && libc::syscall(
                 libc::SYS_close_range,
                 c.unshare_from as libc::c_uint,
                 libc::c_uint::MAX,
-                libc::CLOSE_RANGE_UNSHARE,
+                c.unshare_flags,
             ) != 0
-            && libc::unshare(libc::CLONE_FILES) != 0
         {
+            c.unshare_failed.store(true, Ordering::SeqCst);
             return fail(errno());
         }
         // Signals as std's Command leaves them: handlers back to their defaults
