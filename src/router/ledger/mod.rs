@@ -123,10 +123,15 @@ enum Pin {
 struct Msg {
     client: usize,
     client_id: u64,
-    /// Position in the client's reorder buffer (ordered routes).
+    /// Position in the client's reorder buffer (ordered routes): of its first
+    /// unanswered line when it is a run.
     seq: Option<u64>,
-    /// The message with its trailing `\n`.
+    /// The message with its trailing `\n`; a run's lines one after another (the
+    /// unanswered ones are the last `count`).
     payload: payload::Payload,
+    /// Messages this entry stands for: 1, or a run of consecutive lines of one
+    /// client for one instance, in flight together (see `place.rs`, "Runs").
+    count: u32,
     pool: usize,
     pin: Pin,
     timeout: Option<Duration>,
@@ -197,7 +202,10 @@ struct Inst {
     index: u32,
     label: String,
     view: InstanceView,
+    /// Its in-flight entries, oldest first (a run is one entry).
     inflight: VecDeque<usize>,
+    /// Messages in flight: the entries' counts added up.
+    inflight_n: usize,
     backlog: VecDeque<usize>,
     answered: u64,
     /// When the oldest in-flight message's `timeout` clock started.
@@ -244,6 +252,7 @@ struct Client {
 }
 
 /// A reply on its way to a client.
+#[derive(Clone)]
 enum Reply<'a> {
     /// A worker's reply line (without `\n`).
     Line(&'a [u8]),
@@ -330,6 +339,8 @@ struct Run {
     inst: usize,
     /// More messages it may take in this run.
     left: usize,
+    /// Its in-flight entry the next lines may join (see `place.rs`, "Runs").
+    msg: Option<usize>,
 }
 
 mod events;
@@ -366,7 +377,7 @@ impl Ledger {
     pub fn instance_counts(&self, k: usize) -> (usize, u64) {
         self.instances
             .get(k)
-            .map(|i| (i.inflight.len(), i.answered))
+            .map(|i| (i.inflight_n, i.answered))
             .unwrap_or((0, 0))
     }
 
@@ -456,7 +467,7 @@ impl Ledger {
                 assert_eq!(self.msgs[m].pool, pk, "message {m} queued in another pool");
                 seen[m] += 1;
             }
-            waiting[pk] += p.queue.len();
+            waiting[pk] += p.queue.iter().map(|&m| self.msgs[m].count as usize).sum::<usize>();
         }
         for (_, i) in self.instances.iter() {
             if let Some(p) = &i.probe {
@@ -470,6 +481,11 @@ impl Ledger {
                 assert!(self.msgs.contains(m), "stale message {m} at {}", i.label);
                 assert_eq!(self.msgs[m].pool, i.pool, "message {m} at {}", i.label);
                 seen[m] += 1;
+            }
+            let n: usize = i.inflight.iter().map(|&m| self.msgs[m].count as usize).sum();
+            assert_eq!(i.inflight_n, n, "{}: messages in flight", i.label);
+            for &m in &i.backlog {
+                assert_eq!(self.msgs[m].count, 1, "a run waits at {}", i.label);
             }
             if let Some(w) = waiting.get_mut(i.pool) {
                 *w += i.backlog.len();
@@ -490,9 +506,20 @@ impl Ledger {
                 self.pools.get(msg.pool).is_some(),
                 "message {m} of an unknown pool"
             );
-            bytes[msg.pool] += msg.payload.len();
+            bytes[msg.pool] += msg.payload.retained();
+            assert!(msg.count >= 1, "message {m} stands for nothing");
+            if msg.count > 1 {
+                assert!(
+                    matches!(msg.pin, Pin::Any(_)) && msg.gather.is_none() && msg.failures == 0,
+                    "run {m} is not a fresh round-robin or least-busy message"
+                );
+            }
             match msg.gather {
-                None => count(msg.client, msg.client_id),
+                None => {
+                    for _ in 0..msg.count {
+                        count(msg.client, msg.client_id);
+                    }
+                }
                 Some((g, pos)) => {
                     assert!(
                         self.gathers[g].replies[pos].is_none(),
