@@ -46,6 +46,12 @@ impl<T> Reorder<T> {
         self.base + self.slots.len() as u64 - 1
     }
 
+    /// Reserve the next `n` positions.
+    pub fn reserve_n(&mut self, n: usize) {
+        self.slots
+            .extend(std::iter::repeat_with(|| Slot::Open).take(n));
+    }
+
     /// The sequence number the next [`Reorder::reserve`] will return.
     pub fn next_seq(&self) -> u64 {
         self.base + self.slots.len() as u64

@@ -577,11 +577,23 @@ impl Ledger {
         out: &mut Actions,
     ) -> usize {
         let mut left = memchr::memchr_iter(b'\n', chunk).count();
+        self.run_lines = left;
+        let bulk = self.bulk_client(c);
         let mut taken = 0;
-        for line in lines(chunk) {
+        while taken < chunk.len() {
             if !self.client_can_read(c) {
                 break;
             }
+            let rest = &chunk[taken..];
+            if bulk {
+                let (bytes, n) = self.join_block(c, rest, now, out);
+                if n > 0 {
+                    taken += bytes;
+                    left = left.saturating_sub(n);
+                    continue;
+                }
+            }
+            let line = &rest[..memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1)];
             self.run_budget = left;
             left = left.saturating_sub(1);
             taken += line.len();
@@ -592,6 +604,7 @@ impl Ledger {
             }
         }
         self.run_budget = 0;
+        self.run_lines = 0;
         self.run = None;
         self.check();
         taken

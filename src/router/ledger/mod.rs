@@ -38,6 +38,7 @@
 //!   `max_outstanding` messages and `max_client_out` bytes of replies pending.
 
 mod api;
+mod bulk;
 mod payload;
 #[cfg(test)]
 mod tests;
@@ -326,6 +327,8 @@ pub struct Ledger {
     /// Lines of the chunk being submitted ([`Ledger::client_lines`]) from the current
     /// one on; 0 outside it.
     run_budget: usize,
+    /// Lines of that chunk, all of them.
+    run_lines: usize,
     /// The instance that takes the next messages of that chunk without a new choice.
     run: Option<Run>,
 }
@@ -370,7 +373,7 @@ impl Ledger {
 
     /// Messages that exist (waiting or in flight), broadcast copies counted apiece.
     pub fn message_count(&self) -> usize {
-        self.msgs.len()
+        self.msgs.iter().map(|(_, m)| m.count as usize).sum()
     }
 
     /// (in flight, answered) of an instance.
@@ -467,7 +470,11 @@ impl Ledger {
                 assert_eq!(self.msgs[m].pool, pk, "message {m} queued in another pool");
                 seen[m] += 1;
             }
-            waiting[pk] += p.queue.iter().map(|&m| self.msgs[m].count as usize).sum::<usize>();
+            waiting[pk] += p
+                .queue
+                .iter()
+                .map(|&m| self.msgs[m].count as usize)
+                .sum::<usize>();
         }
         for (_, i) in self.instances.iter() {
             if let Some(p) = &i.probe {
@@ -482,7 +489,11 @@ impl Ledger {
                 assert_eq!(self.msgs[m].pool, i.pool, "message {m} at {}", i.label);
                 seen[m] += 1;
             }
-            let n: usize = i.inflight.iter().map(|&m| self.msgs[m].count as usize).sum();
+            let n: usize = i
+                .inflight
+                .iter()
+                .map(|&m| self.msgs[m].count as usize)
+                .sum();
             assert_eq!(i.inflight_n, n, "{}: messages in flight", i.label);
             for &m in &i.backlog {
                 assert_eq!(self.msgs[m].count, 1, "a run waits at {}", i.label);

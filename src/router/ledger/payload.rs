@@ -10,11 +10,17 @@ const INLINE: usize = 94;
 
 #[derive(Clone)]
 pub(super) enum Payload {
-    Inline { len: u8, buf: [u8; INLINE] },
+    Inline {
+        len: u8,
+        buf: [u8; INLINE],
+    },
     Heap(Box<[u8]>),
     /// The lines of a run, one after another, from `start` on (the lines before
     /// it were split off and went their own way; the buffer still holds them).
-    Run { buf: Vec<u8>, start: usize },
+    Run {
+        buf: Vec<u8>,
+        start: usize,
+    },
 }
 
 impl Payload {
@@ -36,14 +42,27 @@ impl Payload {
 
     /// Append `line` and its `\n` (a run grows by one message).
     pub(super) fn push_line(&mut self, line: &[u8]) {
+        let buf = self.run_buf(line.len() + 1);
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
+    }
+
+    /// Append whole lines (each ending in `\n`).
+    pub(super) fn push_lines(&mut self, lines: &[u8]) {
+        debug_assert!(lines.is_empty() || lines.ends_with(b"\n"));
+        self.run_buf(lines.len()).extend_from_slice(lines);
+    }
+
+    /// Its buffer as a run's, made one if it is not yet, with room for `more`.
+    fn run_buf(&mut self, more: usize) -> &mut Vec<u8> {
         if !self.is_run() {
-            let mut buf = Vec::with_capacity((self.len() + line.len() + 1) * 8);
+            let mut buf = Vec::with_capacity((self.len() + more) * 8);
             buf.extend_from_slice(self);
             *self = Payload::Run { buf, start: 0 };
         }
-        if let Payload::Run { buf, .. } = self {
-            buf.extend_from_slice(line);
-            buf.push(b'\n');
+        match self {
+            Payload::Run { buf, .. } => buf,
+            _ => unreachable!("made a run above"),
         }
     }
 

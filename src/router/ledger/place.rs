@@ -90,10 +90,7 @@ impl Ledger {
                     None => Placement::Fail("instance removed"),
                     Some(k) => {
                         let i = &self.instances[k];
-                        if i.view.is_live()
-                            && i.inflight_n < i.room(max)
-                            && i.backlog.is_empty()
-                        {
+                        if i.view.is_live() && i.inflight_n < i.room(max) && i.backlog.is_empty() {
                             Placement::Assign(k)
                         } else {
                             Placement::Backlog(k)
@@ -162,12 +159,15 @@ impl Ledger {
 
     /// A chunk of lines is being submitted and round-robin or least-busy just chose
     /// instance `k`: the next lines of the chunk go to it too, up to its share of
-    /// the chunk (the lines left over the candidates), without choosing again. Lines
+    /// the chunk (its lines over the candidates), without choosing again. Lines
     /// sent one at a time still rotate strictly.
     fn run_start(&mut self, pool: usize, strategy: Strategy, k: usize) {
         self.run = None;
         if self.run_budget > 1 {
-            let share = self.run_budget.div_ceil(self.cands.len().max(1));
+            let share = self
+                .run_lines
+                .div_ceil(self.cands.len().max(1))
+                .clamp(1, self.run_budget);
             self.run = Some(super::Run {
                 pool,
                 strategy,
@@ -243,7 +243,10 @@ impl Ledger {
         };
         let next = joinable(msg, c, client_id, seq, s, terms);
         let open = self.instances.get(k).is_some_and(|i| {
-            i.inflight.back() == Some(&m) && i.probe.is_none() && i.view.writable
+            // Last in flight, and behind the probe if there is one.
+            i.inflight.back() == Some(&m)
+                && i.probe.is_none_or(|p| p.ahead < i.inflight.len())
+                && i.view.writable
         }) && self.proto.get(k).is_none()
             && self.pools[pool].queue.is_empty();
         if !(next && open) || self.run_next(pool, s) != Some(k) {
@@ -326,9 +329,8 @@ impl Ledger {
         let mut kept = 0;
         let mut singles = Vec::with_capacity(live.len());
         for (i, line) in live.iter().enumerate() {
-            let payload = super::payload::Payload::with_newline(
-                line.strip_suffix(b"\n").unwrap_or(line),
-            );
+            let payload =
+                super::payload::Payload::with_newline(line.strip_suffix(b"\n").unwrap_or(line));
             kept += payload.len();
             singles.push(self.msgs.insert(Msg {
                 seq: run.seq.map(|s| s + i as u64),
@@ -606,11 +608,43 @@ impl Ledger {
         }
         self.pools[pool].waiting += again.len();
         self.rehome_backlog(k, now, out);
-        for m in again.into_iter().rev() {
-            self.place(m, true, now, out);
-        }
+        self.place_again(pool, again, now, out);
         self.pool_changed(pool, now, out);
         self.pool_pump(pool, now, out);
+    }
+
+    /// Messages taken back from an instance (already counted as waiting), in their
+    /// original order, ahead of everything waiting: those free to go anywhere are
+    /// written at once while some instance has room, in order, and the rest wait at
+    /// the front of the queue in order; pinned ones go to their instances' backlogs.
+    pub(super) fn place_again(
+        &mut self,
+        pool: usize,
+        again: Vec<usize>,
+        now: Instant,
+        out: &mut Actions,
+    ) {
+        let (any, pinned): (Vec<usize>, Vec<usize>) = again
+            .into_iter()
+            .partition(|&m| matches!(self.msgs[m].pin, Pin::Any(_)));
+        for m in pinned.into_iter().rev() {
+            self.place(m, true, now, out);
+        }
+        let mut wait = Vec::new();
+        for m in any {
+            if wait.is_empty() {
+                if let Placement::Assign(k) = self.placement(m) {
+                    self.pools[pool].waiting -= 1;
+                    self.assign(m, k, now, out);
+                    continue;
+                }
+            }
+            wait.push(m);
+        }
+        for m in wait.into_iter().rev() {
+            self.pools[pool].queue.push_front(m);
+            self.arm_expiry_for(pool, m, out);
+        }
     }
 
     /// Backlog messages that are not pinned to this very slot go elsewhere;
@@ -915,7 +949,7 @@ impl Ledger {
 /// Line `seq` of client `c` (`client_id`), routed by strategy `s` on `terms`, may
 /// join `msg` as the next line of its run: fresh, same client, route and terms, and
 /// the next sequence number.
-fn joinable(
+pub(super) fn joinable(
     msg: &Msg,
     c: usize,
     client_id: u64,
@@ -942,8 +976,8 @@ fn joinable(
 /// A run stops growing at this many lines or bytes: its buffer stays small enough to
 /// be reused by the allocator instead of mapped and unmapped, and a queued run is
 /// handed out in parts anyway.
-const RUN_MAX_LINES: usize = 256;
-const RUN_MAX_BYTES: usize = 32 << 10;
+pub(super) const RUN_MAX_LINES: usize = 256;
+pub(super) const RUN_MAX_BYTES: usize = 32 << 10;
 
 /// The fields of a run for the single messages it is split into.
 fn run_fields(run: &Msg) -> Msg {

@@ -235,9 +235,7 @@ impl Ledger {
             }
         }
         self.pools[pool].waiting += again.len();
-        for m in again.into_iter().rev() {
-            self.place(m, true, now, out);
-        }
+        self.place_again(pool, again, now, out);
         if let Some(at) = self.tagged_deadline(k) {
             self.arm_deadline_at(k, at, out);
         }
