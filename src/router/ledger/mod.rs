@@ -25,11 +25,25 @@
 //! flight is the pool's `max_inflight`, or with `"auto"` its own adaptive window
 //! (`window.rs`), sized from how quickly its replies come back.
 //!
+//! Runs: an entry (`Msg`) stands for `count` consecutive messages of one client,
+//! fresh, on one round-robin or least-busy rule, with consecutive sequence numbers
+//! and their lines in one buffer. A run forms in flight (the next lines of a chunk
+//! for the instance just chosen join its entry) and in a pool queue (a line queued
+//! behind the same client's run joins it); `bulk.rs` joins a read's lines in one
+//! step. The pump hands a queued run out whole or its head, up to the instance's
+//! room. Replies answer a run's lines in order, those read together going to the
+//! client in one piece; at a death or timeout a run is split back into single
+//! messages before redelivery (`place.rs`, `split_run`), so attempts and order stay
+//! per message. Runs only go to `lines` workers; hash, broadcast, redelivered and
+//! `tagged`/`node` messages are single entries.
+//!
 //! Invariants (checked after every event in debug builds, [`Ledger::check`]):
-//! - every message is in exactly one place: a pool queue, an instance backlog, or an
-//!   instance's in-flight FIFO;
-//! - a pool's `waiting` = its queue length + the backlogs of its instances, and its
-//!   `bytes` = the payloads of its messages;
+//! - every entry is in exactly one place: a pool queue, an instance backlog (never a
+//!   run), or an instance's in-flight FIFO; an instance's `inflight_n` counts the
+//!   messages of its entries;
+//! - a pool's `waiting` = the messages in its queue + the backlogs of its
+//!   instances, and its `bytes` = the bytes its entries retain (a run's whole
+//!   buffer, lines already answered or split off included);
 //! - a client gets exactly one reply line per message (a broadcast: one per instance
 //!   it was sent to), in sending order when the route is `ordered`; its `outstanding`
 //!   counts the messages (and broadcasts) still without one;
