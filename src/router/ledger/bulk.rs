@@ -34,12 +34,13 @@ impl Ledger {
 
     /// Join the complete lines at the start of `rest` (a client's read, from the
     /// next line on) to the run they would join one by one; returns the bytes and
-    /// lines taken (0 when the next line must go through `submit`). Only for a
-    /// [`Ledger::bulk_client`].
+    /// lines taken (0 when the next line must go through `submit`). `lines`: the
+    /// complete lines in `rest`. Only for a [`Ledger::bulk_client`].
     pub(super) fn join_block(
         &mut self,
         c: usize,
         rest: &[u8],
+        lines: usize,
         now: Instant,
         out: &mut Actions,
     ) -> (usize, usize) {
@@ -113,21 +114,37 @@ impl Ledger {
         }
         // The lines, while each would still be taken: no `\r` to strip, and the
         // byte budgets had room before it (as `submit` checks them).
-        let (mut end, mut n) = (0, 0);
-        let (mut pool_bytes, mut run_bytes) = (p.bytes, msg.payload.len());
-        for nl in memchr::memchr_iter(b'\n', rest) {
-            if n == room
-                || pool_bytes >= self.limits.pool_max_bytes
-                || run_bytes >= super::place::RUN_MAX_BYTES
-                || (nl > end && rest[nl - 1] == b'\r')
-            {
-                break;
+        // The run holds at most RUN_MAX_BYTES: whole lines up to there.
+        let cap = super::place::RUN_MAX_BYTES.saturating_sub(msg.payload.len());
+        let within = &rest[..cap.min(rest.len())];
+        let all = memchr::memrchr(b'\n', within).map_or(0, |i| i + 1);
+        let all_lines = if within.len() == rest.len() {
+            lines
+        } else {
+            memchr::memchr_iter(b'\n', &rest[..all]).count()
+        };
+        let (end, n) = if all_lines <= room
+            && p.bytes + all < self.limits.pool_max_bytes
+            && memchr::memchr(b'\r', &rest[..all]).is_none()
+        {
+            // The common case: every line that fits, found without a look at each.
+            (all, all_lines)
+        } else {
+            let (mut end, mut n) = (0, 0);
+            let mut pool_bytes = p.bytes;
+            for nl in memchr::memchr_iter(b'\n', &rest[..all]) {
+                if n == room
+                    || pool_bytes >= self.limits.pool_max_bytes
+                    || (nl > end && rest[nl - 1] == b'\r')
+                {
+                    break;
+                }
+                pool_bytes += nl + 1 - end;
+                end = nl + 1;
+                n += 1;
             }
-            pool_bytes += nl + 1 - end;
-            run_bytes += nl + 1 - end;
-            end = nl + 1;
-            n += 1;
-        }
+            (end, n)
+        };
         if n == 0 {
             return (0, 0);
         }
@@ -139,7 +156,7 @@ impl Ledger {
         }
         let msg = &mut self.msgs[m];
         msg.count += n as u32;
-        msg.payload.push_lines(block);
+        msg.payload.push_lines(block, super::place::RUN_MAX_BYTES);
         let p = &mut self.pools[pool];
         p.bytes += end;
         match target {

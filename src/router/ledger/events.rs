@@ -281,20 +281,28 @@ impl Ledger {
     /// A chunk of complete reply lines (each ending in `\n`) of an instance.
     /// The replies to a run's lines go to its client in one piece.
     pub fn worker_output(&mut self, k: usize, chunk: &[u8], now: Instant, out: &mut Actions) {
-        self.time_replies(k, memchr::memchr_iter(b'\n', chunk).count(), now);
+        let mut lines_left = memchr::memchr_iter(b'\n', chunk).count();
+        self.time_replies(k, lines_left, now);
         let mut rest = chunk;
         while !rest.is_empty() {
             if let Some(n) = self.run_at_head(k) {
-                let (end, j) = first_lines(rest, n);
+                // All that is left answers the run: no need to find each line.
+                let (end, j) = if lines_left <= n && rest.ends_with(b"\n") {
+                    (rest.len(), lines_left)
+                } else {
+                    first_lines(rest, n)
+                };
                 if j > 1 {
                     self.run_replies(k, &rest[..end], j, now, out);
                     rest = &rest[end..];
+                    lines_left -= j;
                     continue;
                 }
             }
             let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
             let line = &rest[..end];
             rest = &rest[end..];
+            lines_left = lines_left.saturating_sub(1);
             let line = line.strip_suffix(b"\n").unwrap_or(line);
             self.reply_one(k, Ok(line), now, out);
         }
@@ -586,7 +594,7 @@ impl Ledger {
             }
             let rest = &chunk[taken..];
             if bulk {
-                let (bytes, n) = self.join_block(c, rest, now, out);
+                let (bytes, n) = self.join_block(c, rest, left, now, out);
                 if n > 0 {
                     taken += bytes;
                     left = left.saturating_sub(n);

@@ -47,16 +47,24 @@ impl Payload {
         buf.push(b'\n');
     }
 
-    /// Append whole lines (each ending in `\n`).
-    pub(super) fn push_lines(&mut self, lines: &[u8]) {
+    /// Append whole lines (each ending in `\n`); `cap`: the most the run will hold
+    /// (its buffer is made that large at once instead of growing by copies).
+    pub(super) fn push_lines(&mut self, lines: &[u8], cap: usize) {
         debug_assert!(lines.is_empty() || lines.ends_with(b"\n"));
-        self.run_buf(lines.len()).extend_from_slice(lines);
+        let want = self.len() + lines.len();
+        let buf = self.run_buf(lines.len());
+        if buf.capacity() < want {
+            buf.reserve_exact(cap.max(want) - buf.len());
+        }
+        buf.extend_from_slice(lines);
     }
 
     /// Its buffer as a run's, made one if it is not yet, with room for `more`.
     fn run_buf(&mut self, more: usize) -> &mut Vec<u8> {
         if !self.is_run() {
-            let mut buf = Vec::with_capacity((self.len() + more) * 8);
+            // Room for a few more short lines; a block gets what it needs.
+            let want = self.len() + more;
+            let mut buf = Vec::with_capacity(if want < 512 { want * 8 } else { want });
             buf.extend_from_slice(self);
             *self = Payload::Run { buf, start: 0 };
         }

@@ -973,11 +973,11 @@ pub(super) fn joinable(
         && msg.payload.len() < RUN_MAX_BYTES
 }
 
-/// A run stops growing at this many lines or bytes: its buffer stays small enough to
-/// be reused by the allocator instead of mapped and unmapped, and a queued run is
-/// handed out in parts anyway.
-pub(super) const RUN_MAX_LINES: usize = 256;
-pub(super) const RUN_MAX_BYTES: usize = 32 << 10;
+/// A run stops growing at this many lines, or once it holds this many bytes (a
+/// queued run is handed out in parts anyway; a bounded buffer is reused by the
+/// allocator rather than mapped and unmapped).
+pub(super) const RUN_MAX_LINES: usize = 4096;
+pub(super) const RUN_MAX_BYTES: usize = 64 << 10;
 
 /// The fields of a run for the single messages it is split into.
 fn run_fields(run: &Msg) -> Msg {

@@ -163,3 +163,39 @@ fn shutdown_answers_every_line_of_a_run() {
     assert_eq!(h.client(1), want);
     assert!(h.l.is_idle());
 }
+
+#[test]
+fn a_read_joins_whole_lines_up_to_the_run_cap_and_crlf_lines_go_one_by_one() {
+    let mut h = H::new(1, 4, 100_000, rule(Strategy::RoundRobin));
+    h.lines(1, &text(0..4, ""));
+    // 5,000 lines of 21 bytes queue behind the full instance: about 105 KB, so
+    // more than one run (a run stops growing at RUN_MAX_BYTES); one ends in \r\n.
+    let mut read: String = (4..5004).map(|i| format!("m{i:0>19}\n")).collect();
+    read.insert(21 * 10 + 20, '\r');
+    h.lines(1, &read);
+    assert_eq!(h.l.pool_waiting(POOL), 5000);
+    let queued: Vec<usize> = h.l.pools[POOL]
+        .queue
+        .iter()
+        .map(|&m| h.l.msgs[m].payload.retained())
+        .collect();
+    assert!(queued.len() >= 2, "{queued:?}");
+    assert!(
+        queued
+            .iter()
+            .all(|&b| b <= super::super::place::RUN_MAX_BYTES + 21),
+        "a run stops growing once it holds RUN_MAX_BYTES: {queued:?}"
+    );
+    let mut rounds = 0;
+    while !h.l.is_idle() {
+        h.echo_all(0);
+        rounds += 1;
+        assert!(rounds < 2000, "does not drain");
+    }
+    let want: String = text(0..4, "!")
+        + &(4..5004)
+            .map(|i| format!("m{i:0>19}!\n"))
+            .collect::<String>();
+    assert_eq!(h.client(1), want, "every line, in order, \\r stripped");
+    assert_eq!(h.l.pool_bytes(POOL), 0);
+}
