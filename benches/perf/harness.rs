@@ -200,6 +200,12 @@ impl Orchd {
         self.child.id() as i32
     }
 
+    /// CPU time (user + system) orchd has used so far; it can still be read after
+    /// orchd exited, until it is waited for.
+    pub fn cpu(&self) -> Result<Duration> {
+        cpu_time(self.pid())
+    }
+
     pub fn stdout(&mut self) -> Option<std::process::ChildStdout> {
         self.child.stdout.take()
     }
@@ -305,6 +311,24 @@ fn status_field(status: &str, field: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// User plus system CPU time of every thread of PID (fields 14 and 15 of
+/// /proc/PID/stat, in clock ticks).
+pub fn cpu_time(pid: i32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("read /proc/{pid}/stat: {e}"))?;
+    // The command name (field 2) may hold spaces: count fields after its `)`.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let field = |i: usize| -> Option<u64> { rest.split_whitespace().nth(i)?.parse().ok() };
+    // `rest` starts at field 3: utime is field 14, stime field 15.
+    let ticks = field(11)
+        .zip(field(12))
+        .map(|(u, s)| u + s)
+        .ok_or_else(|| format!("/proc/{pid}/stat: no utime/stime"))?;
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
 }
 
 /// Voluntary plus involuntary context switches of every thread of PID.
