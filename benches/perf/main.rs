@@ -186,7 +186,12 @@ fn throughput_rows(bench: &Bench, o: &Options, t: &mut Table) {
         let batch = run.as_ref().map(|r| rate(r.time)).map_err(Clone::clone);
         t.compare("batch, 4 `cat`", &batch, &cat, Better::Higher, Some(0.40));
         t.compare("batch, 4 `cat`", &batch, &node, Better::Higher, Some(50.0));
-        t.limit("batch, 4 `cat`: orchd CPU per 1 M lines", &cpu(&run), None, "");
+        t.limit(
+            "batch, 4 `cat`: orchd CPU per 1 M lines",
+            &cpu(&run),
+            None,
+            "",
+        );
         if node.is_some() {
             // Issue 11: the same worker file as the Node parent's, orchd as its parent.
             let nodes = throughput::node_pool(bench, "stdin", window);
