@@ -256,6 +256,11 @@ impl LineBuf {
         }
     }
 
+    /// Whether reads have grown to [`READ_CHUNK`] (a stream carrying bulk data).
+    pub fn bulk(&self) -> bool {
+        self.chunk == READ_CHUNK
+    }
+
     /// Release memory held by a large, now empty buffer.
     pub fn shrink(&mut self) {
         if self.pos == self.end && self.buf.len() > 4 * READ_CHUNK {

@@ -55,8 +55,9 @@ const TAGGED_POOL: usize = 2;
 /// ready later (an `Op::Ready`); until then they take probes, not messages.
 const GATED_POOL: usize = 1;
 /// Client keys and their listeners: 0 and 1 ordered routes, 2 unordered, 3 broadcast,
-/// 4 a listener without rules.
-const CLIENT_LISTENER: [usize; 5] = [0, 0, 1, 3, 2];
+/// 4 a listener without rules, 5 and 6 listeners whose one rule takes every line
+/// (ordered round-robin, unordered least-busy: their lines join runs en bloc).
+const CLIENT_LISTENER: [usize; 7] = [0, 0, 1, 3, 2, 4, 5];
 
 fn pattern(re: &str) -> Option<Pattern> {
     Some(Pattern(regex::bytes::Regex::new(re).expect("test regex")))
@@ -93,6 +94,9 @@ fn rules() -> Vec<Rule> {
         rule(1, 0, "", Route::LeastBusy, 0, 1, false),
         // Listener 3: broadcast, ordered.
         rule(3, 1, "", Route::Broadcast, 2500, 1, true),
+        // Listeners 4 and 5: every line to pool 0.
+        rule(4, 0, "", Route::RoundRobin, 3000, 2, true),
+        rule(5, 0, "", Route::LeastBusy, 0, 1, false),
     ]
 }
 
@@ -840,7 +844,7 @@ fn check_session(c: usize, listener: usize, sent: &[Vec<u8>], got: &[Vec<u8>]) {
     };
     match listener {
         // Ordered unicast: reply i belongs to message i.
-        0 => {
+        0 | 4 => {
             assert_eq!(got.len(), sent.len(), "one reply per message: {}", ctx());
             for (i, (m, r)) in sent.iter().zip(got).enumerate() {
                 if is_error(r) {
@@ -851,7 +855,7 @@ fn check_session(c: usize, listener: usize, sent: &[Vec<u8>], got: &[Vec<u8>]) {
             }
         }
         // Unordered: each message exactly once, errors make up the rest.
-        1 => {
+        1 | 5 => {
             assert_eq!(got.len(), sent.len(), "one reply per message: {}", ctx());
             let mine: HashSet<&[u8]> = sent.iter().map(|m| &m[..]).collect();
             let mut seen = HashSet::new();

@@ -3,7 +3,12 @@
 //!
 //! Options after `--`: `--quick`, `--lines N`, `--runs N` (runs per throughput and
 //! start-up row, the median is shown; default 3), `--max-inflight N|auto` (written into the pool;
-//! absent = the default pool settings, which is what the targets are about).
+//! absent = the default pool settings, which is what the targets are about),
+//! `--only GROUP,…` (run only these groups of rows: `batch`, `tcp`, `balance`,
+//! `latency`, `procs`; the `cat | cat` reference runs with `batch` and `tcp`).
+//!
+//! Throughput rows also show orchd's CPU time per million lines (user + system, from
+//! /proc): on a shared machine it varies less than the rates.
 //!
 //! It prints one Markdown table: each orchd figure, its reference, the ratio, and the
 //! target of issue 8 item 3 with whether it is met. Rows whose reference cannot run
@@ -32,7 +37,12 @@ struct Options {
     restart_samples: usize,
     instances: usize,
     idle: Duration,
+    /// `--only`: the groups of rows to run (empty: all).
+    only: Vec<String>,
 }
+
+/// The groups of rows `--only` can name.
+const GROUPS: [&str; 5] = ["batch", "tcp", "balance", "latency", "procs"];
 
 impl Options {
     fn parse() -> Options {
@@ -44,6 +54,7 @@ impl Options {
             restart_samples: 50,
             instances: 1000,
             idle: Duration::from_secs(3),
+            only: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -66,17 +77,31 @@ impl Options {
                 "--lines" => o.lines = number("--lines", value("--lines")).max(1),
                 "--runs" => o.runs = number("--runs", value("--runs")).max(1),
                 "--max-inflight" => o.max_inflight = Some(value("--max-inflight")),
+                "--only" => {
+                    for g in value("--only").split(',') {
+                        if !GROUPS.contains(&g) {
+                            usage(&format!("--only: unknown group {g}"));
+                        }
+                        o.only.push(g.to_string());
+                    }
+                }
                 "--bench" => {} // cargo passes it
                 other => usage(&format!("unknown option {other}")),
             }
         }
         o
     }
+
+    /// Whether the rows of `group` run.
+    fn runs(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "{msg}\nusage: cargo bench -- [--quick] [--lines N] [--runs N] [--max-inflight N|auto]"
+        "{msg}\nusage: cargo bench -- [--quick] [--lines N] [--runs N] [--max-inflight N|auto] \
+         [--only batch,tcp,balance,latency,procs]"
     );
     std::process::exit(2)
 }
@@ -91,10 +116,18 @@ fn main() {
         }
     };
     let mut t = Table::default();
-    throughput_rows(&bench, &o, &mut t);
-    balance_rows(&bench, &o, &mut t);
-    latency_rows(&bench, &o, &mut t);
-    process_rows(&bench, &o, &mut t);
+    if o.runs("batch") || o.runs("tcp") {
+        throughput_rows(&bench, &o, &mut t);
+    }
+    if o.runs("balance") {
+        balance_rows(&bench, &o, &mut t);
+    }
+    if o.runs("latency") {
+        latency_rows(&bench, &o, &mut t);
+    }
+    if o.runs("procs") {
+        process_rows(&bench, &o, &mut t);
+    }
     let stamp = bench
         .stamp_worker
         .as_ref()
@@ -116,10 +149,10 @@ fn main() {
 }
 
 /// Median over `runs` runs; the first error ends it.
-fn median(runs: usize, mut f: impl FnMut() -> Result<Duration>) -> Result<Duration> {
+fn median<T: Ord>(runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<T> {
     let mut v = (0..runs).map(|_| f()).collect::<Result<Vec<_>>>()?;
     v.sort_unstable();
-    Ok(v[v.len() / 2])
+    Ok(v.swap_remove(v.len() / 2))
 }
 
 fn throughput_rows(bench: &Bench, o: &Options, t: &mut Table) {
@@ -130,45 +163,71 @@ fn throughput_rows(bench: &Bench, o: &Options, t: &mut Table) {
         return;
     }
     let rate = |d: Duration| Figure::rate(o.lines, d);
+    // orchd's CPU time per million lines: steadier than rates on a shared machine.
+    let cpu = |r: &Result<throughput::Run>| {
+        r.as_ref()
+            .map(|r| Figure::time(r.cpu.mul_f64(1e6 / o.lines as f64)))
+            .map_err(Clone::clone)
+    };
     let window = o.max_inflight.as_deref();
     let cat = median(o.runs, || throughput::cat_cat(&input, o.lines)).map(rate);
     let cat = t.reference("`cat | cat`", cat);
-    let node = throughput::node(bench, &input, o.lines).map(|r| r.map(rate));
-    let node = match node {
-        Some(r) => t.reference("Node `fork()`/`send()`, 4 workers", r),
-        None => {
-            t.skip("Node `fork()`/`send()`", "`node` is not installed");
-            None
+    if o.runs("batch") {
+        let node = throughput::node(bench, &input, o.lines).map(|r| r.map(rate));
+        let node = match node {
+            Some(r) => t.reference("Node `fork()`/`send()`, 4 workers", r),
+            None => {
+                t.skip("Node `fork()`/`send()`", "`node` is not installed");
+                None
+            }
+        };
+        let cats = throughput::cats("stdin", window);
+        let run = median(o.runs, || throughput::batch(bench, &input, o.lines, &cats));
+        let batch = run.as_ref().map(|r| rate(r.time)).map_err(Clone::clone);
+        t.compare("batch, 4 `cat`", &batch, &cat, Better::Higher, Some(0.40));
+        t.compare("batch, 4 `cat`", &batch, &node, Better::Higher, Some(50.0));
+        t.limit(
+            "batch, 4 `cat`: orchd CPU per 1 M lines",
+            &cpu(&run),
+            None,
+            "",
+        );
+        if node.is_some() {
+            // Issue 11: the same worker file as the Node parent's, orchd as its parent.
+            let nodes = throughput::node_pool(bench, "stdin", window);
+            let batch = median(o.runs, || throughput::batch(bench, &input, o.lines, &nodes));
+            let name = "batch, 4 Node workers (`protocol = \"node\"`)";
+            let batch = batch.map(|r| rate(r.time));
+            t.compare(name, &batch, &node, Better::Higher, Some(1.0));
         }
-    };
-    let cats = throughput::cats("stdin", window);
-    let batch = median(o.runs, || throughput::batch(bench, &input, o.lines, &cats)).map(rate);
-    t.compare("batch, 4 `cat`", &batch, &cat, Better::Higher, Some(0.40));
-    t.compare("batch, 4 `cat`", &batch, &node, Better::Higher, Some(50.0));
-    if node.is_some() {
-        // Issue 11: the same worker file as the Node parent's, orchd as its parent.
-        let nodes = throughput::node_pool(bench, "stdin", window);
-        let batch = median(o.runs, || throughput::batch(bench, &input, o.lines, &nodes));
-        let name = "batch, 4 Node workers (`protocol = \"node\"`)";
-        t.compare(name, &batch.map(rate), &node, Better::Higher, Some(1.0));
     }
+    if !o.runs("tcp") {
+        return;
+    }
+    // The load generator's ceiling first: the TCP rows are also shown against it.
+    let echo = median(o.runs, || throughput::echo_ceiling(&data, 8)).map(rate);
+    let ceiling = "load generator ceiling: echo server, 8 clients";
+    t.compare(ceiling, &echo, &cat, Better::Higher, None);
+    let echo = t.reference(ceiling, echo);
     for clients in [1, 8] {
         let name = format!(
             "TCP, {clients} client{}",
             if clients == 1 { "" } else { "s" }
         );
-        let tcp = median(o.runs, || throughput::tcp(bench, &data, clients, window)).map(rate);
+        let run = median(o.runs, || throughput::tcp(bench, &data, clients, window));
+        let tcp = run.as_ref().map(|r| rate(r.time)).map_err(Clone::clone);
         let target = (clients == 8).then_some(0.30);
         t.compare(&name, &tcp, &cat, Better::Higher, target);
+        if clients == 8 {
+            t.compare(&name, &tcp, &echo, Better::Higher, None);
+        }
+        t.limit(
+            &format!("{name}: orchd CPU per 1 M lines"),
+            &cpu(&run),
+            None,
+            "",
+        );
     }
-    let echo = median(o.runs, || throughput::echo_ceiling(&data, 8)).map(rate);
-    t.compare(
-        "load generator ceiling: echo server, 8 clients",
-        &echo,
-        &cat,
-        Better::Higher,
-        None,
-    );
 }
 
 /// One fast and one slow worker: the total time of a batch against the fast worker
@@ -184,9 +243,10 @@ fn balance_rows(bench: &Bench, o: &Options, t: &mut Table) {
     let window = o.max_inflight.as_deref();
     let alone = throughput::pool("[\"cat\"]", 1, "stdin", window);
     let alone = median(o.runs, || throughput::batch(bench, &input, lines, &alone));
-    let alone = t.reference("batch, 1 `cat` alone", alone.map(Figure::time));
+    let alone = t.reference("batch, 1 `cat` alone", alone.map(|r| Figure::time(r.time)));
     let mixed = throughput::fast_and_slow(bench, window)
-        .and_then(|cfg| median(o.runs, || throughput::batch(bench, &input, lines, &cfg)));
+        .and_then(|cfg| median(o.runs, || throughput::batch(bench, &input, lines, &cfg)))
+        .map(|r| r.time);
     t.compare(
         &format!(
             "batch of {lines}, 1 `cat` + 1 slow worker ({} ms a line), total time",

@@ -161,31 +161,36 @@ pub fn fast_and_slow(bench: &Bench, max_inflight: Option<&str>) -> Result<String
     Ok(pool(&format!("{script:?}"), 2, "stdin", max_inflight))
 }
 
+/// One orchd run: the time the lines took, and the CPU time orchd spent meanwhile.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Run {
+    pub time: Duration,
+    pub cpu: Duration,
+}
+
 /// orchd in batch mode with the pool of `config` (routed from stdin):
-/// `orchd pool.toml < input > pipe`, timed from spawn to exit.
-pub fn batch(bench: &Bench, input: &Path, lines: usize, config: &str) -> Result<Duration> {
+/// `orchd pool.toml < input > pipe`, timed from spawn to exit, with all the CPU
+/// time orchd used (read when its stdout closes, before it is waited for).
+pub fn batch(bench: &Bench, input: &Path, lines: usize, config: &str) -> Result<Run> {
     let cfg = bench.config("batch", config)?;
     let file = std::fs::File::open(input).map_err(|e| format!("open input: {e}"))?;
     let t = Instant::now();
     let mut orchd = Orchd::start_with(&cfg, file.into(), Stdio::piped())?;
     let n = count_lines(orchd.stdout().ok_or("no stdout pipe")?)?;
+    let cpu = orchd.cpu()?;
     let st = orchd.wait_exit(Duration::from_secs(120))?;
     let elapsed = t.elapsed();
     if !st.success() {
         return Err(format!("orchd batch run failed: {st}"));
     }
     check_count("orchd batch", n, lines)?;
-    Ok(elapsed)
+    Ok(Run { time: elapsed, cpu })
 }
 
 /// orchd with a TCP route, `clients` connections sharing the lines; the clock runs
-/// once the workers are started and every client is connected.
-pub fn tcp(
-    bench: &Bench,
-    data: &[u8],
-    clients: usize,
-    max_inflight: Option<&str>,
-) -> Result<Duration> {
+/// once the workers are started and every client is connected (the CPU time is
+/// orchd's from the clients' connecting to the last reply).
+pub fn tcp(bench: &Bench, data: &[u8], clients: usize, max_inflight: Option<&str>) -> Result<Run> {
     let port = free_port()?;
     let cfg = bench.config(
         &format!("tcp{clients}"),
@@ -193,9 +198,11 @@ pub fn tcp(
     )?;
     let orchd = Orchd::start(&cfg)?;
     orchd.wait_ready(Duration::from_secs(10))?;
+    let before = orchd.cpu()?;
     let elapsed = drive(port, data, clients)?;
+    let cpu = orchd.cpu()?.saturating_sub(before);
     orchd.stop()?;
-    Ok(elapsed)
+    Ok(Run { time: elapsed, cpu })
 }
 
 /// The load generator against a plain echo server (a blocking thread per

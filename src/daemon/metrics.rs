@@ -279,10 +279,10 @@ impl Daemon {
     /// `n` replies of `key`, each taking `latency`.
     pub(super) fn metrics_answered(&mut self, key: usize, latency: Duration, n: usize) {
         if let Some(i) = self.instances.get(key) {
-            let counters = self.metrics.counters.pool(i.pool);
-            for _ in 0..n {
-                counters.answered(latency);
-            }
+            self.metrics
+                .counters
+                .pool(i.pool)
+                .answered_n(latency, n as u64);
         }
     }
 

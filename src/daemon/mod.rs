@@ -47,6 +47,7 @@ mod shutdown;
 mod start;
 mod supervise;
 mod tokens;
+mod trim;
 mod workers;
 
 use std::collections::{HashMap, VecDeque};
@@ -141,6 +142,8 @@ enum TimerKey {
     Health { key: usize, id: u64 },
     /// A metrics connection's time is up.
     MetricsConn { conn: usize, id: u64 },
+    /// Output buffers emptied a while ago may give their capacity back (`trim.rs`).
+    Trim,
 }
 
 /// Where shutdown stands.
@@ -197,6 +200,8 @@ pub struct Daemon {
     /// Instance stdins and clients with queued output, flushed once per loop turn.
     dirty_stdin: VecDeque<usize>,
     dirty_clients: VecDeque<usize>,
+    /// Emptied output buffers that still hold capacity.
+    trims: trim::Trims,
     /// Still setting up: READY=1 waits until every pool has been added.
     starting_up: bool,
     /// Set once every instance's first start is settled: READY=1 was sent.
@@ -343,6 +348,7 @@ impl Daemon {
                 TimerKey::Rss { gen } => self.on_rss_timer(gen),
                 TimerKey::Health { key, id } => self.on_health_timer(key, id),
                 TimerKey::MetricsConn { conn, id } => self.on_metrics_timer(conn, id),
+                TimerKey::Trim => self.on_trim_timer(),
             }
         }
     }

@@ -441,6 +441,9 @@ pub(super) struct Conn {
     pub tty_ready: bool,
     /// Already in `Net::to_pump`.
     pub pump_queued: bool,
+    /// A bulk client's read buffer is kept between reads until the trim timer
+    /// (`trim.rs`) frees it.
+    pub inbuf_held: bool,
     /// Peer address, for logs.
     pub label: String,
 }
@@ -453,7 +456,7 @@ impl Conn {
             stream,
             token: None,
             inbuf: LineBuf::new(max_line),
-            out: OutBuf::new(),
+            out: OutBuf::holding(),
             read_done: false,
             read_paused: false,
             dead: false,
@@ -462,6 +465,7 @@ impl Conn {
             out_token: None,
             tty_ready: false,
             pump_queued: false,
+            inbuf_held: false,
             label,
         }
     }

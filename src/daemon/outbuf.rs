@@ -5,7 +5,11 @@
 //! One policy for all of them:
 //! - write until the kernel says `WouldBlock` (or takes nothing);
 //! - when everything is written, an emptied buffer keeps at most [`KEEP`] bytes of
-//!   capacity (an idle connection holds next to no memory);
+//!   capacity (an idle connection holds next to no memory); a buffer made with
+//!   [`OutBuf::holding`] keeps up to [`HOLD`] bytes instead, so that a busy stream
+//!   does not map, fault in and unmap a large buffer every loop turn, and gives it
+//!   back when the owner calls [`OutBuf::trim`] after it has been idle a while
+//!   ([`OutBuf::wants_trim`] says when to ask);
 //! - a buffer written past [`COMPACT`] bytes and more than half sent is compacted, so a
 //!   slow reader does not make orchd keep everything it ever sent;
 //! - [`Flushed::want_write`] says whether the fd should be polled for WRITABLE, and
@@ -17,6 +21,8 @@ use std::io;
 pub const KEEP: usize = 16 << 10;
 /// Bytes already written after which a half-sent buffer is compacted.
 pub const COMPACT: usize = 64 << 10;
+/// Capacity an emptied [`OutBuf::holding`] buffer keeps until [`OutBuf::trim`].
+pub const HOLD: usize = 4 << 20;
 
 #[derive(Debug, Default)]
 pub struct OutBuf {
@@ -24,6 +30,10 @@ pub struct OutBuf {
     pos: usize,
     /// The WRITABLE interest the fd was last given (see `interest_changed`).
     polled: bool,
+    /// Emptied, it keeps up to [`HOLD`] bytes until `trim` (see [`OutBuf::holding`]).
+    hold: bool,
+    /// `wants_trim` said yes and `trim` has not freed it since.
+    trim_asked: bool,
 }
 
 /// What one flush did.
@@ -47,6 +57,15 @@ impl Flushed {
 impl OutBuf {
     pub fn new() -> OutBuf {
         OutBuf::default()
+    }
+
+    /// A buffer that keeps its capacity (up to [`HOLD`]) when emptied, until
+    /// [`OutBuf::trim`]: for streams that carry bulk traffic (clients, worker stdins).
+    pub fn holding() -> OutBuf {
+        OutBuf {
+            hold: true,
+            ..OutBuf::default()
+        }
     }
 
     /// Bytes appended and not yet written.
@@ -108,7 +127,8 @@ impl OutBuf {
             self.discard();
         } else if self.pos == self.buf.len() {
             self.pos = 0;
-            if self.buf.capacity() > KEEP {
+            let keep = if self.hold { HOLD } else { KEEP };
+            if self.buf.capacity() > keep {
                 self.buf = Vec::new();
             } else {
                 self.buf.clear();
@@ -122,6 +142,31 @@ impl OutBuf {
             pending: self.pending(),
             error,
         }
+    }
+
+    /// After a flush: true once when an emptied buffer holds more than [`KEEP`] bytes
+    /// of capacity. The owner should then call [`OutBuf::trim`] a while later.
+    pub fn wants_trim(&mut self) -> bool {
+        if self.trim_asked || !self.is_empty() || self.buf.capacity() <= KEEP {
+            return false;
+        }
+        self.trim_asked = true;
+        true
+    }
+
+    /// A while after [`OutBuf::wants_trim`]: an empty buffer gives its capacity back
+    /// (past [`KEEP`]); one in use again is left alone and true is returned (ask
+    /// again later).
+    pub fn trim(&mut self) -> bool {
+        if !self.is_empty() {
+            return true;
+        }
+        if self.buf.capacity() > KEEP {
+            self.buf = Vec::new();
+            self.pos = 0;
+        }
+        self.trim_asked = false;
+        false
     }
 
     /// Record that the fd should now be polled for WRITABLE (`want`); returns true
@@ -217,6 +262,35 @@ mod tests {
         b.push(b"small");
         b.flush(|bytes| Ok(bytes.len()));
         assert!(b.capacity() > 0 && b.capacity() <= KEEP);
+    }
+
+    #[test]
+    fn a_holding_buffer_keeps_its_capacity_until_trimmed() {
+        let mut b = OutBuf::holding();
+        b.push(&vec![b'x'; KEEP * 4]);
+        b.flush(|bytes| Ok(bytes.len()));
+        assert!(b.capacity() >= KEEP * 4, "{}", b.capacity());
+        assert!(b.wants_trim());
+        // Asked once per episode.
+        assert!(!b.wants_trim());
+        // In use again at trim time: kept, and the owner asks again later.
+        b.push(b"busy");
+        assert!(b.trim());
+        assert!(b.capacity() >= KEEP * 4);
+        b.flush(|bytes| Ok(bytes.len()));
+        assert!(!b.trim());
+        assert_eq!(b.capacity(), 0);
+        assert!(!b.wants_trim());
+        // Past HOLD, an emptied buffer is freed at once, as any other.
+        b.push(&vec![b'x'; HOLD + 1]);
+        b.flush(|bytes| Ok(bytes.len()));
+        assert_eq!(b.capacity(), 0);
+        assert!(!b.wants_trim());
+        // A plain buffer never holds more than KEEP.
+        let mut b = OutBuf::new();
+        b.push(&vec![b'x'; KEEP * 4]);
+        b.flush(|bytes| Ok(bytes.len()));
+        assert!(!b.wants_trim());
     }
 
     #[test]

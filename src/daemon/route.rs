@@ -377,9 +377,18 @@ impl Daemon {
         }
         self.ledger_exec();
         if let Some(c) = self.net.clients.get_mut(key) {
-            // Idle until the next readiness: keep no read buffer.
-            inbuf.release();
+            // Idle until the next readiness: keep no read buffer, unless the client
+            // sends bulk data (then the trim timer frees it once it is idle, instead
+            // of a 64 KiB buffer freed and zeroed again at every readiness).
+            let hold = inbuf.bulk() && !c.read_done && !c.dead;
+            if !hold {
+                inbuf.release();
+            }
             c.inbuf = inbuf;
+            if hold && !c.inbuf_held {
+                c.inbuf_held = true;
+                self.trim_note(super::trim::Held::ClientInput(key));
+            }
         }
         self.client_maybe_close(key);
     }
@@ -450,6 +459,7 @@ impl Daemon {
                 );
             }
         }
+        self.trim_note(super::trim::Held::Client(key));
         self.client_maybe_close(key);
     }
 

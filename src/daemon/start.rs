@@ -74,6 +74,7 @@ impl Daemon {
             spawn_budget: SPAWNS_PER_TURN,
             dirty_stdin: VecDeque::new(),
             dirty_clients: VecDeque::new(),
+            trims: Default::default(),
             starting_up: true,
             ready_sent: false,
             flush_deadline: None,

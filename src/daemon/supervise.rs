@@ -562,7 +562,7 @@ impl Daemon {
             self.instances[key].stdin = Some(PipeOut {
                 tx,
                 token,
-                out: OutBuf::new(),
+                out: OutBuf::holding(),
             });
         }
         if let Some(mut rx) = sp.channel {
@@ -760,7 +760,9 @@ impl Daemon {
         };
         if !p.flush(self.poll.registry(), &inst.label) {
             self.close_worker_stdin(key);
+            return;
         }
+        self.trim_note(super::trim::Held::Stdin(key));
     }
 
     pub(super) fn on_worker_stdin_writable(&mut self, key: usize) {

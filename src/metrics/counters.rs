@@ -41,8 +41,13 @@ impl PoolCounters {
     /// A worker's reply was delivered, `latency` after the worker could start on the
     /// message (see [`ReplyHistogram`]).
     pub fn answered(&mut self, latency: Duration) {
-        self.answered += 1;
-        self.replies.observe(latency);
+        self.answered_n(latency, 1);
+    }
+
+    /// `n` replies delivered together, each `latency` after the worker could start.
+    pub fn answered_n(&mut self, latency: Duration, n: u64) {
+        self.answered += n;
+        self.replies.observe_n(latency, n);
     }
 
     /// A message got an error reply (`reason` as in the reply, without the prefix).

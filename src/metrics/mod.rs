@@ -52,14 +52,20 @@ pub struct ReplyHistogram {
 
 impl ReplyHistogram {
     pub fn observe(&mut self, latency: Duration) {
+        self.observe_n(latency, 1);
+    }
+
+    /// `n` replies, each taking `latency` (replies read together): one bucket
+    /// search, not `n`.
+    pub fn observe_n(&mut self, latency: Duration, n: u64) {
         let s = latency.as_secs_f64();
         let i = REPLY_BUCKETS
             .iter()
             .position(|&b| s <= b)
             .unwrap_or(REPLY_BUCKETS.len());
-        self.counts[i] += 1;
-        self.sum += s;
-        self.count += 1;
+        self.counts[i] += n;
+        self.sum += s * n as f64;
+        self.count += n;
     }
 
     pub fn count(&self) -> u64 {

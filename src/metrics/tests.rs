@@ -188,3 +188,16 @@ fn promtool_accepts_the_output() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn replies_observed_together_count_as_many_observed_one_by_one() {
+    let mut one_by_one = ReplyHistogram::default();
+    let mut together = ReplyHistogram::default();
+    for _ in 0..3 {
+        one_by_one.observe(Duration::from_millis(3));
+    }
+    together.observe_n(Duration::from_millis(3), 3);
+    assert_eq!(together.count(), 3);
+    assert_eq!(together.counts, one_by_one.counts);
+    assert!((together.sum - one_by_one.sum).abs() < 1e-12);
+}

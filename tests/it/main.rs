@@ -14,6 +14,7 @@ mod preflight;
 mod protocols;
 mod protocols_prep;
 
+mod bulk_buffers;
 mod check;
 mod ctl_logs;
 mod harden_config;

@@ -123,14 +123,14 @@ impl Ledger {
             return;
         };
         let waiting: Vec<usize> = p.queue.drain(..).collect();
-        if !waiting.is_empty() {
+        let n: usize = waiting.iter().map(|&m| self.msgs[m].count as usize).sum();
+        if n > 0 {
             log::warn!(
-                "pool {}: {} waiting message(s) answered with {why:?}",
+                "pool {}: {n} waiting message(s) answered with {why:?}",
                 p.settings.name,
-                waiting.len()
             );
         }
-        p.waiting -= waiting.len();
+        p.waiting -= n;
         for m in waiting {
             self.answer(m, Reply::Error(why), out);
         }
@@ -164,6 +164,7 @@ impl Ledger {
                     label: label.to_string(),
                     view,
                     inflight: Default::default(),
+                    inflight_n: 0,
                     backlog: Default::default(),
                     answered: 0,
                     head_since: None,
@@ -278,14 +279,72 @@ impl Ledger {
     }
 
     /// A chunk of complete reply lines (each ending in `\n`) of an instance.
+    /// The replies to a run's lines go to its client in one piece.
     pub fn worker_output(&mut self, k: usize, chunk: &[u8], now: Instant, out: &mut Actions) {
-        self.time_replies(k, memchr::memchr_iter(b'\n', chunk).count(), now);
-        for line in lines(chunk) {
+        let mut lines_left = memchr::memchr_iter(b'\n', chunk).count();
+        self.time_replies(k, lines_left, now);
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            if let Some(n) = self.run_at_head(k) {
+                // All that is left answers the run: no need to find each line.
+                let (end, j) = if lines_left <= n && rest.ends_with(b"\n") {
+                    (rest.len(), lines_left)
+                } else {
+                    first_lines(rest, n)
+                };
+                if j > 1 {
+                    self.run_replies(k, &rest[..end], j, now, out);
+                    rest = &rest[end..];
+                    lines_left -= j;
+                    continue;
+                }
+            }
+            let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+            let line = &rest[..end];
+            rest = &rest[end..];
+            lines_left = lines_left.saturating_sub(1);
             let line = line.strip_suffix(b"\n").unwrap_or(line);
             self.reply_one(k, Ok(line), now, out);
         }
         self.after_replies(k, now, out);
         self.check();
+    }
+
+    /// The unanswered lines of `k`'s oldest in-flight entry when it is a run and its
+    /// next reply is for it (not for a probe).
+    fn run_at_head(&self, k: usize) -> Option<usize> {
+        let i = self.instances.get(k)?;
+        if i.probe.is_some_and(|p| p.ahead == 0) {
+            return None;
+        }
+        let n = self.msgs[*i.inflight.front()?].count as usize;
+        (n > 1).then_some(n)
+    }
+
+    /// `block`, `j` (> 1) reply lines of `k` read together, answers that many lines
+    /// of the run at its head: handed to the client in one piece.
+    fn run_replies(&mut self, k: usize, block: &[u8], j: usize, now: Instant, out: &mut Actions) {
+        let inst = &mut self.instances[k];
+        let Some(&m) = inst.inflight.front() else {
+            return;
+        };
+        inst.answered += j as u64;
+        inst.inflight_n -= j;
+        inst.head_since = Some(now);
+        let msg = &mut self.msgs[m];
+        debug_assert!(j <= msg.count as usize);
+        msg.count -= j as u32;
+        let (c, id, seq) = (msg.client, msg.client_id, msg.seq);
+        msg.seq = seq.map(|s| s + j as u64);
+        if msg.count == 0 {
+            inst.inflight.pop_front();
+            Self::probe_advance(inst, k, out);
+            let run = self.msgs.remove(m);
+            if let Some(p) = self.pools.get_mut(run.pool) {
+                p.bytes -= run.payload.retained();
+            }
+        }
+        self.emit_span(c, id, seq, j, block, out);
     }
 
     /// After replies of `k` read at once: its new head's deadline (every reply came
@@ -307,7 +366,7 @@ impl Ledger {
             return;
         };
         if let (Some(since), Some(n)) = (inst.head_since, NonZeroUsize::new(n)) {
-            let before = inst.inflight.len();
+            let before = inst.inflight_n;
             let full = before >= inst.window.size() as usize;
             let elapsed = now.saturating_duration_since(since);
             inst.window.replies(elapsed, n, full, n.get() >= before);
@@ -324,7 +383,7 @@ impl Ledger {
         let Some(inst) = self.instances.get_mut(k) else {
             return;
         };
-        let Some(m) = inst.inflight.pop_front() else {
+        let Some(&m) = inst.inflight.front() else {
             match reply {
                 Ok(line) => log::warn!(
                     "{}: protocol error: reply with no message in flight: {}",
@@ -339,9 +398,28 @@ impl Ledger {
             return;
         };
         inst.answered += 1;
+        inst.inflight_n -= 1;
         // The next message's clock starts now (the worker turns to it), unless the
         // next in line is a probe (its reply is waited for first).
         inst.head_since = Some(now);
+        let msg = &mut self.msgs[m];
+        if msg.count > 1 {
+            // The first line of a run: the rest stays in flight.
+            msg.count -= 1;
+            let (c, id, seq, pool) = (msg.client, msg.client_id, msg.seq, msg.pool);
+            msg.seq = seq.map(|s| s + 1);
+            let reply = match reply {
+                Ok(line) => Reply::Line(line),
+                Err(why) => {
+                    if let Some(p) = self.pools.get_mut(pool) {
+                        super::place::count_error(&mut p.errors, why);
+                    }
+                    Reply::Error(why)
+                }
+            };
+            return self.emit(c, id, seq, reply, out);
+        }
+        inst.inflight.pop_front();
         Self::probe_advance(inst, k, out);
         match reply {
             Ok(line) => self.answer(m, Reply::Line(line), out),
@@ -507,11 +585,23 @@ impl Ledger {
         out: &mut Actions,
     ) -> usize {
         let mut left = memchr::memchr_iter(b'\n', chunk).count();
+        self.run_lines = left;
+        let bulk = self.bulk_client(c);
         let mut taken = 0;
-        for line in lines(chunk) {
+        while taken < chunk.len() {
             if !self.client_can_read(c) {
                 break;
             }
+            let rest = &chunk[taken..];
+            if bulk {
+                let (bytes, n) = self.join_block(c, rest, left, now, out);
+                if n > 0 {
+                    taken += bytes;
+                    left = left.saturating_sub(n);
+                    continue;
+                }
+            }
+            let line = &rest[..memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1)];
             self.run_budget = left;
             left = left.saturating_sub(1);
             taken += line.len();
@@ -522,6 +612,7 @@ impl Ledger {
             }
         }
         self.run_budget = 0;
+        self.run_lines = 0;
         self.run = None;
         self.check();
         taken
@@ -646,6 +737,13 @@ impl Ledger {
         let client_id = cl.id;
         let seq = ordered.then(|| cl.order.reserve());
         cl.outstanding += 1;
+        if let Pin::Any(s) = pin {
+            if self.run_join(c, client_id, seq, line, pool, s, terms, out)
+                || self.queue_join(c, client_id, seq, line, pool, s, terms, now)
+            {
+                return true;
+            }
+        }
         let payload = Payload::with_newline(line);
         if strategy == Strategy::Broadcast {
             self.submit_broadcast(c, client_id, seq, payload, pool, terms, now, out);
@@ -716,6 +814,7 @@ impl Ledger {
         for k in 0..self.instances.0.len() {
             if let Some(i) = self.instances.get_mut(k) {
                 i.inflight.clear();
+                i.inflight_n = 0;
                 i.backlog.clear();
                 i.deadline_at = None;
                 i.probe = None;
@@ -750,4 +849,15 @@ pub(super) fn lines(chunk: &[u8]) -> impl Iterator<Item = &[u8]> {
         start = end;
         Some(line)
     })
+}
+
+/// The first up to `n` lines of `chunk` (complete lines): their bytes and count.
+fn first_lines(chunk: &[u8], n: usize) -> (usize, usize) {
+    let mut end = 0;
+    let mut j = 0;
+    for i in memchr::memchr_iter(b'\n', chunk).take(n) {
+        end = i + 1;
+        j += 1;
+    }
+    (end, j)
 }

@@ -25,11 +25,25 @@
 //! flight is the pool's `max_inflight`, or with `"auto"` its own adaptive window
 //! (`window.rs`), sized from how quickly its replies come back.
 //!
+//! Runs: an entry (`Msg`) stands for `count` consecutive messages of one client,
+//! fresh, on one round-robin or least-busy rule, with consecutive sequence numbers
+//! and their lines in one buffer. A run forms in flight (the next lines of a chunk
+//! for the instance just chosen join its entry) and in a pool queue (a line queued
+//! behind the same client's run joins it); `bulk.rs` joins a read's lines in one
+//! step. The pump hands a queued run out whole or its head, up to the instance's
+//! room. Replies answer a run's lines in order, those read together going to the
+//! client in one piece; at a death or timeout a run is split back into single
+//! messages before redelivery (`place.rs`, `split_run`), so attempts and order stay
+//! per message. Runs only go to `lines` workers; hash, broadcast, redelivered and
+//! `tagged`/`node` messages are single entries.
+//!
 //! Invariants (checked after every event in debug builds, [`Ledger::check`]):
-//! - every message is in exactly one place: a pool queue, an instance backlog, or an
-//!   instance's in-flight FIFO;
-//! - a pool's `waiting` = its queue length + the backlogs of its instances, and its
-//!   `bytes` = the payloads of its messages;
+//! - every entry is in exactly one place: a pool queue, an instance backlog (never a
+//!   run), or an instance's in-flight FIFO; an instance's `inflight_n` counts the
+//!   messages of its entries;
+//! - a pool's `waiting` = the messages in its queue + the backlogs of its
+//!   instances, and its `bytes` = the bytes its entries retain (a run's whole
+//!   buffer, lines already answered or split off included);
 //! - a client gets exactly one reply line per message (a broadcast: one per instance
 //!   it was sent to), in sending order when the route is `ordered`; its `outstanding`
 //!   counts the messages (and broadcasts) still without one;
@@ -38,6 +52,7 @@
 //!   `max_outstanding` messages and `max_client_out` bytes of replies pending.
 
 mod api;
+mod bulk;
 mod payload;
 #[cfg(test)]
 mod tests;
@@ -123,10 +138,15 @@ enum Pin {
 struct Msg {
     client: usize,
     client_id: u64,
-    /// Position in the client's reorder buffer (ordered routes).
+    /// Position in the client's reorder buffer (ordered routes): of its first
+    /// unanswered line when it is a run.
     seq: Option<u64>,
-    /// The message with its trailing `\n`.
+    /// The message with its trailing `\n`; a run's lines one after another (the
+    /// unanswered ones are the last `count`).
     payload: payload::Payload,
+    /// Messages this entry stands for: 1, or a run of consecutive lines of one
+    /// client for one instance, in flight together (see `place.rs`, "Runs").
+    count: u32,
     pool: usize,
     pin: Pin,
     timeout: Option<Duration>,
@@ -197,7 +217,10 @@ struct Inst {
     index: u32,
     label: String,
     view: InstanceView,
+    /// Its in-flight entries, oldest first (a run is one entry).
     inflight: VecDeque<usize>,
+    /// Messages in flight: the entries' counts added up.
+    inflight_n: usize,
     backlog: VecDeque<usize>,
     answered: u64,
     /// When the oldest in-flight message's `timeout` clock started.
@@ -244,6 +267,7 @@ struct Client {
 }
 
 /// A reply on its way to a client.
+#[derive(Clone)]
 enum Reply<'a> {
     /// A worker's reply line (without `\n`).
     Line(&'a [u8]),
@@ -317,6 +341,8 @@ pub struct Ledger {
     /// Lines of the chunk being submitted ([`Ledger::client_lines`]) from the current
     /// one on; 0 outside it.
     run_budget: usize,
+    /// Lines of that chunk, all of them.
+    run_lines: usize,
     /// The instance that takes the next messages of that chunk without a new choice.
     run: Option<Run>,
 }
@@ -330,6 +356,8 @@ struct Run {
     inst: usize,
     /// More messages it may take in this run.
     left: usize,
+    /// Its in-flight entry the next lines may join (see `place.rs`, "Runs").
+    msg: Option<usize>,
 }
 
 mod events;
@@ -359,14 +387,14 @@ impl Ledger {
 
     /// Messages that exist (waiting or in flight), broadcast copies counted apiece.
     pub fn message_count(&self) -> usize {
-        self.msgs.len()
+        self.msgs.iter().map(|(_, m)| m.count as usize).sum()
     }
 
     /// (in flight, answered) of an instance.
     pub fn instance_counts(&self, k: usize) -> (usize, u64) {
         self.instances
             .get(k)
-            .map(|i| (i.inflight.len(), i.answered))
+            .map(|i| (i.inflight_n, i.answered))
             .unwrap_or((0, 0))
     }
 
@@ -456,7 +484,11 @@ impl Ledger {
                 assert_eq!(self.msgs[m].pool, pk, "message {m} queued in another pool");
                 seen[m] += 1;
             }
-            waiting[pk] += p.queue.len();
+            waiting[pk] += p
+                .queue
+                .iter()
+                .map(|&m| self.msgs[m].count as usize)
+                .sum::<usize>();
         }
         for (_, i) in self.instances.iter() {
             if let Some(p) = &i.probe {
@@ -470,6 +502,15 @@ impl Ledger {
                 assert!(self.msgs.contains(m), "stale message {m} at {}", i.label);
                 assert_eq!(self.msgs[m].pool, i.pool, "message {m} at {}", i.label);
                 seen[m] += 1;
+            }
+            let n: usize = i
+                .inflight
+                .iter()
+                .map(|&m| self.msgs[m].count as usize)
+                .sum();
+            assert_eq!(i.inflight_n, n, "{}: messages in flight", i.label);
+            for &m in &i.backlog {
+                assert_eq!(self.msgs[m].count, 1, "a run waits at {}", i.label);
             }
             if let Some(w) = waiting.get_mut(i.pool) {
                 *w += i.backlog.len();
@@ -490,9 +531,20 @@ impl Ledger {
                 self.pools.get(msg.pool).is_some(),
                 "message {m} of an unknown pool"
             );
-            bytes[msg.pool] += msg.payload.len();
+            bytes[msg.pool] += msg.payload.retained();
+            assert!(msg.count >= 1, "message {m} stands for nothing");
+            if msg.count > 1 {
+                assert!(
+                    matches!(msg.pin, Pin::Any(_)) && msg.gather.is_none() && msg.failures == 0,
+                    "run {m} is not a fresh round-robin or least-busy message"
+                );
+            }
             match msg.gather {
-                None => count(msg.client, msg.client_id),
+                None => {
+                    for _ in 0..msg.count {
+                        count(msg.client, msg.client_id);
+                    }
+                }
                 Some((g, pos)) => {
                     assert!(
                         self.gathers[g].replies[pos].is_none(),

@@ -1,5 +1,6 @@
 //! A message's bytes (with its `\n`): kept inside the message when short, so that
-//! the common message costs no allocation of its own; on the heap otherwise.
+//! the common message costs no allocation of its own; on the heap otherwise. A run
+//! of messages (see `Msg::count`) keeps all of its lines in one growing buffer.
 
 use std::ops::Deref;
 
@@ -9,8 +10,17 @@ const INLINE: usize = 94;
 
 #[derive(Clone)]
 pub(super) enum Payload {
-    Inline { len: u8, buf: [u8; INLINE] },
+    Inline {
+        len: u8,
+        buf: [u8; INLINE],
+    },
     Heap(Box<[u8]>),
+    /// The lines of a run, one after another, from `start` on (the lines before
+    /// it were split off and went their own way; the buffer still holds them).
+    Run {
+        buf: Vec<u8>,
+        start: usize,
+    },
 }
 
 impl Payload {
@@ -29,6 +39,71 @@ impl Payload {
             Payload::Heap(v.into_boxed_slice())
         }
     }
+
+    /// Append `line` and its `\n` (a run grows by one message).
+    pub(super) fn push_line(&mut self, line: &[u8]) {
+        let buf = self.run_buf(line.len() + 1);
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
+    }
+
+    /// Append whole lines (each ending in `\n`); `cap`: the most the run will hold
+    /// (its buffer is made that large at once instead of growing by copies).
+    pub(super) fn push_lines(&mut self, lines: &[u8], cap: usize) {
+        debug_assert!(lines.is_empty() || lines.ends_with(b"\n"));
+        let want = self.len() + lines.len();
+        let buf = self.run_buf(lines.len());
+        if buf.capacity() < want {
+            buf.reserve_exact(cap.max(want) - buf.len());
+        }
+        buf.extend_from_slice(lines);
+    }
+
+    /// Its buffer as a run's, made one if it is not yet, with room for `more`.
+    fn run_buf(&mut self, more: usize) -> &mut Vec<u8> {
+        if !self.is_run() {
+            // Room for a few more short lines; a block gets what it needs.
+            let want = self.len() + more;
+            let mut buf = Vec::with_capacity(if want < 512 { want * 8 } else { want });
+            buf.extend_from_slice(self);
+            *self = Payload::Run { buf, start: 0 };
+        }
+        match self {
+            Payload::Run { buf, .. } => buf,
+            _ => unreachable!("made a run above"),
+        }
+    }
+
+    pub(super) fn is_run(&self) -> bool {
+        matches!(self, Payload::Run { .. })
+    }
+
+    /// Bytes it keeps in memory (what budgets count): a run's whole buffer, lines
+    /// split off included.
+    pub(super) fn retained(&self) -> usize {
+        match self {
+            Payload::Run { buf, .. } => buf.len(),
+            p => p.len(),
+        }
+    }
+
+    /// Split off the first `n` bytes (whole lines of a run) as a payload of their
+    /// own; this one keeps the rest.
+    pub(super) fn split_off_head(&mut self, n: usize) -> Payload {
+        let head = &self[..n];
+        let p = if memchr::memchr(b'\n', head).is_some_and(|i| i + 1 == n) {
+            Payload::with_newline(&head[..n - 1])
+        } else {
+            Payload::Run {
+                buf: head.to_vec(),
+                start: 0,
+            }
+        };
+        if let Payload::Run { start, .. } = self {
+            *start += n;
+        }
+        p
+    }
 }
 
 impl Deref for Payload {
@@ -37,6 +112,7 @@ impl Deref for Payload {
         match self {
             Payload::Inline { len, buf } => &buf[..usize::from(*len)],
             Payload::Heap(b) => b,
+            Payload::Run { buf, start } => &buf[*start..],
         }
     }
 }
@@ -62,5 +138,24 @@ mod tests {
             assert_eq!(matches!(p, Payload::Inline { .. }), n < INLINE, "{n}");
             assert_eq!(&p.clone()[..], &p[..]);
         }
+    }
+
+    #[test]
+    fn a_run_grows_line_by_line() {
+        let mut p = Payload::with_newline(b"a");
+        p.push_line(b"bc");
+        p.push_line(&[b'x'; 200]);
+        assert!(p.is_run());
+        assert_eq!(p.len(), 2 + 3 + 201);
+        assert_eq!(&p[..5], b"a\nbc\n");
+        let one = p.split_off_head(2);
+        assert!(!one.is_run());
+        assert_eq!(&one[..], b"a\n");
+        assert_eq!(&p[..3], b"bc\n");
+        assert_eq!(p.retained(), 206);
+        let two = p.split_off_head(3 + 201);
+        assert!(two.is_run(), "two lines");
+        assert_eq!(two.len(), 204);
+        assert!(p.is_empty());
     }
 }

@@ -31,7 +31,7 @@ impl Ledger {
                 continue;
             };
             if i.view.is_live() || (draining && i.view.writable) {
-                let inflight = i.inflight.len();
+                let inflight = i.inflight_n;
                 self.cand_keys.push(k);
                 self.cands.push(Candidate {
                     index: i.index,
@@ -90,10 +90,7 @@ impl Ledger {
                     None => Placement::Fail("instance removed"),
                     Some(k) => {
                         let i = &self.instances[k];
-                        if i.view.is_live()
-                            && i.inflight.len() < i.room(max)
-                            && i.backlog.is_empty()
-                        {
+                        if i.view.is_live() && i.inflight_n < i.room(max) && i.backlog.is_empty() {
                             Placement::Assign(k)
                         } else {
                             Placement::Backlog(k)
@@ -121,6 +118,7 @@ impl Ledger {
         if let Some(k) = any.and_then(|s| self.run_next(pool, s)) {
             self.pools[pool].waiting -= 1;
             self.assign(m, k, now, out);
+            self.run_entry(k, m);
             return;
         }
         match self.placement(m) {
@@ -130,6 +128,7 @@ impl Ledger {
                     self.run_start(pool, s, k);
                 }
                 self.assign(m, k, now, out);
+                self.run_entry(k, m);
             }
             Placement::Backlog(k) => {
                 let i = &mut self.instances[k];
@@ -160,17 +159,21 @@ impl Ledger {
 
     /// A chunk of lines is being submitted and round-robin or least-busy just chose
     /// instance `k`: the next lines of the chunk go to it too, up to its share of
-    /// the chunk (the lines left over the candidates), without choosing again. Lines
+    /// the chunk (its lines over the candidates), without choosing again. Lines
     /// sent one at a time still rotate strictly.
     fn run_start(&mut self, pool: usize, strategy: Strategy, k: usize) {
         self.run = None;
         if self.run_budget > 1 {
-            let share = self.run_budget.div_ceil(self.cands.len().max(1));
+            let share = self
+                .run_lines
+                .div_ceil(self.cands.len().max(1))
+                .clamp(1, self.run_budget);
             self.run = Some(super::Run {
                 pool,
                 strategy,
                 inst: k,
                 left: share - 1,
+                msg: None,
             });
         }
     }
@@ -185,7 +188,7 @@ impl Ledger {
         let fits = run.left > 0
             && !p.draining()
             && self.member(pool, run.inst).is_some_and(|i| {
-                i.view.is_live() && i.inflight.len() < i.room(p.settings.max_inflight)
+                i.view.is_live() && i.inflight_n < i.room(p.settings.max_inflight)
             });
         if !fits {
             self.run = None;
@@ -198,13 +201,160 @@ impl Ledger {
         Some(run.inst)
     }
 
+    /// Message `m` was just given to `k` as part of the current run: if it is in
+    /// flight there (last), the run's next lines may join it.
+    fn run_entry(&mut self, k: usize, m: usize) {
+        let last = self.instances.get(k).and_then(|i| i.inflight.back()) == Some(&m);
+        if let Some(run) = self.run.as_mut().filter(|r| r.inst == k) {
+            run.msg = last.then_some(m);
+        }
+    }
+
+    /// Runs. The next line of a chunk that continues the current run joins its
+    /// in-flight entry instead of becoming a message of its own: one entry, one
+    /// payload buffer and one deadline for consecutive lines of one client to one
+    /// instance. It joins only when nothing could tell the difference: same client,
+    /// rule terms and pool, the next sequence number, nothing queued ahead of it, a
+    /// `lines` worker, the entry still last in flight with no probe behind it, and
+    /// the run's share and the instance's room not used up. Replies then answer the
+    /// run's lines in order (`worker_output`); a run whose worker dies or times out
+    /// is split back into single messages before redelivery (`redeliver`). True: the
+    /// line joined (and was written to the worker).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run_join(
+        &mut self,
+        c: usize,
+        client_id: u64,
+        seq: Option<u64>,
+        line: &[u8],
+        pool: usize,
+        s: Strategy,
+        terms: super::Terms,
+        out: &mut Actions,
+    ) -> bool {
+        let Some(run) = self.run.filter(|r| r.pool == pool && r.strategy == s) else {
+            return false;
+        };
+        let (Some(m), k) = (run.msg, run.inst) else {
+            return false;
+        };
+        let Some(msg) = self.msgs.get(m) else {
+            return false;
+        };
+        let next = joinable(msg, c, client_id, seq, s, terms);
+        let open = self.instances.get(k).is_some_and(|i| {
+            // Last in flight, and behind the probe if there is one.
+            i.inflight.back() == Some(&m)
+                && i.probe.is_none_or(|p| p.ahead < i.inflight.len())
+                && i.view.writable
+        }) && self.proto.get(k).is_none()
+            && self.pools[pool].queue.is_empty();
+        if !(next && open) || self.run_next(pool, s) != Some(k) {
+            return false;
+        }
+        let msg = &mut self.msgs[m];
+        msg.count += 1;
+        msg.payload.push_line(line);
+        self.pools[pool].bytes += line.len() + 1;
+        self.instances[k].inflight_n += 1;
+        out.worker_bytes_with(k, |b| {
+            b.extend_from_slice(line);
+            b.push(b'\n');
+        });
+        true
+    }
+
+    /// A line about to be queued behind message `m` of the same client, route and
+    /// time joins it instead (the pump hands queued runs out whole or in parts:
+    /// `pool_pump`). True: it joined.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn queue_join(
+        &mut self,
+        c: usize,
+        client_id: u64,
+        seq: Option<u64>,
+        line: &[u8],
+        pool: usize,
+        s: Strategy,
+        terms: super::Terms,
+        now: Instant,
+    ) -> bool {
+        let p = &mut self.pools[pool];
+        let Some(&m) = p.queue.back() else {
+            return false;
+        };
+        let msg = &mut self.msgs[m];
+        if msg.queued_at != now || !joinable(msg, c, client_id, seq, s, terms) {
+            return false;
+        }
+        msg.count += 1;
+        msg.payload.push_line(line);
+        p.waiting += 1;
+        p.bytes += line.len() + 1;
+        true
+    }
+
+    /// The first `n` lines of queued run `m` as a message of their own (it stays
+    /// in the queue with the rest).
+    fn split_head(&mut self, m: usize, n: usize) -> usize {
+        let msg = &mut self.msgs[m];
+        debug_assert!(n > 0 && n < msg.count as usize);
+        let cut = memchr::memchr_iter(b'\n', &msg.payload)
+            .nth(n - 1)
+            .map_or(msg.payload.len(), |i| i + 1);
+        let payload = msg.payload.split_off_head(cut);
+        let seq = msg.seq;
+        msg.seq = seq.map(|s| s + n as u64);
+        msg.count -= n as u32;
+        let head = Msg {
+            seq,
+            payload,
+            count: n as u32,
+            ..run_fields(msg)
+        };
+        self.pools[head.pool].bytes += head.payload.retained();
+        self.msgs.insert(head)
+    }
+
+    /// Split run `m` back into single messages, one per unanswered line, in order
+    /// (they take its place; the caller puts them where it was).
+    pub(super) fn split_run(&mut self, m: usize) -> Vec<usize> {
+        // A run answered down to its last line still holds all of its lines.
+        if !self.msgs[m].payload.is_run() {
+            return vec![m];
+        }
+        let run = self.msgs.remove(m);
+        let all: Vec<&[u8]> = super::events::lines(&run.payload).collect();
+        let live = &all[all.len().saturating_sub(run.count as usize)..];
+        let mut kept = 0;
+        let mut singles = Vec::with_capacity(live.len());
+        for (i, line) in live.iter().enumerate() {
+            let payload =
+                super::payload::Payload::with_newline(line.strip_suffix(b"\n").unwrap_or(line));
+            kept += payload.len();
+            singles.push(self.msgs.insert(Msg {
+                seq: run.seq.map(|s| s + i as u64),
+                payload,
+                count: 1,
+                ..run_fields(&run)
+            }));
+        }
+        // The run's buffer is freed: the pool holds only the single messages now.
+        let p = &mut self.pools[run.pool];
+        p.bytes = p.bytes - run.payload.retained() + kept;
+        singles
+    }
+
     /// Write a message to an instance.
     fn assign(&mut self, m: usize, k: usize, now: Instant, out: &mut Actions) {
-        let inst = &mut self.instances[k];
-        if !inst.view.writable {
-            // Not writable after all: keep it for this instance.
-            inst.backlog.push_front(m);
-            self.pools[inst.pool].waiting += 1;
+        if !self.instances[k].view.writable {
+            // Not writable after all: keep it for this instance (a run as singles).
+            let singles = self.split_run(m);
+            let inst = &mut self.instances[k];
+            self.pools[inst.pool].waiting += singles.len();
+            for &s in singles.iter().rev() {
+                inst.backlog.push_front(s);
+            }
             return;
         }
         if !self.write_for(m, k, now, out) {
@@ -213,6 +363,7 @@ impl Ledger {
         let tagged = self.is_tagged(k);
         let inst = &mut self.instances[k];
         inst.inflight.push_back(m);
+        inst.inflight_n += self.msgs[m].count as usize;
         if inst.inflight.len() == 1 && !tagged {
             inst.head_since = Some(now);
             self.arm_head_deadline(k, out);
@@ -268,7 +419,7 @@ impl Ledger {
         };
         loop {
             let inst = &mut self.instances[k];
-            if !inst.view.writable || inst.inflight.len() >= inst.room(max) {
+            if !inst.view.writable || inst.inflight_n >= inst.room(max) {
                 break;
             }
             let Some(m) = inst.backlog.pop_front() else {
@@ -280,15 +431,15 @@ impl Ledger {
         self.pool_pump(pool, now, out);
     }
 
-    /// Candidate `k` was given one more message: its entry in the candidate list.
-    fn candidate_took_one(&mut self, pool: usize, k: usize) {
+    /// Candidate `k` was given `n` more messages: its entry in the candidate list.
+    fn candidate_took(&mut self, pool: usize, k: usize, n: usize) {
         let Some(i) = self.cand_keys.iter().position(|&c| c == k) else {
             return;
         };
         let max = self.pools[pool].settings.max_inflight;
         let room = self.instances.get(k).map_or(0, |inst| inst.room(max));
         let c = &mut self.cands[i];
-        c.inflight += 1;
+        c.inflight += n as u32;
         c.has_room = (c.inflight as usize) < room;
     }
 
@@ -302,12 +453,25 @@ impl Ledger {
             fill = !matches!(self.msgs[m].pin, Pin::Any(_) | Pin::Hash(_));
             match placed {
                 Placement::Assign(k) => {
-                    let p = &mut self.pools[pool];
-                    p.queue.pop_front();
-                    p.waiting -= 1;
+                    // A queued run: as much of it as the instance has room for.
+                    let n = self.msgs[m].count as usize;
+                    let take = if n > 1 && self.proto.get(k).is_none() {
+                        let max = self.pools[pool].settings.max_inflight;
+                        let i = &self.instances[k];
+                        n.min(i.room(max).saturating_sub(i.inflight_n).max(1))
+                    } else {
+                        1
+                    };
+                    let m = if take < n {
+                        self.split_head(m, take)
+                    } else {
+                        self.pools[pool].queue.pop_front();
+                        m
+                    };
+                    self.pools[pool].waiting -= take;
                     self.assign(m, k, now, out);
                     if !fill {
-                        self.candidate_took_one(pool, k);
+                        self.candidate_took(pool, k, take);
                     }
                 }
                 Placement::Backlog(k) => {
@@ -316,9 +480,10 @@ impl Ledger {
                 }
                 Placement::Wait => break,
                 Placement::Fail(why) => {
+                    let n = self.msgs[m].count as usize;
                     let p = &mut self.pools[pool];
                     p.queue.pop_front();
-                    p.waiting -= 1;
+                    p.waiting -= n;
                     self.answer(m, Reply::Error(why), out);
                 }
             }
@@ -373,7 +538,21 @@ impl Ledger {
         out: &mut Actions,
     ) {
         let inst = &mut self.instances[k];
-        let inflight = std::mem::take(&mut inst.inflight);
+        let entries = std::mem::take(&mut inst.inflight);
+        inst.inflight_n = 0;
+        // A probe counts the entries ahead of it; in messages once runs are split.
+        if let Some(p) = inst.probe.as_mut() {
+            p.ahead = entries
+                .iter()
+                .take(p.ahead)
+                .map(|&m| self.msgs[m].count as usize)
+                .sum();
+        }
+        let mut inflight = Vec::with_capacity(entries.len());
+        for m in entries {
+            inflight.extend(self.split_run(m));
+        }
+        let inst = &mut self.instances[k];
         // Messages the worker never read (the tail of the FIFO, wholly unread) were
         // not worked on: they cost no attempt, even at the head.
         let mut unread = std::mem::take(&mut inst.unread);
@@ -429,11 +608,43 @@ impl Ledger {
         }
         self.pools[pool].waiting += again.len();
         self.rehome_backlog(k, now, out);
-        for m in again.into_iter().rev() {
-            self.place(m, true, now, out);
-        }
+        self.place_again(pool, again, now, out);
         self.pool_changed(pool, now, out);
         self.pool_pump(pool, now, out);
+    }
+
+    /// Messages taken back from an instance (already counted as waiting), in their
+    /// original order, ahead of everything waiting: those free to go anywhere are
+    /// written at once while some instance has room, in order, and the rest wait at
+    /// the front of the queue in order; pinned ones go to their instances' backlogs.
+    pub(super) fn place_again(
+        &mut self,
+        pool: usize,
+        again: Vec<usize>,
+        now: Instant,
+        out: &mut Actions,
+    ) {
+        let (any, pinned): (Vec<usize>, Vec<usize>) = again
+            .into_iter()
+            .partition(|&m| matches!(self.msgs[m].pin, Pin::Any(_)));
+        for m in pinned.into_iter().rev() {
+            self.place(m, true, now, out);
+        }
+        let mut wait = Vec::new();
+        for m in any {
+            if wait.is_empty() {
+                if let Placement::Assign(k) = self.placement(m) {
+                    self.pools[pool].waiting -= 1;
+                    self.assign(m, k, now, out);
+                    continue;
+                }
+            }
+            wait.push(m);
+        }
+        for m in wait.into_iter().rev() {
+            self.pools[pool].queue.push_front(m);
+            self.arm_expiry_for(pool, m, out);
+        }
     }
 
     /// Backlog messages that are not pinned to this very slot go elsewhere;
@@ -544,7 +755,7 @@ impl Ledger {
     /// Remove a waiting message from the queue or backlog that holds it.
     pub(super) fn unlink_waiting(&mut self, pool: usize, m: usize) {
         let p = &mut self.pools[pool];
-        p.waiting -= 1;
+        p.waiting -= self.msgs[m].count as usize;
         if let Some(i) = p.queue.iter().position(|&x| x == m) {
             p.queue.remove(i);
             return;
@@ -588,6 +799,7 @@ impl Ledger {
             client_id,
             seq,
             payload,
+            count: 1,
             pool,
             pin,
             timeout: terms.timeout,
@@ -606,10 +818,20 @@ impl Ledger {
     pub(super) fn answer(&mut self, m: usize, reply: Reply<'_>, out: &mut Actions) {
         let msg = self.msgs.remove(m);
         if let Some(p) = self.pools.get_mut(msg.pool) {
-            p.bytes -= msg.payload.len();
+            p.bytes -= msg.payload.retained();
             if let Reply::Error(why) = &reply {
-                count_error(&mut p.errors, why);
+                for _ in 0..msg.count {
+                    count_error(&mut p.errors, why);
+                }
             }
+        }
+        if msg.count > 1 {
+            // A run answered as a whole (shutdown): each of its lines gets the reply.
+            for i in 0..u64::from(msg.count) {
+                let seq = msg.seq.map(|s| s + i);
+                self.emit(msg.client, msg.client_id, seq, reply.clone(), out);
+            }
+            return;
         }
         let Some((g, pos)) = msg.gather else {
             return self.emit(msg.client, msg.client_id, msg.seq, reply, out);
@@ -657,29 +879,29 @@ impl Ledger {
         if reply.is_error() {
             client.errors += 1;
         }
-        client.outstanding = client.outstanding.saturating_sub(1);
         let prefix = &self.limits.error_prefix;
-        match seq {
-            Some(seq) if !client.order.take_next(seq) => {
-                let mut v = Vec::new();
-                reply.write_to(&mut v, prefix);
-                let n = v.len();
-                if client.order.fill(seq, v) {
-                    client.order_bytes += n;
-                }
-            }
-            _ => {
-                let order = &mut client.order;
-                let order_bytes = &mut client.order_bytes;
-                client.unwritten += out.client_bytes(c, |buf| {
-                    reply.write_to(buf, prefix);
-                    while let Some(b) = order.pop_ready() {
-                        *order_bytes -= b.len();
-                        buf.extend_from_slice(&b);
-                    }
-                });
-            }
+        deliver(client, c, seq, 1, out, |buf| reply.write_to(buf, prefix));
+        if client.stalled.is_none() {
+            self.resume(c, out);
         }
+    }
+
+    /// Hand the replies to `n` consecutive messages of a client to the shell in one
+    /// piece: `block` is their lines, each ending in `\n` (a run's replies read
+    /// together), the first for sequence number `seq` when the route is ordered.
+    pub(super) fn emit_span(
+        &mut self,
+        c: usize,
+        id: u64,
+        seq: Option<u64>,
+        n: usize,
+        block: &[u8],
+        out: &mut Actions,
+    ) {
+        let Some(client) = self.clients.get_mut(c).filter(|cl| cl.id == id) else {
+            return;
+        };
+        deliver(client, c, seq, n, out, |buf| buf.extend_from_slice(block));
         if client.stalled.is_none() {
             self.resume(c, out);
         }
@@ -724,8 +946,94 @@ impl Ledger {
     }
 }
 
+/// Line `seq` of client `c` (`client_id`), routed by strategy `s` on `terms`, may
+/// join `msg` as the next line of its run: fresh, same client, route and terms, and
+/// the next sequence number.
+pub(super) fn joinable(
+    msg: &Msg,
+    c: usize,
+    client_id: u64,
+    seq: Option<u64>,
+    s: Strategy,
+    terms: super::Terms,
+) -> bool {
+    let next = match (msg.seq, seq) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a + u64::from(msg.count) == b,
+        _ => false,
+    };
+    next && msg.client == c
+        && msg.client_id == client_id
+        && msg.pin == Pin::Any(s)
+        && msg.timeout == terms.timeout
+        && msg.retries == terms.retries
+        && msg.failures == 0
+        && msg.gather.is_none()
+        && (msg.count as usize) < RUN_MAX_LINES
+        && msg.payload.len() < RUN_MAX_BYTES
+}
+
+/// A run stops growing at this many lines, or once it holds this many bytes (a
+/// queued run is handed out in parts anyway; a bounded buffer is reused by the
+/// allocator rather than mapped and unmapped).
+pub(super) const RUN_MAX_LINES: usize = 4096;
+pub(super) const RUN_MAX_BYTES: usize = 64 << 10;
+
+/// The fields of a run for the single messages it is split into.
+fn run_fields(run: &Msg) -> Msg {
+    Msg {
+        client: run.client,
+        client_id: run.client_id,
+        seq: run.seq,
+        payload: super::payload::Payload::with_newline(b""),
+        count: 1,
+        pool: run.pool,
+        pin: run.pin,
+        timeout: run.timeout,
+        retries: run.retries,
+        failures: run.failures,
+        gather: run.gather,
+        queued_at: run.queued_at,
+    }
+}
+
+/// Replies to `n` consecutive messages of `client` (key `c`), written by `write`:
+/// out now when they are next in order (with what waited behind them), else held
+/// in its reorder buffer as one span.
+fn deliver(
+    client: &mut super::Client,
+    c: usize,
+    seq: Option<u64>,
+    n: usize,
+    out: &mut Actions,
+    write: impl FnOnce(&mut Vec<u8>),
+) {
+    client.outstanding = client.outstanding.saturating_sub(n as u32);
+    match seq {
+        Some(seq) if !client.order.take_next_span(seq, n) => {
+            let mut v = Vec::new();
+            write(&mut v);
+            let len = v.len();
+            if client.order.fill_span(seq, n, v) {
+                client.order_bytes += len;
+            }
+        }
+        _ => {
+            let order = &mut client.order;
+            let order_bytes = &mut client.order_bytes;
+            client.unwritten += out.client_bytes(c, |buf| {
+                write(buf);
+                while let Some(b) = order.pop_ready() {
+                    *order_bytes -= b.len();
+                    buf.extend_from_slice(&b);
+                }
+            });
+        }
+    }
+}
+
 /// One more error reply for `why` (a handful of distinct reasons per pool).
-fn count_error(errors: &mut Vec<(Box<str>, u64)>, why: &str) {
+pub(super) fn count_error(errors: &mut Vec<(Box<str>, u64)>, why: &str) {
     match errors.iter_mut().find(|(r, _)| &**r == why) {
         Some((_, n)) => *n += 1,
         None => errors.push((why.into(), 1)),

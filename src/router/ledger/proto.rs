@@ -88,6 +88,12 @@ impl Ledger {
         out: &mut Actions,
     ) -> bool {
         let payload = &self.msgs[m].payload;
+        if self.msgs[m].count > 1 {
+            // A run (only `lines` instances take them): its lines as they are.
+            debug_assert!(self.proto.get(k).is_none(), "a run for a {k} not `lines`");
+            out.worker_bytes_with(k, |b| b.extend_from_slice(payload));
+            return true;
+        }
         let message = payload.strip_suffix(b"\n").unwrap_or(payload);
         let protocol = self.protocol_of(k);
         let tag = match self.proto.get_mut(k) {
@@ -144,6 +150,7 @@ impl Ledger {
         let inst = &mut self.instances[k];
         if let Some(pos) = inst.inflight.iter().position(|&x| x == m) {
             inst.inflight.remove(pos);
+            inst.inflight_n -= 1;
         }
         inst.answered += 1;
         self.answered(k, m, reply, now, out);
@@ -217,6 +224,7 @@ impl Ledger {
             let inst = &mut self.instances[k];
             if let Some(pos) = inst.inflight.iter().position(|&x| x == m) {
                 inst.inflight.remove(pos);
+                inst.inflight_n -= 1;
             }
             let msg = &mut self.msgs[m];
             msg.failures += 1;
@@ -227,9 +235,7 @@ impl Ledger {
             }
         }
         self.pools[pool].waiting += again.len();
-        for m in again.into_iter().rev() {
-            self.place(m, true, now, out);
-        }
+        self.place_again(pool, again, now, out);
         if let Some(at) = self.tagged_deadline(k) {
             self.arm_deadline_at(k, at, out);
         }

@@ -239,15 +239,15 @@ fn a_chunk_of_lines_goes_out_in_runs_and_single_lines_rotate() {
     let taken = h.l.client_lines(1, chunk, h.now, &mut h.out);
     h.collect();
     assert_eq!(taken, chunk.len());
-    // One choice per share of what is left of the chunk: 4 of 7 lines, 2 of 3, 1.
-    assert_eq!(h.worker(0), "m0\nm1\nm2\nm3\nm6\n");
-    assert_eq!(h.worker(1), "m4\nm5\n");
+    // One choice per share of the chunk: 4 of 7 lines, then the other 3.
+    assert_eq!(h.worker(0), "m0\nm1\nm2\nm3\n");
+    assert_eq!(h.worker(1), "m4\nm5\nm6\n");
     // Lines one at a time still alternate, from where the rotation stands.
     for m in ["a", "b", "c"] {
         h.send(1, m);
     }
-    assert_eq!(h.worker(0), "m0\nm1\nm2\nm3\nm6\nb\n");
-    assert_eq!(h.worker(1), "m4\nm5\na\nc\n");
+    assert_eq!(h.worker(0), "m0\nm1\nm2\nm3\na\nc\n");
+    assert_eq!(h.worker(1), "m4\nm5\nm6\nb\n");
     // A run ends where the instance's room does; the rest is chosen afresh.
     let mut h = H::new(2, 2, 1000, rule(Strategy::RoundRobin));
     h.l.client_lines(1, b"a\nb\nc\nd\ne\n", h.now, &mut h.out);
@@ -391,10 +391,8 @@ fn a_dead_instances_messages_go_to_another_and_only_the_oldest_is_charged() {
     h.send(1, "c");
     assert_eq!(h.worker(0), "a\nc\n");
     h.down(0, false, true);
-    // Redelivered ahead of everything waiting; placed last-first (so that a queue
-    // keeps their order), which writes them to a free instance in reverse, as the
-    // daemon always did. The reply order to the client is kept by the reorder buffer.
-    assert_eq!(h.worker(1), "b\nc\na\n");
+    // Redelivered ahead of everything waiting, in their original order.
+    assert_eq!(h.worker(1), "b\na\nc\n");
     h.echo(1);
     assert_eq!(h.client(1), "a!\nb!\nc!\n");
     assert!(h.l.is_idle());
@@ -962,3 +960,5 @@ fn random_walk(seed: u64, steps: usize) {
 
 #[path = "tests_proto.rs"]
 mod proto;
+#[path = "tests_runs.rs"]
+mod runs;
