@@ -155,18 +155,15 @@ impl OutBuf {
     }
 
     /// A while after [`OutBuf::wants_trim`]: an empty buffer gives its capacity back
-    /// (past [`KEEP`]); one in use again is left alone and true is returned (ask
-    /// again later).
-    pub fn trim(&mut self) -> bool {
-        if !self.is_empty() {
-            return true;
-        }
-        if self.buf.capacity() > KEEP {
+    /// (past [`KEEP`]); one in use again is left alone, and the flush that empties
+    /// it asks again ([`OutBuf::wants_trim`]): no one polls a buffer whose peer
+    /// stopped reading.
+    pub fn trim(&mut self) {
+        if self.is_empty() && self.buf.capacity() > KEEP {
             self.buf = Vec::new();
             self.pos = 0;
         }
         self.trim_asked = false;
-        false
     }
 
     /// Record that the fd should now be polled for WRITABLE (`want`); returns true
@@ -273,12 +270,14 @@ mod tests {
         assert!(b.wants_trim());
         // Asked once per episode.
         assert!(!b.wants_trim());
-        // In use again at trim time: kept, and the owner asks again later.
+        // In use again at trim time: kept, and the flush that empties it asks again.
         b.push(b"busy");
-        assert!(b.trim());
+        b.trim();
         assert!(b.capacity() >= KEEP * 4);
+        assert!(!b.wants_trim(), "not while in use");
         b.flush(|bytes| Ok(bytes.len()));
-        assert!(!b.trim());
+        assert!(b.wants_trim());
+        b.trim();
         assert_eq!(b.capacity(), 0);
         assert!(!b.wants_trim());
         // Past HOLD, an emptied buffer is freed at once, as any other.

@@ -4,7 +4,8 @@
 //! large buffer every loop turn (measured: about 230 mmap/munmap pairs of 256 KiB per
 //! million lines over TCP). The shell notes each buffer that became empty with more
 //! than [`super::outbuf::KEEP`] bytes, and one timer [`TRIM_AFTER`] later frees the
-//! ones still empty; busy ones are looked at again a period later. A client sending
+//! ones still empty; busy ones are let go, and the flush that empties them notes
+//! them again (a peer that stops reading costs no wake-ups). A client sending
 //! bulk data keeps its read buffer between readiness events the same way. With no
 //! buffer holding memory, no timer is armed: an idle orchd stays idle.
 
@@ -58,28 +59,30 @@ impl Daemon {
         }
     }
 
-    /// The trim timer: free the capacity of buffers still empty; keep watching the
-    /// ones in use again. A key reused meanwhile is harmless: `trim` only frees
-    /// what an empty buffer holds.
+    /// The trim timer: free the capacity of buffers still empty; those in use
+    /// again are noted anew by the flush that empties them. A key reused meanwhile
+    /// is harmless: `trim` only frees what an empty buffer holds.
     pub(super) fn on_trim_timer(&mut self) {
         self.trims.armed = false;
-        let mut held = std::mem::take(&mut self.trims.held);
-        held.retain(|&which| match which {
-            Held::Client(k) => self.net.clients.get_mut(k).is_some_and(|c| c.out.trim()),
-            Held::ClientInput(k) => {
-                if let Some(c) = self.net.clients.get_mut(k) {
-                    c.inbuf.release();
-                    c.inbuf_held = false;
+        for which in std::mem::take(&mut self.trims.held) {
+            match which {
+                Held::Client(k) => {
+                    if let Some(c) = self.net.clients.get_mut(k) {
+                        c.out.trim();
+                    }
                 }
-                false
+                Held::ClientInput(k) => {
+                    if let Some(c) = self.net.clients.get_mut(k) {
+                        c.inbuf.release();
+                        c.inbuf_held = false;
+                    }
+                }
+                Held::Stdin(k) => {
+                    if let Some(p) = self.instances.get_mut(k).and_then(|i| i.stdin.as_mut()) {
+                        p.out.trim();
+                    }
+                }
             }
-            Held::Stdin(k) => self
-                .instances
-                .get_mut(k)
-                .and_then(|i| i.stdin.as_mut())
-                .is_some_and(|p| p.out.trim()),
-        });
-        self.trims.held = held;
-        self.trim_arm();
+        }
     }
 }

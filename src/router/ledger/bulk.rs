@@ -156,9 +156,9 @@ impl Ledger {
         }
         let msg = &mut self.msgs[m];
         msg.count += n as u32;
-        msg.payload.push_lines(block, super::place::RUN_MAX_BYTES);
+        let more = msg.payload.push_lines(block);
         let p = &mut self.pools[pool];
-        p.bytes += end;
+        p.bytes += more;
         match target {
             Target::Queue => p.waiting += n,
             Target::Run(k) => {

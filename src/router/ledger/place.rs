@@ -254,8 +254,7 @@ impl Ledger {
         }
         let msg = &mut self.msgs[m];
         msg.count += 1;
-        msg.payload.push_line(line);
-        self.pools[pool].bytes += line.len() + 1;
+        self.pools[pool].bytes += msg.payload.push_line(line);
         self.instances[k].inflight_n += 1;
         out.worker_bytes_with(k, |b| {
             b.extend_from_slice(line);
@@ -288,9 +287,8 @@ impl Ledger {
             return false;
         }
         msg.count += 1;
-        msg.payload.push_line(line);
+        p.bytes += msg.payload.push_line(line);
         p.waiting += 1;
-        p.bytes += line.len() + 1;
         true
     }
 

@@ -177,7 +177,7 @@ fn a_read_joins_whole_lines_up_to_the_run_cap_and_crlf_lines_go_one_by_one() {
     let queued: Vec<usize> = h.l.pools[POOL]
         .queue
         .iter()
-        .map(|&m| h.l.msgs[m].payload.retained())
+        .map(|&m| h.l.msgs[m].payload.len())
         .collect();
     assert!(queued.len() >= 2, "{queued:?}");
     assert!(
@@ -198,4 +198,32 @@ fn a_read_joins_whole_lines_up_to_the_run_cap_and_crlf_lines_go_one_by_one() {
             .collect::<String>();
     assert_eq!(h.client(1), want, "every line, in order, \\r stripped");
     assert_eq!(h.l.pool_bytes(POOL), 0);
+}
+
+#[test]
+fn the_pool_budget_counts_the_memory_runs_hold() {
+    // Reads that each start a small run (a \r\n line stops the block path, so the
+    // next line joins one by one), behind a busy instance: every run's buffer is in
+    // the pool's bytes, and its allocation is at most twice that, so
+    // `pool_max_bytes` bounds the memory however the runs grow.
+    let mut h = H::new(1, 1, 10_000, rule(Strategy::RoundRobin));
+    h.lines(1, "busy\n");
+    for r in 0..2000 {
+        h.advance(Duration::from_millis(1));
+        h.lines(1, &format!("a{r}\nb\r\n{}\n", "y".repeat(100)));
+    }
+    let held: usize = h.l.msgs.iter().map(|(_, m)| m.payload.retained()).sum();
+    let capacity: usize =
+        h.l.msgs
+            .iter()
+            .map(|(_, m)| match &m.payload {
+                super::payload::Payload::Run { buf, .. } => buf.capacity(),
+                p => p.len(),
+            })
+            .sum();
+    assert_eq!(h.l.pool_bytes(POOL), held);
+    assert!(
+        capacity <= 2 * held,
+        "allocated {capacity} bytes for {held} counted"
+    );
 }
