@@ -242,9 +242,11 @@ impl Daemon {
         let output = sys::fd_kind(1)?;
         if input == FdKind::Stream {
             sys::set_fd_nonblocking(0, true)?;
+            sys::grow_pipe(0);
         }
         if output == FdKind::Stream {
             sys::set_fd_nonblocking(1, true)?;
+            sys::grow_pipe(1);
         }
         let key = self.net.clients.vacant_entry().key();
         self.client_add(listener, Stream::Stdio { input, output }, "stdin".into())?;

@@ -1541,6 +1541,40 @@ fn batch_from_a_pipe_writes_every_reply_in_order_and_exits_0() {
     assert_eq!(code, 0, "stderr:\n{err}");
 }
 
+/// In batch mode orchd asks for 1 MiB pipe buffers on its stdin and stdout when they
+/// are pipes (fewer writes and wake-ups for bulk data); seen from the test's ends of
+/// the same pipes.
+#[test]
+fn batch_pipes_are_grown_to_a_mebibyte() {
+    use std::os::fd::AsRawFd;
+    let dir = TempDir::new("batchpipesize");
+    let cfg = batch_config(&dir, "");
+    let tag = ProcessTag::new();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("--no-watch")
+        .arg(&cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    tag.mark(&mut cmd);
+    let mut child = cmd.spawn().expect("spawn orchd");
+    let size = |fd: i32| unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+    let mut input = child.stdin.take().unwrap();
+    let output = child.stdout.take().unwrap();
+    let output_fd = output.as_raw_fd();
+    // One answer: orchd has opened its batch client by then.
+    input.write_all(b"hello\n").unwrap();
+    let mut lines = std::io::BufReader::new(output).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "hello");
+    assert_eq!(size(input.as_raw_fd()), 1 << 20, "stdin");
+    assert_eq!(size(output_fd), 1 << 20, "stdout");
+    drop(input);
+    assert!(lines.next().is_none(), "more output after the reply");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    tag.assert_no_survivors("batch orchd");
+}
+
 /// A batch pool whose queue is always full: 2 instances, 2 in flight each, queue 4.
 const FULL_QUEUE_BATCH: &str = r#"
 [pool.cat]
