@@ -738,9 +738,16 @@ impl Ledger {
         let seq = ordered.then(|| cl.order.reserve());
         cl.outstanding += 1;
         if let Pin::Any(s) = pin {
-            if self.run_join(c, client_id, seq, line, pool, s, terms, out)
-                || self.queue_join(c, client_id, seq, line, pool, s, terms, now)
-            {
+            let l = super::runs::Joining {
+                c,
+                client_id,
+                seq,
+                line,
+                pool,
+                s,
+                terms,
+            };
+            if self.run_join(l, out) || self.queue_join(l, now) {
                 return true;
             }
         }

@@ -29,12 +29,11 @@
 //! fresh, on one round-robin or least-busy rule, with consecutive sequence numbers
 //! and their lines in one buffer. A run forms in flight (the next lines of a chunk
 //! for the instance just chosen join its entry) and in a pool queue (a line queued
-//! behind the same client's run joins it); `bulk.rs` joins a read's lines in one
+//! behind the same client's run joins it), and a read's lines may join one in one
 //! step. The pump hands a queued run out whole or its head, up to the instance's
 //! room. Replies answer a run's lines in order, those read together going to the
 //! client in one piece; at a death or timeout a run is split back into single
-//! messages before redelivery (`place.rs`, `split_run`), so attempts and order stay
-//! per message. Runs only go to `lines` workers; hash, broadcast, redelivered and
+//! messages before redelivery, so attempts and order stay per message (`runs.rs`). Runs only go to `lines` workers; hash, broadcast, redelivered and
 //! `tagged`/`node` messages are single entries.
 //!
 //! Invariants (checked after every event in debug builds, [`Ledger::check`]):
@@ -52,8 +51,8 @@
 //!   `max_outstanding` messages and `max_client_out` bytes of replies pending.
 
 mod api;
-mod bulk;
 mod payload;
+mod runs;
 #[cfg(test)]
 mod tests;
 mod window;
@@ -145,7 +144,7 @@ struct Msg {
     /// unanswered ones are the last `count`).
     payload: payload::Payload,
     /// Messages this entry stands for: 1, or a run of consecutive lines of one
-    /// client for one instance, in flight together (see `place.rs`, "Runs").
+    /// client for one instance, in flight together (see `runs.rs`).
     count: u32,
     pool: usize,
     pin: Pin,
@@ -356,7 +355,7 @@ struct Run {
     inst: usize,
     /// More messages it may take in this run.
     left: usize,
-    /// Its in-flight entry the next lines may join (see `place.rs`, "Runs").
+    /// Its in-flight entry the next lines may join (see `runs.rs`).
     msg: Option<usize>,
 }
 

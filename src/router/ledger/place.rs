@@ -180,7 +180,7 @@ impl Ledger {
 
     /// The instance of the current run, if it goes on: same pool and strategy,
     /// share left, and the instance still takes new messages and has room.
-    fn run_next(&mut self, pool: usize, strategy: Strategy) -> Option<usize> {
+    pub(super) fn run_next(&mut self, pool: usize, strategy: Strategy) -> Option<usize> {
         let run = self
             .run
             .filter(|r| r.pool == pool && r.strategy == strategy)?;
@@ -199,148 +199,6 @@ impl Ledger {
             ..run
         });
         Some(run.inst)
-    }
-
-    /// Message `m` was just given to `k` as part of the current run: if it is in
-    /// flight there (last), the run's next lines may join it.
-    fn run_entry(&mut self, k: usize, m: usize) {
-        let last = self.instances.get(k).and_then(|i| i.inflight.back()) == Some(&m);
-        if let Some(run) = self.run.as_mut().filter(|r| r.inst == k) {
-            run.msg = last.then_some(m);
-        }
-    }
-
-    /// Runs. The next line of a chunk that continues the current run joins its
-    /// in-flight entry instead of becoming a message of its own: one entry, one
-    /// payload buffer and one deadline for consecutive lines of one client to one
-    /// instance. It joins only when nothing could tell the difference: same client,
-    /// rule terms and pool, the next sequence number, nothing queued ahead of it, a
-    /// `lines` worker, the entry still last in flight with no probe behind it, and
-    /// the run's share and the instance's room not used up. Replies then answer the
-    /// run's lines in order (`worker_output`); a run whose worker dies or times out
-    /// is split back into single messages before redelivery (`redeliver`). True: the
-    /// line joined (and was written to the worker).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn run_join(
-        &mut self,
-        c: usize,
-        client_id: u64,
-        seq: Option<u64>,
-        line: &[u8],
-        pool: usize,
-        s: Strategy,
-        terms: super::Terms,
-        out: &mut Actions,
-    ) -> bool {
-        let Some(run) = self.run.filter(|r| r.pool == pool && r.strategy == s) else {
-            return false;
-        };
-        let (Some(m), k) = (run.msg, run.inst) else {
-            return false;
-        };
-        let Some(msg) = self.msgs.get(m) else {
-            return false;
-        };
-        let next = joinable(msg, c, client_id, seq, s, terms);
-        let open = self.instances.get(k).is_some_and(|i| {
-            // Last in flight, and behind the probe if there is one.
-            i.inflight.back() == Some(&m)
-                && i.probe.is_none_or(|p| p.ahead < i.inflight.len())
-                && i.view.writable
-        }) && self.proto.get(k).is_none()
-            && self.pools[pool].queue.is_empty();
-        if !(next && open) || self.run_next(pool, s) != Some(k) {
-            return false;
-        }
-        let msg = &mut self.msgs[m];
-        msg.count += 1;
-        self.pools[pool].bytes += msg.payload.push_line(line);
-        self.instances[k].inflight_n += 1;
-        out.worker_bytes_with(k, |b| {
-            b.extend_from_slice(line);
-            b.push(b'\n');
-        });
-        true
-    }
-
-    /// A line about to be queued behind message `m` of the same client, route and
-    /// time joins it instead (the pump hands queued runs out whole or in parts:
-    /// `pool_pump`). True: it joined.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn queue_join(
-        &mut self,
-        c: usize,
-        client_id: u64,
-        seq: Option<u64>,
-        line: &[u8],
-        pool: usize,
-        s: Strategy,
-        terms: super::Terms,
-        now: Instant,
-    ) -> bool {
-        let p = &mut self.pools[pool];
-        let Some(&m) = p.queue.back() else {
-            return false;
-        };
-        let msg = &mut self.msgs[m];
-        if msg.queued_at != now || !joinable(msg, c, client_id, seq, s, terms) {
-            return false;
-        }
-        msg.count += 1;
-        p.bytes += msg.payload.push_line(line);
-        p.waiting += 1;
-        true
-    }
-
-    /// The first `n` lines of queued run `m` as a message of their own (it stays
-    /// in the queue with the rest).
-    fn split_head(&mut self, m: usize, n: usize) -> usize {
-        let msg = &mut self.msgs[m];
-        debug_assert!(n > 0 && n < msg.count as usize);
-        let cut = memchr::memchr_iter(b'\n', &msg.payload)
-            .nth(n - 1)
-            .map_or(msg.payload.len(), |i| i + 1);
-        let payload = msg.payload.split_off_head(cut);
-        let seq = msg.seq;
-        msg.seq = seq.map(|s| s + n as u64);
-        msg.count -= n as u32;
-        let head = Msg {
-            seq,
-            payload,
-            count: n as u32,
-            ..run_fields(msg)
-        };
-        self.pools[head.pool].bytes += head.payload.retained();
-        self.msgs.insert(head)
-    }
-
-    /// Split run `m` back into single messages, one per unanswered line, in order
-    /// (they take its place; the caller puts them where it was).
-    pub(super) fn split_run(&mut self, m: usize) -> Vec<usize> {
-        // A run answered down to its last line still holds all of its lines.
-        if !self.msgs[m].payload.is_run() {
-            return vec![m];
-        }
-        let run = self.msgs.remove(m);
-        let all: Vec<&[u8]> = super::events::lines(&run.payload).collect();
-        let live = &all[all.len().saturating_sub(run.count as usize)..];
-        let mut kept = 0;
-        let mut singles = Vec::with_capacity(live.len());
-        for (i, line) in live.iter().enumerate() {
-            let payload =
-                super::payload::Payload::with_newline(line.strip_suffix(b"\n").unwrap_or(line));
-            kept += payload.len();
-            singles.push(self.msgs.insert(Msg {
-                seq: run.seq.map(|s| s + i as u64),
-                payload,
-                count: 1,
-                ..run_fields(&run)
-            }));
-        }
-        // The run's buffer is freed: the pool holds only the single messages now.
-        let p = &mut self.pools[run.pool];
-        p.bytes = p.bytes - run.payload.retained() + kept;
-        singles
     }
 
     /// Write a message to an instance.
@@ -941,57 +799,6 @@ impl Ledger {
         {
             out.push(Action::Drained { instance: k });
         }
-    }
-}
-
-/// Line `seq` of client `c` (`client_id`), routed by strategy `s` on `terms`, may
-/// join `msg` as the next line of its run: fresh, same client, route and terms, and
-/// the next sequence number.
-pub(super) fn joinable(
-    msg: &Msg,
-    c: usize,
-    client_id: u64,
-    seq: Option<u64>,
-    s: Strategy,
-    terms: super::Terms,
-) -> bool {
-    let next = match (msg.seq, seq) {
-        (None, None) => true,
-        (Some(a), Some(b)) => a + u64::from(msg.count) == b,
-        _ => false,
-    };
-    next && msg.client == c
-        && msg.client_id == client_id
-        && msg.pin == Pin::Any(s)
-        && msg.timeout == terms.timeout
-        && msg.retries == terms.retries
-        && msg.failures == 0
-        && msg.gather.is_none()
-        && (msg.count as usize) < RUN_MAX_LINES
-        && msg.payload.len() < RUN_MAX_BYTES
-}
-
-/// A run stops growing at this many lines, or once it holds this many bytes (a
-/// queued run is handed out in parts anyway; a bounded buffer is reused by the
-/// allocator rather than mapped and unmapped).
-pub(super) const RUN_MAX_LINES: usize = 4096;
-pub(super) const RUN_MAX_BYTES: usize = 64 << 10;
-
-/// The fields of a run for the single messages it is split into.
-fn run_fields(run: &Msg) -> Msg {
-    Msg {
-        client: run.client,
-        client_id: run.client_id,
-        seq: run.seq,
-        payload: super::payload::Payload::with_newline(b""),
-        count: 1,
-        pool: run.pool,
-        pin: run.pin,
-        timeout: run.timeout,
-        retries: run.retries,
-        failures: run.failures,
-        gather: run.gather,
-        queued_at: run.queued_at,
     }
 }
 

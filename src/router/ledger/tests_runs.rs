@@ -183,7 +183,7 @@ fn a_read_joins_whole_lines_up_to_the_run_cap_and_crlf_lines_go_one_by_one() {
     assert!(
         queued
             .iter()
-            .all(|&b| b <= super::super::place::RUN_MAX_BYTES + 21),
+            .all(|&b| b <= super::super::runs::RUN_MAX_BYTES + 21),
         "a run stops growing once it holds RUN_MAX_BYTES: {queued:?}"
     );
     let mut rounds = 0;
