@@ -483,15 +483,27 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
-/// Environment of a process.
+/// Environment of a process. orchd logs a start once the child has called
+/// `execve` (its spawn is `clone(CLONE_VFORK)`), which may be a moment before the
+/// kernel has laid out the new image's environment: until then `/proc/PID/environ`
+/// reads empty, so an empty one is read again for a while (a process orchd starts
+/// always has `ORCHD_POOL` at least).
 pub fn environ(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .map(|b| {
-            b.split(|&c| c == 0)
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    let path = format!("/proc/{pid}/environ");
+    let t0 = Instant::now();
+    loop {
+        match std::fs::read(&path) {
+            Ok(b) if !b.is_empty() || t0.elapsed() > Duration::from_secs(2) => {
+                return b
+                    .split(|&c| c == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect();
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+            Err(_) => return Vec::new(),
+        }
+    }
 }
 
 pub fn env_of(pid: u32, key: &str) -> Option<String> {
