@@ -42,14 +42,16 @@ impl Ledger {
     /// Every line client `c` sends goes to one round-robin or least-busy rule: its
     /// lines may join runs en bloc.
     pub(super) fn bulk_client(&self, c: usize) -> bool {
-        let rule = self
-            .clients
-            .get(c)
-            .and_then(|cl| cl.listener)
-            .and_then(|l| self.rules.iter().find(|r| r.listener == l));
-        rule.is_some_and(|r| {
-            r.matcher.is_none() && matches!(r.strategy, Strategy::RoundRobin | Strategy::LeastBusy)
-        })
+        self.bulk_rule(c).is_some()
+    }
+
+    /// The rule of a [`Ledger::bulk_client`]: its listener's first, matching every
+    /// line, round-robin or least-busy.
+    fn bulk_rule(&self, c: usize) -> Option<&super::Rule> {
+        let l = self.clients.get(c)?.listener?;
+        let rule = self.rules.iter().find(|r| r.listener == l)?;
+        let any = matches!(rule.strategy, Strategy::RoundRobin | Strategy::LeastBusy);
+        (rule.matcher.is_none() && any).then_some(rule)
     }
 
     /// Join the complete lines at the start of `rest` (a client's read, from the
@@ -64,20 +66,10 @@ impl Ledger {
         now: Instant,
         out: &mut Actions,
     ) -> (usize, usize) {
-        let Some(cl) = self.clients.get(c) else {
+        let (Some(cl), Some(rule)) = (self.clients.get(c), self.bulk_rule(c)) else {
             return (0, 0);
         };
-        let Some(l) = cl.listener else {
-            return (0, 0);
-        };
-        let Some(rule) = self.rules.iter().find(|r| r.listener == l) else {
-            return (0, 0);
-        };
-        let s = rule.strategy;
-        if rule.matcher.is_some() || !matches!(s, Strategy::RoundRobin | Strategy::LeastBusy) {
-            return (0, 0);
-        }
-        let (pool, ordered) = (rule.pool, rule.ordered);
+        let (s, pool, ordered) = (rule.strategy, rule.pool, rule.ordered);
         let terms = Terms {
             timeout: rule.timeout,
             retries: rule.retries,
