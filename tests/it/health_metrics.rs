@@ -183,7 +183,12 @@ health = { exec = ["sh", "probe.sh"], every = "100ms", timeout = "300ms", failur
         wait_started(&o, "x[0]", 1)[0],
         wait_started(&o, "x[1]", 1)[0],
     ];
-    let seen = |i: usize| std::fs::read_to_string(dir.join(&format!("seen.{i}"))).ok();
+    // The shell creates the file before it writes the line: wait for the line.
+    let seen = |i: usize| {
+        std::fs::read_to_string(dir.join(&format!("seen.{i}")))
+            .ok()
+            .filter(|s| s.ends_with('\n'))
+    };
     for (i, pid) in pids.iter().enumerate() {
         let s = wait_for("the probe to run", DEADLINE, || seen(i));
         let want = format!(
