@@ -561,9 +561,7 @@ impl Ledger {
         let mut taken = 0;
         for line in lines(chunk) {
             taken += line.len();
-            let l = line.strip_suffix(b"\n").unwrap_or(line);
-            let l = l.strip_suffix(b"\r").unwrap_or(l);
-            if !self.client_line(c, l, now, out) {
+            if !self.client_line(c, message(line), now, out) {
                 break;
             }
         }
@@ -605,9 +603,7 @@ impl Ledger {
             self.run_budget = left;
             left = left.saturating_sub(1);
             taken += line.len();
-            let l = line.strip_suffix(b"\n").unwrap_or(line);
-            let l = l.strip_suffix(b"\r").unwrap_or(l);
-            if !self.submit(c, l, now, out) {
+            if !self.submit(c, message(line), now, out) {
                 break;
             }
         }
@@ -856,6 +852,12 @@ pub(super) fn lines(chunk: &[u8]) -> impl Iterator<Item = &[u8]> {
         start = end;
         Some(line)
     })
+}
+
+/// The message of a client's line: without its `\n` and a `\r` before it.
+fn message(line: &[u8]) -> &[u8] {
+    let l = line.strip_suffix(b"\n").unwrap_or(line);
+    l.strip_suffix(b"\r").unwrap_or(l)
 }
 
 /// The first up to `n` lines of `chunk` (complete lines): their bytes and count.

@@ -85,11 +85,11 @@ impl Payload {
         }
     }
 
-    /// Split off the first `n` bytes (whole lines of a run) as a payload of their
-    /// own; this one keeps the rest.
-    pub(super) fn split_off_head(&mut self, n: usize) -> Payload {
+    /// Split off the first `n` bytes, `lines` whole lines of a run, as a payload of
+    /// their own; this one keeps the rest.
+    pub(super) fn split_off_head(&mut self, n: usize, lines: usize) -> Payload {
         let head = &self[..n];
-        let p = if memchr::memchr(b'\n', head).is_some_and(|i| i + 1 == n) {
+        let p = if lines == 1 {
             Payload::with_newline(&head[..n - 1])
         } else {
             Payload::Run {
@@ -146,12 +146,12 @@ mod tests {
         assert!(p.is_run());
         assert_eq!(p.len(), 2 + 3 + 201);
         assert_eq!(&p[..5], b"a\nbc\n");
-        let one = p.split_off_head(2);
+        let one = p.split_off_head(2, 1);
         assert!(!one.is_run());
         assert_eq!(&one[..], b"a\n");
         assert_eq!(&p[..3], b"bc\n");
         assert!(p.retained() >= 206, "the whole buffer stays");
-        let two = p.split_off_head(3 + 201);
+        let two = p.split_off_head(3 + 201, 2);
         assert!(two.is_run(), "two lines");
         assert_eq!(two.len(), 204);
         assert!(p.is_empty());

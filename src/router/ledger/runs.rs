@@ -90,15 +90,7 @@ impl Ledger {
                 return (0, 0);
             };
             let max = p.settings.max_inflight;
-            let open = !p.draining()
-                && self.proto.get(k).is_none()
-                && self.instances.get(k).is_some_and(|i| {
-                    i.pool == pool
-                        && i.inflight.back() == Some(&m)
-                        && i.probe.is_none_or(|p| p.ahead < i.inflight.len())
-                        && i.view.is_live()
-                });
-            if !open {
+            if p.draining() || !self.run_tail_open(pool, k, m) {
                 return (0, 0);
             }
             let i = &self.instances[k];
@@ -194,6 +186,17 @@ impl Ledger {
         }
     }
 
+    /// Entry `m` of instance `k` (of `pool`) may take more lines: a live `lines`
+    /// instance, the entry last in flight and behind the probe if there is one.
+    fn run_tail_open(&self, pool: usize, k: usize, m: usize) -> bool {
+        self.proto.get(k).is_none()
+            && self.member(pool, k).is_some_and(|i| {
+                i.view.is_live()
+                    && i.inflight.back() == Some(&m)
+                    && i.probe.is_none_or(|p| p.ahead < i.inflight.len())
+            })
+    }
+
     /// The next line of a chunk that continues the current run joins its
     /// in-flight entry instead of becoming a message of its own: one entry, one
     /// payload buffer and one deadline for consecutive lines of one client to one
@@ -224,13 +227,7 @@ impl Ledger {
             return false;
         };
         let next = joinable(msg, c, client_id, seq, s, terms);
-        let open = self.instances.get(k).is_some_and(|i| {
-            // Last in flight, and behind the probe if there is one.
-            i.inflight.back() == Some(&m)
-                && i.probe.is_none_or(|p| p.ahead < i.inflight.len())
-                && i.view.writable
-        }) && self.proto.get(k).is_none()
-            && self.pools[pool].queue.is_empty();
+        let open = self.run_tail_open(pool, k, m) && self.pools[pool].queue.is_empty();
         if !(next && open) || self.run_next(pool, s) != Some(k) {
             return false;
         }
@@ -271,16 +268,10 @@ impl Ledger {
         let cut = memchr::memchr_iter(b'\n', &msg.payload)
             .nth(n - 1)
             .map_or(msg.payload.len(), |i| i + 1);
-        let payload = msg.payload.split_off_head(cut);
-        let seq = msg.seq;
-        msg.seq = seq.map(|s| s + n as u64);
+        let payload = msg.payload.split_off_head(cut, n);
+        let head = part(msg, msg.seq, payload, n);
+        msg.seq = msg.seq.map(|s| s + n as u64);
         msg.count -= n as u32;
-        let head = Msg {
-            seq,
-            payload,
-            count: n as u32,
-            ..run_fields(msg)
-        };
         self.pools[head.pool].bytes += head.payload.retained();
         self.msgs.insert(head)
     }
@@ -301,12 +292,8 @@ impl Ledger {
             let payload =
                 super::payload::Payload::with_newline(line.strip_suffix(b"\n").unwrap_or(line));
             kept += payload.len();
-            singles.push(self.msgs.insert(Msg {
-                seq: run.seq.map(|s| s + i as u64),
-                payload,
-                count: 1,
-                ..run_fields(&run)
-            }));
+            let seq = run.seq.map(|s| s + i as u64);
+            singles.push(self.msgs.insert(part(&run, seq, payload, 1)));
         }
         // The run's buffer is freed: the pool holds only the single messages now.
         let p = &mut self.pools[run.pool];
@@ -348,14 +335,15 @@ pub(super) fn joinable(
 pub(super) const RUN_MAX_LINES: usize = 4096;
 pub(super) const RUN_MAX_BYTES: usize = 64 << 10;
 
-/// The fields of a run for the single messages it is split into.
-pub(super) fn run_fields(run: &Msg) -> Msg {
+/// `count` of a run's lines as a message of their own: `payload` holds them, the
+/// first has sequence number `seq`; the rest is the run's.
+fn part(run: &Msg, seq: Option<u64>, payload: super::payload::Payload, count: usize) -> Msg {
     Msg {
         client: run.client,
         client_id: run.client_id,
-        seq: run.seq,
-        payload: super::payload::Payload::with_newline(b""),
-        count: 1,
+        seq,
+        payload,
+        count: count as u32,
         pool: run.pool,
         pin: run.pin,
         timeout: run.timeout,
